@@ -1,0 +1,64 @@
+"""What counts as LiteLLM's "budget exceeded" answer.
+
+LiteLLM signals a spent budget (key, team, user, end user or organisation) with an error answer whose
+status changed across versions: 400 up to 1.84, 429 from 1.85 to 1.100, 422 in 1.106; a few paths use 403.
+The body is always ``{"error": {"message": ..., "type": ..., ...}}``. Most carry
+``type == "budget_exceeded"``; some (1.88's user check, "Max budget limit reached.") carry ``"None"``, so
+the message is matched too, against LiteLLM's own wording. Anything else - a 401 for a bad key, a 403
+"access denied", a 5xx, a body that is not JSON - is *not* a budget error and is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+BUDGET_STATUSES = frozenset({400, 403, 422, 429})
+
+_BUDGET_MESSAGES = re.compile(
+    r"Budget has been exceeded!|ExceededBudget:|over budget|Max budget limit reached\.",
+    re.IGNORECASE,
+)
+
+# Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=..").
+_SCOPE = re.compile(
+    r"(?:Budget has been exceeded!|ExceededBudget:)\s*"
+    r"(End User=|Organization=|Team=|User=|Key\b|Current cost)"
+)
+_SCOPE_NAMES = {
+    "End User=": "end_user",
+    "Organization=": "org",
+    "Team=": "team",
+    "User=": "user",
+    "Key": "key",
+    "Current cost": "key",  # LiteLLM <= 1.84 names no principal for a key's own budget
+}
+
+
+def error_of(body: Any) -> dict[str, Any] | None:
+    """The ``error`` object of an OpenAI-style error body, if it has one."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return error
+    return None
+
+
+def is_budget_error(status: int, body: Any) -> bool:
+    """True when ``status`` and the parsed JSON ``body`` are LiteLLM's spent-budget answer."""
+    if status not in BUDGET_STATUSES:
+        return False
+    error = error_of(body)
+    if error is None:
+        return False
+    if error.get("type") == "budget_exceeded":
+        return True
+    message = error.get("message")
+    return isinstance(message, str) and _BUDGET_MESSAGES.search(message) is not None
+
+
+def budget_scope(body: Any) -> str:
+    """Whose budget is spent - ``team``, ``key``, ``user``, ``end_user``, ``org`` - or ``unknown``."""
+    message = (error_of(body) or {}).get("message")
+    match = _SCOPE.search(message) if isinstance(message, str) else None
+    return _SCOPE_NAMES[match.group(1)] if match else "unknown"

@@ -1,0 +1,160 @@
+"""Model discovery that survives a spent budget.
+
+1. The caller's request goes to LiteLLM with the caller's own headers. Any answer that is not a budget
+   error (``budget.is_budget_error``) goes back unchanged: status, headers, body.
+2. On a budget error the policy decides: ``blocked`` returns it unchanged; ``all`` answers with the
+   models this caller may access (``access.py``); ``free_only`` with the free ones among them
+   (``catalog.py``). The answer is cut from the admin's view of the same route (``shapes.py``) and marked
+   with ``x-sidecar-budget-exceeded: true`` and ``x-sidecar-policy``.
+3. If the caller's scope cannot be established - no virtual key (JWT, OAuth), a failed look-up, an
+   unknown special model name - the budget error goes back unchanged and the reason is logged.
+
+``/v1/models/{id}`` is answered from the caller's own ``/v1/models`` (LiteLLM refuses the route to
+ordinary keys): the entry if listed, else an OpenAI-style 404 ``model_not_found``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sidecar import shapes
+from sidecar.access import ScopeUnknown
+from sidecar.admin import AdminLookups, LookupFailed, View
+from sidecar.budget import BUDGET_STATUSES, budget_scope, is_budget_error
+from sidecar.forwarding import caller_key, key_hash, key_label, reply_headers
+from sidecar.logs import event
+from sidecar.routes import DiscoveryRoute, RouteKind
+from sidecar.settings import Policy
+from sidecar.types import RawHeaders, Scope, Send
+from sidecar.upstream import Answer, Upstream, UpstreamUnavailable, error_body
+
+log = logging.getLogger("sidecar.discovery")
+
+_LIST_PATH = b"/v1/models"
+
+
+class Discovery:
+    def __init__(
+        self, upstream: Upstream, admin: AdminLookups | None, policy: Policy, retrieve_from_list: bool
+    ) -> None:
+        self._upstream = upstream
+        self._admin = admin
+        self._policy = policy
+        self._retrieve_from_list = retrieve_from_list
+
+    async def handle(self, route: DiscoveryRoute, scope: Scope, send: Send) -> None:
+        try:
+            answer = await self._answer(route, scope)
+        except UpstreamUnavailable as exc:
+            answer = Answer(exc.status, [], error_body(exc.status, str(exc), "upstream_error"))
+            answer.headers.append((b"content-type", b"application/json"))
+            answer.headers.append((b"content-length", str(len(answer.body)).encode()))
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        body = b"" if scope["method"] == "HEAD" else answer.body
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, route: DiscoveryRoute, scope: Scope) -> Answer:
+        from_list = route.kind is RouteKind.MODEL and self._retrieve_from_list
+        if from_list:
+            asked = await self._upstream.fetch(scope, _LIST_PATH, b"")
+        else:
+            asked = await self._upstream.fetch(scope, scope["raw_path"], scope["query_string"])
+        if asked.status in BUDGET_STATUSES:
+            body = asked.json(limit=64 * 1024)
+            if is_budget_error(asked.status, body):
+                return await self._rescue(route, scope, asked, body)
+        if from_list and asked.status == 200:
+            listed = asked.json()
+            if isinstance(listed, dict) and isinstance(listed.get("data"), list):
+                return _single_model(asked, listed, route.model_id or "", [])
+        return asked
+
+    async def _rescue(self, route: DiscoveryRoute, scope: Scope, refused: Answer, error: Any) -> Answer:
+        spent = budget_scope(error)
+        fields: dict[str, Any] = {"route": route.kind.value, "policy": self._policy, "scope": spent}
+        key = caller_key(scope)
+        if key is not None:
+            fields["key"] = key_label(key)
+        if self._policy == "blocked":
+            event(log, logging.INFO, "rescue_blocked", **fields)
+            return refused
+        try:
+            if self._admin is None:
+                raise LookupFailed("no admin credential configured")
+            if key is None:
+                raise ScopeUnknown("the request carries no credential")
+            if not key.startswith("sk-"):
+                raise ScopeUnknown("the credential is not a LiteLLM virtual key (JWT or other auth)")
+            visible = await self._visible(key)
+            body = await self._render(route, scope, visible)
+        except (ScopeUnknown, LookupFailed, shapes.BadQuery) as exc:
+            event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
+            return refused
+        marks = [
+            (b"x-sidecar-budget-exceeded", b"true"),
+            (b"x-sidecar-policy", self._policy.encode()),
+            (b"x-sidecar-budget-scope", spent.encode()),
+        ]
+        status, payload = body
+        event(log, logging.INFO, "rescue", status=status, **fields)
+        return _json_answer(status, payload, reply_headers(refused.headers, marks))
+
+    async def _visible(self, key: str) -> Callable[[str], bool]:
+        assert self._admin is not None
+        scope = await self._admin.scope(key_hash(key))
+        catalog = await self._admin.catalog()
+        access = scope.allowed(catalog)
+        if self._policy == "free_only":
+            return lambda name: catalog.is_free(name) and access.allows(name)
+        return access.allows
+
+    async def _render(
+        self, route: DiscoveryRoute, scope: Scope, visible: Callable[[str], bool]
+    ) -> tuple[int, Any]:
+        assert self._admin is not None
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
+        kind = route.kind
+        if kind is RouteKind.MODELS:
+            wildcards = query.get("return_wildcard_routes", "").lower() == "true"
+            return 200, shapes.models_list(await self._admin.view(View.models(anthropic, wildcards)), visible)
+        if kind is RouteKind.MODEL:
+            listed = shapes.models_list(await self._admin.view(View.models(anthropic, False)), visible)
+            entry = shapes.find_model(listed, route.model_id or "")
+            return (200, entry) if entry is not None else (404, _not_found(route.model_id or ""))
+        if kind is RouteKind.MODEL_INFO:
+            return 200, shapes.model_info((await self._admin.catalog()).deployments, visible, query)
+        if kind is RouteKind.MODEL_INFO_V2:
+            return 200, shapes.model_info_page(await self._admin.view(View.MODEL_INFO_V2), visible, query)
+        return 200, shapes.model_group_info(await self._admin.view(View.MODEL_GROUP_INFO), visible, query)
+
+
+def _not_found(model_id: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": f"The model '{model_id}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+
+
+def _json_answer(status: int, payload: Any, headers: RawHeaders) -> Answer:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Answer(
+        status,
+        [*headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        body,
+    )
+
+
+def _single_model(listed_answer: Answer, listed: dict[str, Any], model_id: str, extra: RawHeaders) -> Answer:
+    entry = shapes.find_model(listed, model_id)
+    if entry is None:
+        return _json_answer(404, _not_found(model_id), reply_headers(listed_answer.headers, extra))
+    return _json_answer(200, entry, reply_headers(listed_answer.headers, extra))

@@ -1,0 +1,122 @@
+"""Headers across the proxy: what is forwarded, what is dropped, what is added.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1: ``Connection`` and every header it names, ``Keep-Alive``,
+``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``) describe one connection and never
+cross the proxy in either direction. ``Host`` becomes the upstream's, the caller's goes into
+``X-Forwarded-Host``; the caller's address is appended to ``X-Forwarded-For``; ``X-Forwarded-Proto`` and
+``X-Forwarded-Host`` set by a load balancer in front are kept. Everything else, the caller's credential
+included, is forwarded as sent: the sidecar adds no credential of its own on this path, ever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from sidecar.types import RawHeaders, Scope
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for"}
+_REPLACED_IN_REPLY = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
+
+# Where LiteLLM looks for a virtual key, in the order the sidecar trusts them.
+_KEY_HEADERS = (b"x-litellm-api-key", b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(tokens)
+
+
+def upstream_request_headers(scope: Scope, upstream_host: str) -> list[tuple[str, str]]:
+    """The caller's headers as they go upstream (names and values as text, for the HTTP client)."""
+    raw: RawHeaders = scope["headers"]
+    dropped = _REQUEST_DROPPED
+    if any(name == b"connection" for name, _ in raw):
+        dropped = dropped | _connection_tokens(raw)
+    out: list[tuple[str, str]] = []
+    host = forwarded_for = None
+    has_proto = has_host = False
+    for name, value in raw:
+        if name in dropped:
+            if name == b"host":
+                host = value
+            elif name == b"x-forwarded-for":
+                forwarded_for = value
+            continue
+        if name == b"x-forwarded-proto":
+            has_proto = True
+        elif name == b"x-forwarded-host":
+            has_host = True
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    out.append(("Host", upstream_host))
+    client = scope.get("client")
+    if client:
+        chain = forwarded_for.decode("latin-1") + ", " if forwarded_for else ""
+        out.append(("X-Forwarded-For", chain + str(client[0])))
+    elif forwarded_for:
+        out.append(("X-Forwarded-For", forwarded_for.decode("latin-1")))
+    if not has_proto:
+        out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+    if not has_host and host:
+        out.append(("X-Forwarded-Host", host.decode("latin-1")))
+    return out
+
+
+def downstream_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers as they go to the caller: lower-cased, hop-by-hop ones removed."""
+    raw = list(raw)
+    dropped = HOP_BY_HOP
+    tokens = _connection_tokens(raw)
+    if tokens:
+        dropped = dropped | tokens
+    return [(name.lower(), value) for name, value in raw if name.lower() not in dropped]
+
+
+def reply_headers(upstream: RawHeaders, extra: RawHeaders) -> RawHeaders:
+    """Headers for an answer the sidecar wrote itself, keeping the upstream's others (date, server, ...)."""
+    kept = [(n, v) for n, v in upstream if n not in _REPLACED_IN_REPLY]
+    return kept + extra
+
+
+def caller_key(scope: Scope) -> str | None:
+    """The credential the caller presented to LiteLLM, or ``None``."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _KEY_HEADERS and name not in found:
+            found[name] = value
+    for name in _KEY_HEADERS:
+        value = found.get(name)
+        if value is None:
+            continue
+        text = value.decode("latin-1").strip()
+        if text[:7].lower() == "bearer ":
+            text = text[7:].strip()
+        if text:
+            return text
+    return None
+
+
+def key_hash(key: str) -> str:
+    """LiteLLM's token for a virtual key: the SHA-256 hex of the key, usable only by an admin look-up."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_label(key: str) -> str:
+    """A short, non-reversible label for logs: 12 hex digits of a hash distinct from LiteLLM's token."""
+    return hashlib.sha256(b"litellm-budget-sidecar:" + key.encode("utf-8")).hexdigest()[:12]

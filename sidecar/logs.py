@@ -1,0 +1,54 @@
+"""Structured logs: one JSON object per line on stderr.
+
+Events carry their fields in ``extra={"fields": {...}}``. Nothing secret is ever passed in: callers are
+identified by ``forwarding.key_label`` (a short hash unrelated to LiteLLM's token), the admin credential
+never reaches a log call, and admin look-up failures are described by path and status only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        message = record.getMessage()
+        if message:
+            entry["message"] = message
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str) -> None:
+    """Send the sidecar's and uvicorn's logs to stderr as JSON lines at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request URL at INFO; admin look-up URLs carry a key's LiteLLM token hash.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
+    """Log one structured event (``"event": name`` plus ``fields``)."""
+    logger.log(level, "", extra={"fields": {"event": name, **fields}})

@@ -1,0 +1,65 @@
+"""Which requests are model discovery, decided on the raw request path and nothing else.
+
+Only an exact, canonical path is a discovery route. The raw bytes the client sent are checked before any
+decoding: a doubled slash, a ``.`` or ``..`` segment, a percent-encoded dot, slash or backslash, a
+backslash or a NUL makes the request *not* discovery, so it is passed through to LiteLLM as sent, with the
+caller's own credential. That way no caller-chosen path can be turned into a look-up the sidecar makes
+with its admin credential; those look-ups use fixed URLs built in ``admin.py``. Model ids may contain
+``/`` (``/v1/models/openai/gpt-4o``): everything after the prefix is the id.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+
+class RouteKind(enum.Enum):
+    MODELS = "models"  # /v1/models, /models
+    MODEL = "model"  # /v1/models/{id}, /models/{id}
+    MODEL_INFO = "model_info"  # /model/info, /v1/model/info
+    MODEL_INFO_V2 = "model_info_v2"  # /v2/model/info
+    MODEL_GROUP_INFO = "model_group_info"  # /model_group/info
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryRoute:
+    kind: RouteKind
+    model_id: str | None = None
+
+
+_EXACT = {
+    b"/v1/models": RouteKind.MODELS,
+    b"/models": RouteKind.MODELS,
+    b"/model/info": RouteKind.MODEL_INFO,
+    b"/v1/model/info": RouteKind.MODEL_INFO,
+    b"/v2/model/info": RouteKind.MODEL_INFO_V2,
+    b"/model_group/info": RouteKind.MODEL_GROUP_INFO,
+}
+_MODEL_PREFIXES = (b"/v1/models/", b"/models/")
+
+_HOSTILE = re.compile(rb"//|\\|%2e|%2f|%5c|%00|\x00|(^|/)\.{1,2}(/|$)", re.IGNORECASE)
+
+DISCOVERY_METHODS = frozenset({"GET", "HEAD"})
+
+
+def match_discovery(method: str, raw_path: bytes) -> DiscoveryRoute | None:
+    """The discovery route ``raw_path`` names exactly, or ``None`` for everything to pass through."""
+    if method not in DISCOVERY_METHODS:
+        return None
+    kind = _EXACT.get(raw_path)
+    if kind is not None:
+        return DiscoveryRoute(kind)
+    for prefix in _MODEL_PREFIXES:
+        if raw_path.startswith(prefix):
+            rest = raw_path[len(prefix) :]
+            if not rest or rest.endswith(b"/") or _HOSTILE.search(raw_path):
+                return None
+            try:
+                model_id = unquote(rest.decode("ascii"), errors="strict")
+            except (UnicodeDecodeError, ValueError):
+                return None
+            return DiscoveryRoute(RouteKind.MODEL, model_id)
+    return None

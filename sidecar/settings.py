@@ -1,0 +1,162 @@
+"""Settings: command-line flags win over ``SIDECAR_*`` environment variables, which win over a YAML file.
+
+The YAML file (``SIDECAR_CONFIG=path`` or ``--config path``) uses the same names in lower case. Unknown
+names in the file are refused, so a typo cannot silently leave a default in force. Every problem is turned
+into a one-line message that names the setting and what it accepts; a secret's value is never echoed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+Policy = Literal["all", "free_only", "blocked"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+SECRET_FIELDS = frozenset({"admin_key"})
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is meant for the operator, one line each."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid", frozen=True)
+
+    upstream_url: str = "http://127.0.0.1:4000"
+    admin_key: SecretStr | None = None
+    policy: Policy = "all"
+    host: str = "127.0.0.1"
+    port: int = Field(default=4001, ge=1, le=65535)
+
+    # How long the admin's model catalog and each key's access scope are reused, in seconds.
+    catalog_ttl: float = Field(default=60.0, ge=0)
+    scope_ttl: float = Field(default=60.0, ge=0)
+
+    # Upstream timeouts in seconds. read_timeout bounds the silence between two chunks of a pass-through
+    # answer (a slow model's stream), not the whole answer.
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=600.0, gt=0)
+    admin_timeout: float = Field(default=10.0, gt=0)
+
+    # Model names the operator declares free in addition to those priced at 0 in LiteLLM's config.
+    free_models: Annotated[tuple[str, ...], NoDecode] = ()
+    # Answer /v1/models/{id} from the caller's own model list (LiteLLM refuses it to ordinary keys).
+    retrieve_from_list: bool = True
+
+    log_level: LogLevel = "info"
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:4000")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must not carry a query, fragment or credentials")
+        return value.rstrip("/")
+
+    @field_validator("policy", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("free_models", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _admin_key_needed(self) -> Settings:
+        if self.policy != "blocked" and not (self.admin_key and self.admin_key.get_secret_value()):
+            raise ValueError(
+                f"admin_key is required when policy is '{self.policy}' "
+                "(set SIDECAR_ADMIN_KEY, or policy 'blocked' to never rescue)"
+            )
+        return self
+
+    @property
+    def upstream_host(self) -> str:
+        """The upstream's host[:port], as sent in the Host header."""
+        return urlsplit(self.upstream_url).netloc
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Lowest-priority source: the keys of a YAML mapping, same names as the fields."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: must be a mapping of setting names to values")
+    return {str(key).lower(): value for key, value in data.items()}
+
+
+def _describe(error: Any) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        message = f"allowed values are {allowed}"
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(sorted(Settings.model_fields))
+        return f"unknown setting '{name}' (known settings: {known})"
+    shown = "" if name in SECRET_FIELDS or name == "settings" else f" (got {error.get('input')!r})"
+    if name == "settings":
+        return f"invalid settings: {message}"
+    return f"invalid setting '{name}' (SIDECAR_{name.upper()}): {message}{shown}"
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Build the settings from flags (``overrides``), the environment and the YAML file, in that order."""
+    path = config_file or os.environ.get("SIDECAR_CONFIG") or None
+    file_data = _read_yaml(path) if path else {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _YamlSource(settings_cls, file_data))
+
+    try:
+        layered = _Layered(**given)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(error) for error in exc.errors())) from None
+    except _SourceError as exc:
+        raise SettingsError(str(exc).splitlines()[0]) from None
+    return Settings.model_construct(**dict(layered))

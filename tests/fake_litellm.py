@@ -1,0 +1,284 @@
+"""A stand-in LiteLLM for the unit tests: answers what real LiteLLM answered, over real HTTP.
+
+It replays ``../shared/litellm-recordings/litellm-<version>.json`` - the verbatim answers of real LiteLLM
+proxies to the seeded keys - so the sidecar is tested against real bodies and headers. Tests can add
+their own answers (``fake.answer(...)``) for cases LiteLLM cannot be made to produce, and a few test-only
+routes exercise the pass-through: ``/echo`` (what arrived), ``/sse`` (a paced stream), ``/upload`` (counts
+a streamed body), ``/set-cookie``, ``/redirect``, ``/gzip``. Every request is recorded in ``fake.seen``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "litellm-recordings"
+VERSIONS = ("1.83.3", "1.88.6", "1.106.2")
+
+# The keys ../shared/litellm-upstream seeds (its README), and the master key it starts LiteLLM with.
+KEYS = {
+    "KEY_TEAM_BROKE": "sk-team-broke-0000000000",
+    "KEY_KEY_BROKE": "sk-key-broke-00000000000",
+    "KEY_USER_BROKE": "sk-user-broke-0000000000",
+    "KEY_FREE_ONLY": "sk-team-broke-freeonly00",
+    "KEY_GROUP_ONLY": "sk-team-broke-grouponly0",
+    "KEY_HEALTHY": "sk-healthy-0000000000000",
+    "MASTER": "sk-master-1234",
+}
+PRINCIPAL_OF = {key: name for name, key in KEYS.items()}
+CHAT_ORDER = ("paid-model", "paid-model+stream", "free-model", "free-model+stream")
+HASH_OWNER = {hashlib.sha256(key.encode()).hexdigest(): name for name, key in KEYS.items()}
+
+
+def load_recordings(version: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = json.loads((RECORDINGS / f"litellm-{version}.json").read_text())
+    return entries
+
+
+def all_recordings() -> list[dict[str, Any]]:
+    return [entry for version in VERSIONS for entry in load_recordings(version)]
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str  # raw path + "?" + raw query
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name.lower():
+                return value
+        return None
+
+
+Reply = tuple[int, list[tuple[str, str]], bytes]
+
+
+@dataclass
+class FakeLiteLLM:
+    version: str = "1.88.6"
+    seen: list[Seen] = field(default_factory=list)
+    overrides: dict[tuple[str, str], Callable[[Seen], Reply]] = field(default_factory=dict)
+    delay: float = 0.0
+    events: list[str] = field(default_factory=list)
+    _index: dict[tuple[str, str, str, bool], dict[str, Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def use_version(self, version: str) -> None:
+        self.version = version
+        self._index = {}
+        chats: dict[str, int] = {}
+        for entry in load_recordings(version):
+            method, target = entry["request"].split(" ", 1)
+            principal = entry["principal"]
+            if principal.startswith("MASTER looking up"):
+                principal = "MASTER"
+            if target == "/v1/chat/completions":
+                # Recorded in this order per principal: paid, paid streamed, free, free streamed.
+                n = chats[principal] = chats.get(principal, -1) + 1
+                target = f"{target}#{CHAT_ORDER[n]}"
+            anthropic = "anthropic-version" in entry["request_headers"]
+            self._index.setdefault((principal, method, target, anthropic), entry)
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.overrides.clear()
+        self.delay = 0.0
+        self.events.clear()
+        self.use_version(self.version)
+
+    def answer(
+        self, method: str, target: str, status: int, body: Any, headers: list[tuple[str, str]] = ()
+    ) -> None:  # type: ignore[assignment]
+        """Answer ``method target`` (path and query as sent) with ``body`` whoever asks."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        hdrs = list(headers) or [("content-type", "application/json")]
+        self.overrides[(method, target)] = lambda _seen: (status, hdrs, raw)
+
+    def recorded_body(self, principal: str, request: str) -> Any:
+        for entry in load_recordings(self.version):
+            if (
+                entry["principal"] == principal
+                and entry["request"] == request
+                and not entry["request_headers"]
+            ):
+                return entry["body"]
+        raise KeyError((principal, request))
+
+    def admin_requests(self) -> list[Seen]:
+        return [s for s in self.seen if s.header("authorization") == f"Bearer {KEYS['MASTER']}"]
+
+    def recorded(self, seen: Seen) -> Reply | None:
+        key = (seen.header("authorization") or "").removeprefix("Bearer ").strip()
+        principal = PRINCIPAL_OF.get(key)
+        if principal is None:
+            return None
+        anthropic = seen.header("anthropic-version") is not None
+        target = seen.target
+        if target == "/v1/chat/completions":
+            request = json.loads(seen.body or b"{}")
+            target += f"#{request.get('model')}" + ("+stream" if request.get("stream") else "")
+        entry = self._index.get((principal, seen.method, target, anthropic))
+        if entry is None and principal == "MASTER" and seen.target.startswith("/v2/model/info?"):
+            # The sidecar asks for one page holding everything; what was recorded is the default page.
+            entry = self._index.get((principal, seen.method, "/v2/model/info", anthropic))
+        if entry is None:
+            return None
+        body = entry["body"]
+        raw = body.encode() if isinstance(body, str) else json.dumps(body, separators=(",", ":")).encode()
+        headers = [
+            (k.lower(), v)
+            for k, v in entry["headers"].items()
+            if k.lower() not in ("content-length", "connection", "transfer-encoding", "content-encoding")
+        ]
+        return entry["status"], headers, raw
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        seen = Seen(scope["method"], target, headers, b"")
+        if scope["raw_path"] == b"/upload":
+            await _count_upload(seen, receive, send)
+            self.seen.append(seen)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.body = body
+        with self._lock:
+            self.seen.append(seen)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        path = scope["raw_path"]
+        if path == b"/sse":
+            await self._sse(receive, send)
+            return
+        override = self.overrides.get((seen.method, seen.target)) or self.overrides.get((seen.method, "*"))
+        reply = override(seen) if override else self._builtin(path, seen) or self.recorded(seen)
+        if reply is None:
+            reply = (404, [("content-type", "application/json")], b'{"detail":"Not Found"}')
+        status, reply_headers, payload = reply
+        if not any(name == "date" for name, _ in reply_headers):
+            reply_headers = [*reply_headers, ("date", formatdate(usegmt=True)), ("server", "uvicorn")]
+        if ("content-type", "text/event-stream") in [(k, v.split(";")[0]) for k, v in reply_headers]:
+            await _paced(send, status, reply_headers, payload)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in reply_headers]
+                + [(b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _sse(self, receive: Any, send: Any) -> None:
+        """Six events 0.2 s apart; notes whether the reader stayed to the end or went away."""
+        gone = asyncio.ensure_future(receive())  # the body is read: the next message is the disconnect
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            }
+        )
+        for i in range(5):
+            await send({"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True})
+            await asyncio.wait({gone}, timeout=0.2)
+            if gone.done():
+                self.events.append("sse-disconnected")
+                return
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        gone.cancel()
+        self.events.append("sse-finished")
+
+    def _builtin(self, path: bytes, seen: Seen) -> Reply | None:
+        if path.startswith(b"/echo"):
+            payload = {
+                "method": seen.method,
+                "target": seen.target,
+                "headers": seen.headers,
+                "body": seen.body.decode("latin-1"),
+            }
+            return 200, [("content-type", "application/json")], json.dumps(payload).encode()
+        if path == b"/set-cookie":
+            return (
+                200,
+                [("set-cookie", "session=caller-a-secret; Path=/"), ("content-type", "text/plain")],
+                b"ok",
+            )
+        if path == b"/redirect":
+            return 307, [("location", "http://127.0.0.1:9/elsewhere")], b""
+        if path == b"/gzip":
+            return (
+                200,
+                [("content-type", "application/json"), ("content-encoding", "gzip")],
+                gzip.compress(b'{"compressed": true}'),
+            )
+        return None
+
+
+async def _paced(send: Any, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
+    """A recorded stream, one event every 0.1 s, as a model would produce it."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode(), v.encode()) for k, v in headers],
+        }
+    )
+    for event in payload.split(b"\n\n"):
+        if event.strip():
+            await send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
+            await asyncio.sleep(0.1)
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _count_upload(seen: Seen, receive: Any, send: Any) -> None:
+    chunks = total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if message.get("body"):
+            chunks += 1
+            total += len(message["body"])
+        if not message.get("more_body"):
+            break
+    seen.body = json.dumps({"chunks": chunks, "bytes": total}).encode()
+    payload = seen.body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,101 @@
+"""Free models and what of the admin's view may be shown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.catalog import ModelCatalog, is_secret_param, public_deployment
+from tests.fake_litellm import VERSIONS, load_recordings
+
+
+def dep(name: str, **params: object) -> dict:
+    return {"model_name": name, "litellm_params": {"model": "openai/x", **params}, "model_info": {"id": name}}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_recorded_proxy_free_models(version: str) -> None:
+    model_info = next(
+        e["body"]
+        for e in load_recordings(version)
+        if e["principal"] == "MASTER" and e["request"] == "GET /model/info"
+    )
+    catalog = ModelCatalog.from_model_info(model_info["data"])
+    assert sorted(catalog.free) == ["free-embedding", "free-model", "free-model-2"]
+    assert catalog.access_groups == {"free-group": frozenset({"free-model-2"})}
+
+
+def test_a_model_without_a_configured_price_is_not_free() -> None:
+    catalog = ModelCatalog.from_model_info([dep("gpt-4o"), dep("half", input_cost_per_token=0)])
+    assert catalog.free == frozenset()
+
+
+def test_every_deployment_of_a_name_must_be_free() -> None:
+    free = {"input_cost_per_token": 0, "output_cost_per_token": 0.0}
+    catalog = ModelCatalog.from_model_info(
+        [
+            dep("mixed", **free),
+            dep("mixed", input_cost_per_token=0, output_cost_per_token=1e-6),
+            dep("ok", **free),
+        ]
+    )
+    assert catalog.free == frozenset({"ok"})
+
+
+def test_per_second_pricing_is_not_free() -> None:
+    catalog = ModelCatalog.from_model_info(
+        [dep("whisper", input_cost_per_token=0, output_cost_per_token=0, input_cost_per_second=0.0001)]
+    )
+    assert not catalog.is_free("whisper")
+
+
+def test_strings_and_booleans_are_not_prices() -> None:
+    catalog = ModelCatalog.from_model_info(
+        [
+            dep("a", input_cost_per_token="0", output_cost_per_token=0),
+            dep("b", input_cost_per_token=False, output_cost_per_token=0),
+        ]
+    )
+    assert catalog.free == frozenset()
+
+
+def test_operators_can_declare_extra_free_models() -> None:
+    catalog = ModelCatalog.from_model_info([dep("local-llama")], extra_free=("local-llama",))
+    assert catalog.is_free("local-llama")
+
+
+SECRET = "SECRET-VALUE-123"
+
+
+def test_secrets_never_leave_in_a_public_deployment() -> None:
+    entry = dep(
+        "m",
+        api_key=SECRET,
+        aws_access_key_id=SECRET,
+        aws_secret_access_key=SECRET,
+        aws_session_token=SECRET,
+        vertex_credentials=SECRET,
+        azure_ad_token=SECRET,
+        client_secret=SECRET,
+        azure_password=SECRET,
+        extra_headers={"Authorization": SECRET},
+        input_cost_per_token=0.001,
+        api_base="http://10.0.0.1:8000/v1",
+        nested={"api_key": SECRET, "region": "eu"},
+    )
+    entry["model_info"].update({"access_via_team_ids": ["team-a"], "direct_access": True})
+    shown = public_deployment(entry)
+    assert SECRET not in json.dumps(shown)
+    assert shown["litellm_params"]["input_cost_per_token"] == 0.001
+    assert shown["litellm_params"]["nested"] == {"region": "eu"}
+    assert "access_via_team_ids" not in shown["model_info"]
+    assert "direct_access" not in shown["model_info"]
+    assert entry["litellm_params"]["api_key"] == SECRET  # the cached original is untouched
+
+
+@pytest.mark.parametrize(
+    "name", ["input_cost_per_token", "output_cost_per_token", "max_tokens", "model", "api_base"]
+)
+def test_prices_and_plain_settings_are_not_secrets(name: str) -> None:
+    assert not is_secret_param(name)
