@@ -397,3 +397,16 @@ def test_admin_credential_only_goes_to_fixed_lookups_and_raw_keys_never_in_urls(
             assert seen.header("authorization") != f"Bearer {KEYS['MASTER']}"
     logged = caplog.text + json.dumps([getattr(r, "fields", None) for r in caplog.records], default=str)
     assert not any(key in logged for key in KEYS.values())
+
+
+def test_proxy_environment_variables_are_ignored(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    url = sidecar()
+    assert (
+        client.get(url + "/v1/models", headers=bearer("KEY_TEAM_BROKE")).headers["x-sidecar-budget-exceeded"]
+        == "true"
+    )
+    assert client.post(url + "/echo", content=b"x").status_code == 200
