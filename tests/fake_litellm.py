@@ -1,7 +1,8 @@
 """A stand-in LiteLLM for the unit tests: answers what real LiteLLM answered, over real HTTP.
 
-It replays ``../shared/litellm-recordings/litellm-<version>.json`` - the verbatim answers of real LiteLLM
-proxies to the seeded keys - so the sidecar is tested against real bodies and headers. Tests can add
+It replays ``tests/fixtures/litellm-<version>.json`` - the verbatim answers of real LiteLLM proxies to
+the keys ``../shared/litellm-upstream`` seeds, recorded by the integration suite
+(``tests/integration/record.py``) - so the sidecar is tested against real bodies and headers. Tests can add
 their own answers (``fake.answer(...)``) for cases LiteLLM cannot be made to produce, and a few test-only
 routes exercise the pass-through: ``/echo`` (what arrived), ``/sse`` (a paced stream), ``/upload`` (counts
 a streamed body), ``/set-cookie``, ``/redirect``, ``/gzip``. Every request is recorded in ``fake.seen``.
@@ -20,7 +21,8 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "litellm-recordings"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "litellm-recordings"
 VERSIONS = ("1.83.3", "1.88.6", "1.106.2")
 
 # The keys ../shared/litellm-upstream seeds (its README), and the master key it starts LiteLLM with.
@@ -34,17 +36,18 @@ KEYS = {
     "MASTER": "sk-master-1234",
 }
 PRINCIPAL_OF = {key: name for name, key in KEYS.items()}
-CHAT_ORDER = ("paid-model", "paid-model+stream", "free-model", "free-model+stream")
 HASH_OWNER = {hashlib.sha256(key.encode()).hexdigest(): name for name, key in KEYS.items()}
 
 
-def load_recordings(version: str) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = json.loads((RECORDINGS / f"litellm-{version}.json").read_text())
+def load_recordings(version: str, folder: Path = FIXTURES) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = json.loads((folder / f"litellm-{version}.json").read_text())
     return entries
 
 
 def all_recordings() -> list[dict[str, Any]]:
-    return [entry for version in VERSIONS for entry in load_recordings(version)]
+    """Ours and, where it is beside the project, the shared set recorded independently of this suite."""
+    folders = [FIXTURES] + ([SHARED_RECORDINGS] if SHARED_RECORDINGS.is_dir() else [])
+    return [entry for folder in folders for version in VERSIONS for entry in load_recordings(version, folder)]
 
 
 @dataclass
@@ -77,16 +80,13 @@ class FakeLiteLLM:
     def use_version(self, version: str) -> None:
         self.version = version
         self._index = {}
-        chats: dict[str, int] = {}
         for entry in load_recordings(version):
             method, target = entry["request"].split(" ", 1)
             principal = entry["principal"]
             if principal.startswith("MASTER looking up"):
                 principal = "MASTER"
-            if target == "/v1/chat/completions":
-                # Recorded in this order per principal: paid, paid streamed, free, free streamed.
-                n = chats[principal] = chats.get(principal, -1) + 1
-                target = f"{target}#{CHAT_ORDER[n]}"
+            if "request_body" in entry:
+                target += _body_tag(entry["request_body"])
             anthropic = "anthropic-version" in entry["request_headers"]
             self._index.setdefault((principal, method, target, anthropic), entry)
 
@@ -125,13 +125,12 @@ class FakeLiteLLM:
             return None
         anthropic = seen.header("anthropic-version") is not None
         target = seen.target
-        if target == "/v1/chat/completions":
-            request = json.loads(seen.body or b"{}")
-            target += f"#{request.get('model')}" + ("+stream" if request.get("stream") else "")
+        if seen.method == "POST":
+            try:
+                target += _body_tag(json.loads(seen.body or b"{}"))
+            except ValueError:
+                return None
         entry = self._index.get((principal, seen.method, target, anthropic))
-        if entry is None and principal == "MASTER" and seen.target.startswith("/v2/model/info?"):
-            # The sidecar asks for one page holding everything; what was recorded is the default page.
-            entry = self._index.get((principal, seen.method, "/v2/model/info", anthropic))
         if entry is None:
             return None
         body = entry["body"]
@@ -240,6 +239,13 @@ class FakeLiteLLM:
                 gzip.compress(b'{"compressed": true}'),
             )
         return None
+
+
+def _body_tag(body: Any) -> str:
+    """What tells recorded POSTs to one path apart: the model and whether it streams."""
+    if not isinstance(body, dict):
+        return ""
+    return f"#{body.get('model')}" + ("+stream" if body.get("stream") else "")
 
 
 async def _paced(send: Any, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
