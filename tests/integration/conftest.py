@@ -1,0 +1,184 @@
+"""Real LiteLLM proxies (with Postgres, seeded over-budget principals) and the real sidecar process.
+
+Each LiteLLM version is started once per test session with ``../shared/litellm-upstream`` and stopped at
+the end. Outside CI the suite skips, saying why, when that harness cannot run here (no harness, no
+PostgreSQL server, no Node, or ``up`` failing, e.g. without the package registries). In CI (``CI`` set)
+those are failures: the integration suite must really run there.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration import record
+
+TOOL = Path(__file__).resolve().parents[3] / "shared" / "litellm-upstream" / "litellm-upstream"
+VERSIONS = ("1.83.3", "1.88.6", "1.106.2")
+SIDECAR = Path(sys.executable).parent / "litellm-budget-sidecar"
+VIEWER_KEY = "sk-budget-sidecar-viewer0"
+TIMINGS: dict[str, dict[str, float]] = {}
+REPORT: dict[str, str] = {}  # findings worth a line in the summary
+
+
+def _unavailable() -> str | None:
+    if not TOOL.exists():
+        return f"no LiteLLM harness at {TOOL}"
+    if not shutil.which("node"):
+        return "Node.js is missing (the harness needs it for its Prisma shim)"
+    if not (os.environ.get("LITELLM_UPSTREAM_PG_BIN") or glob.glob("/usr/lib/postgresql/*/bin/initdb")):
+        return "PostgreSQL server binaries are missing (apt-get install postgresql)"
+    return None
+
+
+def _cannot_run(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"integration suite must run in CI but cannot: {reason}", pytrace=False)
+    pytest.skip(f"no real LiteLLM here: {reason}")
+
+
+def _exports(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            name, _, value = shlex.split(line)[1].partition("=")
+            env[name] = value
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Sidecar:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@dataclass
+class LiteLLM:
+    version: str
+    url: str
+    master_key: str
+    keys: dict[str, str]
+    logs: Path
+    sidecars: dict[tuple[str, str], Sidecar] = field(default_factory=dict)
+
+    def sidecar(self, policy: str, admin_key: str | None = None) -> str:
+        """URL of a sidecar process (the console script) in front of this LiteLLM, started on first use."""
+        admin = admin_key or self.master_key
+        running = self.sidecars.get((policy, admin))
+        if running is not None:
+            return running.url
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        env.update(
+            SIDECAR_UPSTREAM_URL=self.url,
+            SIDECAR_ADMIN_KEY=admin,
+            SIDECAR_POLICY=policy,
+            SIDECAR_PORT=str(port),
+            SIDECAR_LOG_LEVEL="info",
+        )
+        log = self.logs / f"sidecar-{policy}-{len(self.sidecars)}.log"
+        with log.open("wb") as stderr:  # the child keeps its own descriptor
+            process = subprocess.Popen([str(SIDECAR)], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        sidecar = Sidecar(f"http://127.0.0.1:{port}", process, log)
+        self.sidecars[(policy, admin)] = sidecar
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(sidecar.url + "/health/liveliness", timeout=2)
+                return sidecar.url
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"sidecar did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.1)
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(TOOL), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session", params=VERSIONS)
+def litellm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteLLM]:
+    reason = _unavailable()
+    if reason:
+        _cannot_run(reason)
+    version: str = request.param
+    name = "sidecar_it_" + version.replace(".", "_")
+    started = time.monotonic()
+    up = _run(["up", "--version", version, "--name", name], timeout=1200)
+    if up.returncode != 0:
+        _cannot_run(f"litellm-upstream up --version {version} failed: {up.stderr.strip()[-1500:]}")
+    env = _exports(up.stdout)
+    seeded_at = time.monotonic()
+    instance: LiteLLM | None = None
+    try:
+        seed = _run(
+            ["seed", "--url", env["LITELLM_URL"], "--master-key", env["LITELLM_MASTER_KEY"]], timeout=300
+        )
+        if seed.returncode != 0:
+            pytest.fail(f"litellm-upstream seed failed on {version}: {seed.stderr.strip()[-1500:]}")
+        keys = _exports(seed.stdout)
+        instance = LiteLLM(
+            version, env["LITELLM_URL"], env["LITELLM_MASTER_KEY"], keys, tmp_path_factory.mktemp(name)
+        )
+        _create_viewer(instance)
+        TIMINGS[version] = {"up_s": seeded_at - started, "seed_s": time.monotonic() - seeded_at}
+        if os.environ.get("SIDECAR_RECORD_FIXTURES"):
+            record.write(version, record.record(version, instance.url, instance.master_key, keys))
+        yield instance
+    finally:
+        for sidecar in instance.sidecars.values() if instance else ():
+            sidecar.stop()
+        _run(["down", "--name", name], timeout=120)
+
+
+def _create_viewer(instance: LiteLLM) -> None:
+    """A least-privilege admin credential: a key of a ``proxy_admin_viewer`` user (idempotent)."""
+    headers = {"Authorization": f"Bearer {instance.master_key}"}
+    with httpx.Client(base_url=instance.url, headers=headers, timeout=30) as admin:
+        admin.post("/user/new", json={"user_id": "budget-sidecar-viewer", "user_role": "proxy_admin_viewer"})
+        admin.post(
+            "/key/generate",
+            json={
+                "user_id": "budget-sidecar-viewer",
+                "key": VIEWER_KEY,
+                "key_alias": "budget-sidecar-viewer",
+            },
+        )
+        check = admin.get("/key/info", params={"key": VIEWER_KEY})
+        assert check.status_code == 200, check.text
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for version, timing in TIMINGS.items():
+        terminalreporter.write_line(
+            f"litellm {version}: up {timing['up_s']:.1f}s, seed {timing['seed_s']:.1f}s"
+        )
+    for subject, finding in REPORT.items():
+        terminalreporter.write_line(f"{subject}: {finding}")
