@@ -53,6 +53,9 @@ class SidecarApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if scope["path"] == "/healthz":
+                await _alive(send)
+                return
             route = match_discovery(scope["method"], scope["raw_path"] or scope["path"].encode())
             if route is None:
                 await self.upstream.pass_through(scope, receive, send)
@@ -77,6 +80,14 @@ class SidecarApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _alive(send: Send) -> None:
+    """Liveness: the process serves requests. No upstream call; LiteLLM has no route of this name."""
+    body = b'{"status":"ok"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings) -> SidecarApp:

@@ -204,3 +204,14 @@ def test_slow_upstream_is_a_504(fake: FakeLiteLLM, sidecar: SidecarFactory, clie
         answer = client.get(url + path, headers=bearer("KEY_HEALTHY"))
         assert answer.status_code == 504
         assert answer.json()["error"]["type"] == "upstream_error"
+
+
+def test_healthz_answers_without_asking_the_upstream(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = sidecar(upstream_url=f"http://127.0.0.1:{port}")  # nothing listens upstream
+    answer = client.get(url + "/healthz")
+    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})

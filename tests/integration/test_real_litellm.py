@@ -7,6 +7,11 @@ that version answers by itself, the sidecar must pass its answer through untouch
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
@@ -222,3 +227,29 @@ def test_least_privilege_viewer_key(litellm: LiteLLM, principal: str) -> None:
     else:
         assert answer.status_code == 200
         assert [m["id"] for m in answer.json()["data"]] == ACCESS[principal]
+
+
+def test_compose_init_step_spends_a_team_budget_on_real_litellm(litellm: LiteLLM) -> None:
+    """The docker-compose demo's init step, run against this real LiteLLM (same prices as the demo's)."""
+    key = "sk-demo-team-broke-0000000"
+    env = {
+        **os.environ,
+        "LITELLM_URL": litellm.url,
+        "LITELLM_MASTER_KEY": litellm.master_key,
+        "DEMO_KEY": key,
+    }
+    script = Path(__file__).resolve().parents[2] / "demo" / "compose" / "init_budget.py"
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    headers = {"Authorization": f"Bearer {key}"}
+    chat = {"model": "paid-model", "messages": [{"role": "user", "content": "hi"}]}
+    paid = httpx.post(litellm.url + "/v1/chat/completions", json=chat, headers=headers, timeout=30)
+    assert direct_is_budget_error(paid)
+    direct = httpx.get(litellm.url + "/v1/models", headers=headers, timeout=30)
+    answer = httpx.get(litellm.sidecar("free_only") + "/v1/models", headers=headers, timeout=30)
+    if direct_is_budget_error(direct):
+        assert [m["id"] for m in answer.json()["data"]] == ["free-model", "free-model-2", "free-embedding"]
+    else:
+        assert answer.content == direct.content
