@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
@@ -76,19 +75,15 @@ class AdminLookups:
         self._extra_free = extra_free
         self.views: SingleFlightCache[View | str, Any] = SingleFlightCache(catalog_ttl)
         self.scopes: SingleFlightCache[str, Scope] = SingleFlightCache(scope_ttl)
-        self.lookup_seconds: list[float] = []  # recent look-up latencies, for metrics
 
     async def _get(self, path: str, params: tuple[tuple[str, str], ...] = (), anthropic: bool = False) -> Any:
         headers = {"anthropic-version": ANTHROPIC_VERSION} if anthropic else None
-        started = time.perf_counter()
         try:
             response = await self._client.get(path, params=params, headers=headers)
         except httpx.TimeoutException:
             raise LookupFailed(f"{path}: timed out") from None
         except httpx.HTTPError as exc:
             raise LookupFailed(f"{path}: {type(exc).__name__}") from None
-        finally:
-            self.lookup_seconds = [*self.lookup_seconds[-99:], time.perf_counter() - started]
         if response.status_code != 200:
             raise LookupFailed(f"{path} answered {response.status_code}")
         try:

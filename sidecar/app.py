@@ -8,8 +8,6 @@ requests (``upstream.py``) and one ``httpx.AsyncClient`` for the admin look-ups 
 
 from __future__ import annotations
 
-import logging
-
 import httpx
 
 from sidecar.admin import AdminLookups, admin_http_client
@@ -17,9 +15,7 @@ from sidecar.discovery import Discovery
 from sidecar.routes import match_discovery
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
-from sidecar.upstream import Upstream
-
-log = logging.getLogger("sidecar")
+from sidecar.upstream import Upstream, send_json
 
 
 class SidecarApp:
@@ -30,7 +26,7 @@ class SidecarApp:
         )
         self._admin_client: httpx.AsyncClient | None = None
         self.admin: AdminLookups | None = None
-        self.discovery = Discovery(self.upstream, None, settings.policy, settings.retrieve_from_list)
+        self.discovery: Discovery | None = None  # built at start-up, with the clients
 
     async def startup(self) -> None:
         await self.upstream.start()
@@ -60,6 +56,7 @@ class SidecarApp:
             if route is None:
                 await self.upstream.pass_through(scope, receive, send)
             else:
+                assert self.discovery is not None, "the lifespan start-up did not run"
                 await self.discovery.handle(route, scope, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
@@ -84,10 +81,7 @@ class SidecarApp:
 
 async def _alive(send: Send) -> None:
     """Liveness: the process serves requests. No upstream call; LiteLLM has no route of this name."""
-    body = b'{"status":"ok"}'
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 200, b'{"status":"ok"}')
 
 
 def create_app(settings: Settings) -> SidecarApp:

@@ -50,9 +50,7 @@ class Discovery:
         try:
             answer = await self._answer(route, scope)
         except UpstreamUnavailable as exc:
-            answer = Answer(exc.status, [], error_body(exc.status, str(exc), "upstream_error"))
-            answer.headers.append((b"content-type", b"application/json"))
-            answer.headers.append((b"content-length", str(len(answer.body)).encode()))
+            answer = _json_answer(exc.status, error_body(exc.status, str(exc), "upstream_error"), [])
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         body = b"" if scope["method"] == "HEAD" else answer.body
         await send({"type": "http.response.body", "body": body})
@@ -70,7 +68,7 @@ class Discovery:
         if from_list and asked.status == 200:
             listed = asked.json()
             if isinstance(listed, dict) and isinstance(listed.get("data"), list):
-                return _single_model(asked, listed, route.model_id or "", [])
+                return _single_model(asked, listed, route.model_id or "")
         return asked
 
     async def _rescue(self, route: DiscoveryRoute, scope: Scope, refused: Answer, error: Any) -> Answer:
@@ -145,7 +143,7 @@ def _not_found(model_id: str) -> dict[str, Any]:
 
 
 def _json_answer(status: int, payload: Any, headers: RawHeaders) -> Answer:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
     return Answer(
         status,
         [*headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
@@ -153,8 +151,10 @@ def _json_answer(status: int, payload: Any, headers: RawHeaders) -> Answer:
     )
 
 
-def _single_model(listed_answer: Answer, listed: dict[str, Any], model_id: str, extra: RawHeaders) -> Answer:
+def _single_model(listed_answer: Answer, listed: dict[str, Any], model_id: str) -> Answer:
+    """The caller's own list answered: its entry for ``model_id``, or the OpenAI 404."""
     entry = shapes.find_model(listed, model_id)
+    headers = reply_headers(listed_answer.headers, [])
     if entry is None:
-        return _json_answer(404, _not_found(model_id), reply_headers(listed_answer.headers, extra))
-    return _json_answer(200, entry, reply_headers(listed_answer.headers, extra))
+        return _json_answer(404, _not_found(model_id), headers)
+    return _json_answer(200, entry, headers)

@@ -79,18 +79,9 @@ def error_body(status: int, message: str, kind: str, code: str | None = None) ->
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-async def send_json(send: Send, status: int, body: bytes, headers: RawHeaders = ()) -> None:  # type: ignore[assignment]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                *headers,
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+async def send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

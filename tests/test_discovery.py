@@ -11,35 +11,16 @@ import pytest
 
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, Seen
-
-ALL = ["paid-model", "free-model", "free-model-2", "free-embedding"]
-FREE = ["free-model", "free-model-2", "free-embedding"]
-# What each seeded principal may access (see ../shared/litellm-upstream/README.md).
-ACCESS = {
-    "KEY_TEAM_BROKE": ALL,
-    "KEY_KEY_BROKE": ALL,
-    "KEY_USER_BROKE": ALL,
-    "KEY_FREE_ONLY": ["free-model"],
-    "KEY_GROUP_ONLY": ["free-model-2"],
-}
-BROKE = list(ACCESS)
-ROUTE_NAMES = {
-    "/v1/models": "id",
-    "/models": "id",
-    "/model/info": "model_name",
-    "/v1/model/info": "model_name",
-    "/v2/model/info": "model_name",
-    "/model_group/info": "model_group",
-}
+from tests.seeded import ACCESS, ALL_MODELS, BROKE, FREE_MODELS, LIST_ROUTES
 
 
 def names(answer: httpx.Response, path: str) -> list[str]:
-    return [entry[ROUTE_NAMES[path]] for entry in answer.json()["data"]]
+    return [entry[LIST_ROUTES[path]] for entry in answer.json()["data"]]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("principal", BROKE)
-@pytest.mark.parametrize("path", list(ROUTE_NAMES))
+@pytest.mark.parametrize("path", list(LIST_ROUTES))
 def test_policy_all_lists_what_the_caller_may_access(
     fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, version: str, principal: str, path: str
 ) -> None:
@@ -72,15 +53,17 @@ def test_policy_free_only_keeps_only_zero_cost_models(
         return
     assert answer.status_code == 200
     assert answer.headers["x-sidecar-policy"] == "free_only"
-    assert names(answer, "/v1/models") == [m for m in ACCESS[principal] if m in FREE]
+    assert names(answer, "/v1/models") == [m for m in ACCESS[principal] if m in FREE_MODELS]
     info = client.get(url + "/model/info", headers=bearer(principal))
     if "x-sidecar-budget-exceeded" in info.headers:  # some versions list /model/info for a spent key
-        assert [d["model_name"] for d in info.json()["data"]] == [m for m in ACCESS[principal] if m in FREE]
+        assert [d["model_name"] for d in info.json()["data"]] == [
+            m for m in ACCESS[principal] if m in FREE_MODELS
+        ]
         assert all(d["litellm_params"]["input_cost_per_token"] == 0 for d in info.json()["data"])
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("path", list(ROUTE_NAMES))
+@pytest.mark.parametrize("path", list(LIST_ROUTES))
 def test_policy_blocked_returns_litellms_error_byte_for_byte(
     fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, version: str, path: str
 ) -> None:
@@ -94,7 +77,7 @@ def test_policy_blocked_returns_litellms_error_byte_for_byte(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("path", list(ROUTE_NAMES))
+@pytest.mark.parametrize("path", list(LIST_ROUTES))
 def test_healthy_key_answers_are_identical_with_and_without_sidecar(
     fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, version: str, path: str
 ) -> None:
@@ -138,7 +121,7 @@ def test_anthropic_list_shape_is_kept(
     url = sidecar(policy="free_only")
     headers = {**bearer("KEY_KEY_BROKE"), "anthropic-version": "2023-06-01"}
     answer = client.get(url + "/v1/models", headers=headers).json()
-    assert [m["id"] for m in answer["data"]] == FREE
+    assert [m["id"] for m in answer["data"]] == FREE_MODELS
     assert answer["data"][0]["type"] == "model" and "display_name" in answer["data"][0]
     assert (answer["has_more"], answer["first_id"], answer["last_id"]) == (
         False,
@@ -170,7 +153,7 @@ def test_model_info_from_admin_view_carries_no_secrets_or_admin_fields(
     fake.overrides[("GET", "/model/info")] = by_caller
     answer = client.get(sidecar() + "/model/info", headers=bearer("KEY_KEY_BROKE"))
     assert answer.headers["x-sidecar-budget-exceeded"] == "true"
-    assert [d["model_name"] for d in answer.json()["data"]] == ALL
+    assert [d["model_name"] for d in answer.json()["data"]] == ALL_MODELS
     assert "sk-provider-secret" not in answer.text and "aws-secret" not in answer.text
     assert "team-secret-id" not in answer.text and "access_via_team_ids" not in answer.text
 
@@ -374,7 +357,7 @@ def test_admin_credential_only_goes_to_fixed_lookups_and_raw_keys_never_in_urls(
     url = sidecar(log_level="debug")
     with caplog.at_level(logging.DEBUG):
         for principal in [*BROKE, "KEY_HEALTHY"]:
-            for path in [*ROUTE_NAMES, "/v1/models/free-model", "/v2/model/info?page=2&size=1"]:
+            for path in [*LIST_ROUTES, "/v1/models/free-model", "/v2/model/info?page=2&size=1"]:
                 answer = client.get(url + path, headers=bearer(principal))
                 assert KEYS["MASTER"] not in answer.text
                 assert KEYS["MASTER"] not in json.dumps(dict(answer.headers))

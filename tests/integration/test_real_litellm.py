@@ -18,32 +18,12 @@ import pytest
 
 from sidecar.budget import is_budget_error
 from tests.integration.conftest import REPORT, VIEWER_KEY, LiteLLM
+from tests.seeded import ACCESS, ALL_MODELS, BROKE, LIST_ROUTES, expected_models
 
 pytestmark = pytest.mark.integration
 
-ALL = ["paid-model", "free-model", "free-model-2", "free-embedding"]
-FREE = {"free-model", "free-model-2", "free-embedding"}
-ACCESS = {
-    "KEY_TEAM_BROKE": ALL,
-    "KEY_KEY_BROKE": ALL,
-    "KEY_USER_BROKE": ALL,
-    "KEY_FREE_ONLY": ["free-model"],
-    "KEY_GROUP_ONLY": ["free-model-2"],
-}
-BROKE = list(ACCESS)
-LIST_ROUTES = {
-    "/v1/models": "id",
-    "/models": "id",
-    "/model/info": "model_name",
-    "/v1/model/info": "model_name",
-    "/v2/model/info": "model_name",
-    "/model_group/info": "model_group",
-}
+
 EIGHT_ROUTES = [*LIST_ROUTES, "/v1/models/{id}", "/models/{id}"]
-
-
-def expected(principal: str, policy: str) -> list[str]:
-    return [m for m in ACCESS[principal] if policy == "all" or m in FREE]
 
 
 def auth(litellm: LiteLLM, principal: str) -> dict[str, str]:
@@ -72,10 +52,10 @@ def test_openai_client_lists_and_retrieves(litellm: LiteLLM, principal: str, pol
         direct_ids = None
     listed = [m.id for m in through.models.list()]
     if direct_ids is None:
-        assert listed == expected(principal, policy)
+        assert listed == expected_models(principal, policy)
     else:  # this version lists the models itself: passed through as LiteLLM answered
         assert listed == direct_ids == ACCESS[principal]
-    for model in ALL:
+    for model in ALL_MODELS:
         if model in listed:
             assert through.models.retrieve(model).id == model
         else:
@@ -90,7 +70,7 @@ def test_each_discovery_route(litellm: LiteLLM, principal: str, policy: str, rou
     url = litellm.sidecar(policy)
     headers = auth(litellm, principal)
     if "{id}" in route:
-        for model in ALL:
+        for model in ALL_MODELS:
             answer = httpx.get(url + route.format(id=model), headers=headers, timeout=30)
             visible_in_list = [m["id"] for m in httpx.get(url + "/v1/models", headers=headers).json()["data"]]
             assert answer.status_code == (200 if model in visible_in_list else 404), answer.text
@@ -101,7 +81,7 @@ def test_each_discovery_route(litellm: LiteLLM, principal: str, policy: str, rou
     names = [entry[LIST_ROUTES[route]] for entry in answer.json()["data"]]
     if direct_is_budget_error(direct):
         assert answer.headers["x-sidecar-budget-exceeded"] == "true"
-        assert names == expected(principal, policy)
+        assert names == expected_models(principal, policy)
         assert litellm.master_key not in answer.text
     else:
         assert answer.content == direct.content
