@@ -37,7 +37,7 @@ def direct_is_budget_error(response: httpx.Response) -> bool:
         return False
 
 
-@pytest.mark.parametrize("policy", ["all", "free_only"])
+@pytest.mark.parametrize("policy", ["all", "free_only", "blocked"])
 @pytest.mark.parametrize("principal", BROKE)
 def test_openai_client_lists_and_retrieves(litellm: LiteLLM, principal: str, policy: str) -> None:
     key = litellm.keys[principal]
@@ -46,9 +46,15 @@ def test_openai_client_lists_and_retrieves(litellm: LiteLLM, principal: str, pol
     try:
         direct_ids = [m.id for m in direct.models.list()]
     except openai.APIStatusError as refused:
-        assert is_budget_error(
-            refused.status_code, refused.body if isinstance(refused.body, dict) else None
-        ) or (refused.body and "budget" in str(refused.body).lower())
+        assert is_budget_error(refused.status_code, refused.response.json())
+        if policy == "blocked":  # the client sees exactly what LiteLLM said
+            with pytest.raises(openai.APIStatusError) as same:
+                through.models.list()
+            assert (same.value.status_code, same.value.response.content) == (
+                refused.status_code,
+                refused.response.content,
+            )
+            return
         direct_ids = None
     listed = [m.id for m in through.models.list()]
     if direct_ids is None:
