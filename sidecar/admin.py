@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
@@ -22,6 +23,7 @@ import httpx
 from sidecar.access import Scope, scope_from_admin_answers
 from sidecar.cache import SingleFlightCache
 from sidecar.catalog import ModelCatalog
+from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.admin")
 
@@ -69,21 +71,26 @@ class AdminLookups:
         client: httpx.AsyncClient,
         catalog_ttl: float,
         scope_ttl: float,
+        metrics: Metrics,
         extra_free: tuple[str, ...] = (),
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._extra_free = extra_free
         self.views: SingleFlightCache[View | str, Any] = SingleFlightCache(catalog_ttl)
         self.scopes: SingleFlightCache[str, Scope] = SingleFlightCache(scope_ttl)
 
     async def _get(self, path: str, params: tuple[tuple[str, str], ...] = (), anthropic: bool = False) -> Any:
         headers = {"anthropic-version": ANTHROPIC_VERSION} if anthropic else None
+        started = time.perf_counter()
         try:
             response = await self._client.get(path, params=params, headers=headers)
         except httpx.TimeoutException:
             raise LookupFailed(f"{path}: timed out") from None
         except httpx.HTTPError as exc:
             raise LookupFailed(f"{path}: {type(exc).__name__}") from None
+        finally:
+            self._metrics.admin_lookup_seconds.labels(path).observe(time.perf_counter() - started)
         if response.status_code != 200:
             raise LookupFailed(f"{path} answered {response.status_code}")
         try:

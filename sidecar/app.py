@@ -1,32 +1,52 @@
-"""The ASGI application: discovery routes to ``discovery.py``, everything else straight through.
+"""The ASGI application: the sidecar's own routes, discovery to ``discovery.py``, everything else through.
 
 Raw ASGI rather than a router: the pass-through carries every inference request and must cost as little
 as possible, and the discovery routes are matched on the raw path (``routes.py``), not on a decoded one.
 The app owns its HTTP clients through the ASGI lifespan: one pooled ``aiohttp`` session for callers'
 requests (``upstream.py``) and one ``httpx.AsyncClient`` for the admin look-ups (``admin.py``).
+
+Its own routes are named so as not to shadow any LiteLLM route and are never passed through:
+``/healthz`` (liveness, no upstream call), ``/readyz`` (LiteLLM reachable and, when the policy needs it,
+the admin credential accepted; false as soon as shutdown begins) and ``/sidecar/metrics`` (Prometheus).
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import aiohttp
 import httpx
 
-from sidecar.admin import AdminLookups, admin_http_client
+from sidecar.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.discovery import Discovery
+from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.routes import match_discovery
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
 from sidecar.upstream import Upstream, send_json
 
+HEALTHZ = b"/healthz"
+READYZ = b"/readyz"
+METRICS = b"/sidecar/metrics"
+_OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS})
+
 
 class SidecarApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.upstream = Upstream(
-            settings.upstream_url, settings.upstream_host, settings.connect_timeout, settings.read_timeout
+            settings.upstream_url,
+            settings.upstream_host,
+            settings.connect_timeout,
+            settings.read_timeout,
+            self.metrics,
         )
         self._admin_client: httpx.AsyncClient | None = None
         self.admin: AdminLookups | None = None
         self.discovery: Discovery | None = None  # built at start-up, with the clients
+        self.draining = False  # set when shutdown begins: readiness goes false first
 
     async def startup(self) -> None:
         await self.upstream.start()
@@ -36,23 +56,50 @@ class SidecarApp:
                 settings.upstream_url, settings.admin_key.get_secret_value(), settings.admin_timeout
             )
             self.admin = AdminLookups(
-                self._admin_client, settings.catalog_ttl, settings.scope_ttl, settings.free_models
+                self._admin_client,
+                settings.catalog_ttl,
+                settings.scope_ttl,
+                self.metrics,
+                settings.free_models,
             )
-        self.discovery = Discovery(self.upstream, self.admin, settings.policy, settings.retrieve_from_list)
+            self.metrics.watch_caches({"views": self.admin.views, "scopes": self.admin.scopes})
+        self.discovery = Discovery(
+            self.upstream, self.admin, settings.policy, settings.retrieve_from_list, self.metrics
+        )
 
     async def shutdown(self) -> None:
+        self.draining = True
         await self.upstream.close()
         if self._admin_client is not None:
             await self._admin_client.aclose()
             self._admin_client = None
 
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether to send traffic here, and why: LiteLLM reachable, the admin credential accepted."""
+        if self.draining:
+            return False, {"status": "draining"}
+        checks: dict[str, Any] = {}
+        try:
+            status = await self.upstream.probe(b"/health/liveliness")
+            checks["upstream"] = "ok" if status == 200 else f"/health/liveliness answered {status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            checks["upstream"] = f"unreachable ({type(exc).__name__})"
+        if self.admin is not None:
+            try:
+                checks["admin_credential"] = f"ok ({len((await self.admin.catalog()).names)} models)"
+            except LookupFailed as exc:
+                checks["admin_credential"] = f"refused or failed: {exc}"
+        ready = all(value.startswith("ok") for value in checks.values())
+        return ready, {"status": "ready" if ready else "not ready", **checks}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if scope["path"] == "/healthz":
-                await _alive(send)
+            raw_path = scope["raw_path"] or scope["path"].encode()
+            if raw_path in _OWN_ROUTES:
+                await self._own_route(raw_path, send)
                 return
-            route = match_discovery(scope["method"], scope["raw_path"] or scope["path"].encode())
+            route = match_discovery(scope["method"], raw_path)
             if route is None:
                 await self.upstream.pass_through(scope, receive, send)
             else:
@@ -62,6 +109,18 @@ class SidecarApp:
             await self._lifespan(receive, send)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "not supported by the sidecar"})
+
+    async def _own_route(self, raw_path: bytes, send: Send) -> None:
+        if raw_path == HEALTHZ:
+            await send_json(send, 200, b'{"status":"ok"}')
+        elif raw_path == READYZ:
+            ready, report = await self.readiness()
+            await send_json(send, 200 if ready else 503, json.dumps(report).encode())
+        else:
+            body = self.metrics.render()
+            headers = [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -77,11 +136,6 @@ class SidecarApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-async def _alive(send: Send) -> None:
-    """Liveness: the process serves requests. No upstream call; LiteLLM has no route of this name."""
-    await send_json(send, 200, b'{"status":"ok"}')
 
 
 def create_app(settings: Settings) -> SidecarApp:

@@ -7,13 +7,17 @@ start-up with one line on stderr naming it and what it accepts, and exit status 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
 import sys
+import time
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 
 from sidecar import logs
-from sidecar.app import create_app
+from sidecar.app import SidecarApp, create_app
 from sidecar.settings import Settings, SettingsError, load_settings
 
 
@@ -32,11 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", help="port to listen on (default 4001)")
     parser.add_argument("--log-level", help="debug | info | warning | error (default info)")
     parser.add_argument("--free-models", help="comma-separated model names to treat as free")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the settings, check LiteLLM is reachable and the admin key accepted, then exit",
+    )
     return parser
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
-    args = _parser().parse_args(argv)
+    return _settings(_parser().parse_args(argv))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(
         args.config,
         upstream_url=args.upstream_url,
@@ -50,14 +62,61 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        settings = settings_from_args(argv)
+        settings = _settings(args)
     except SettingsError as exc:
         print(f"litellm-budget-sidecar: {exc}", file=sys.stderr)
         return 2
+    if args.check:
+        return asyncio.run(check(settings))
     logs.configure(settings.log_level)
-    uvicorn.Server(server_config(settings)).run()
+    DrainingServer(server_config(settings), settings.drain_delay).run()
     return 0
+
+
+async def check(settings: Settings) -> int:
+    """``--check``: the settings are valid (or we would not be here); is the sidecar ready to serve?"""
+    app = create_app(settings)
+    await app.startup()
+    try:
+        ready, report = await app.readiness()
+    finally:
+        await app.shutdown()
+    print(f"settings: ok (upstream {settings.upstream_url}, policy {settings.policy})")
+    for name, result in report.items():
+        if name != "status":
+            print(f"{name}: {result}")
+    print("ready" if ready else "NOT ready")
+    return 0 if ready else 1
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with readiness going false before it stops accepting connections.
+
+    On the first SIGTERM/SIGINT the app reports not ready at once and keeps serving for ``drain_delay``
+    seconds; then uvicorn's own graceful shutdown closes the listener and lets in-flight requests finish
+    within ``timeout_graceful_shutdown``. A second signal skips the delay.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain_delay: float) -> None:
+        super().__init__(config)
+        self._drain_delay = drain_delay
+        self._stop_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        if isinstance(app, SidecarApp):
+            app.draining = True
+        if self._stop_at is None and self._drain_delay > 0:
+            self._stop_at = time.monotonic() + self._drain_delay
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def server_config(settings: Settings) -> uvicorn.Config:
@@ -75,6 +134,7 @@ def server_config(settings: Settings) -> uvicorn.Config:
         server_header=False,
         date_header=False,
         proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         log_config=None,
         log_level=settings.log_level,
     )

@@ -27,6 +27,7 @@ from sidecar.admin import AdminLookups, LookupFailed, View
 from sidecar.budget import BUDGET_STATUSES, budget_scope, is_budget_error
 from sidecar.forwarding import caller_key, key_hash, key_label, reply_headers
 from sidecar.logs import event
+from sidecar.metrics import Metrics
 from sidecar.routes import DiscoveryRoute, RouteKind
 from sidecar.settings import Policy
 from sidecar.types import RawHeaders, Scope, Send
@@ -35,13 +36,20 @@ from sidecar.upstream import Answer, Upstream, UpstreamUnavailable, error_body
 log = logging.getLogger("sidecar.discovery")
 
 _LIST_PATH = b"/v1/models"
+_FAIL_REASONS = {ScopeUnknown: "scope_unknown", LookupFailed: "lookup_failed", shapes.BadQuery: "bad_query"}
 
 
 class Discovery:
     def __init__(
-        self, upstream: Upstream, admin: AdminLookups | None, policy: Policy, retrieve_from_list: bool
+        self,
+        upstream: Upstream,
+        admin: AdminLookups | None,
+        policy: Policy,
+        retrieve_from_list: bool,
+        metrics: Metrics,
     ) -> None:
         self._upstream = upstream
+        self._metrics = metrics
         self._admin = admin
         self._policy = policy
         self._retrieve_from_list = retrieve_from_list
@@ -51,6 +59,7 @@ class Discovery:
             answer = await self._answer(route, scope)
         except UpstreamUnavailable as exc:
             answer = _json_answer(exc.status, error_body(exc.status, str(exc), "upstream_error"), [])
+        self._metrics.request("discovery", answer.status)
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         body = b"" if scope["method"] == "HEAD" else answer.body
         await send({"type": "http.response.body", "body": body})
@@ -78,6 +87,7 @@ class Discovery:
         if key is not None:
             fields["key"] = key_label(key)
         if self._policy == "blocked":
+            self._metrics.blocked.inc()
             event(log, logging.INFO, "rescue_blocked", **fields)
             return refused
         try:
@@ -90,6 +100,7 @@ class Discovery:
             visible = await self._visible(key)
             body = await self._render(route, scope, visible)
         except (ScopeUnknown, LookupFailed, shapes.BadQuery) as exc:
+            self._metrics.fail_closed.labels(_FAIL_REASONS[type(exc)]).inc()
             event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
             return refused
         marks = [
@@ -98,6 +109,7 @@ class Discovery:
             (b"x-sidecar-budget-scope", spent.encode()),
         ]
         status, payload = body
+        self._metrics.rescues.labels(self._policy, spent).inc()
         event(log, logging.INFO, "rescue", status=status, **fields)
         return _json_answer(status, payload, reply_headers(refused.headers, marks))
 

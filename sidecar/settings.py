@@ -53,6 +53,12 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "info"
 
+    # Shutdown on SIGTERM/SIGINT: readiness goes false at once; requests are still served for drain_delay
+    # seconds (time for a load balancer to stop sending any), then in-flight requests and streams get up to
+    # shutdown_timeout seconds to finish before they are cut.
+    drain_delay: float = Field(default=0.0, ge=0)
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+
     @field_validator("upstream_url")
     @classmethod
     def _http_url(cls, value: str) -> str:

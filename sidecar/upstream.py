@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import aiohttp
 from yarl import URL
 
 from sidecar.forwarding import downstream_headers, upstream_request_headers
+from sidecar.logs import event
+from sidecar.metrics import Metrics
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.upstream")
@@ -41,6 +44,14 @@ class UpstreamUnavailable(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+        self.kind = "timeout" if status == 504 else "unreachable"
+
+
+def _unreachable(what: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(502, f"upstream LiteLLM {what}")
+
+
+_TIMEOUT_MESSAGE = "upstream LiteLLM did not answer in time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +99,12 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
 class Upstream:
     """The pooled client for caller requests to LiteLLM. Owned by the app's lifespan."""
 
-    def __init__(self, base_url: str, host: str, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self, base_url: str, host: str, connect_timeout: float, read_timeout: float, metrics: Metrics
+    ) -> None:
         self.base_url = base_url
         self.host = host
+        self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -104,6 +118,13 @@ class Upstream:
             timeout=self._timeout,
             skip_auto_headers=_NO_AUTO_HEADERS,
         )
+
+    async def probe(self, path: bytes) -> int:
+        """Status of a bare ``GET path`` upstream (no caller headers, no credential), for readiness."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        async with self._session.get(self._url(path, b""), headers={"Host": self.host}) as response:
+            await response.read()
+            return response.status
 
     async def close(self) -> None:
         if self._session is not None:
@@ -125,10 +146,15 @@ class Upstream:
                 method, self._url(raw_path, query), headers=headers, data=data, allow_redirects=False
             )
         except TimeoutError:
-            raise UpstreamUnavailable(504, "upstream LiteLLM did not answer in time") from None
+            raise self._failed(UpstreamUnavailable(504, _TIMEOUT_MESSAGE), raw_path) from None
         except aiohttp.ClientError as exc:
-            log.warning("upstream unreachable: %s", type(exc).__name__)
-            raise UpstreamUnavailable(502, "upstream LiteLLM is unreachable") from None
+            raise self._failed(_unreachable("is unreachable"), raw_path, type(exc).__name__) from None
+
+    def _failed(self, error: UpstreamUnavailable, raw_path: bytes, detail: str = "") -> UpstreamUnavailable:
+        self._metrics.upstream_errors.labels(error.kind).inc()
+        fields = {"kind": error.kind, "path": raw_path.decode("latin-1")}
+        event(log, logging.WARNING, "upstream_error", **fields, **({"error": detail} if detail else {}))
+        return error
 
     async def fetch(self, scope: Scope, raw_path: bytes, query: bytes) -> Answer:
         """GET ``raw_path`` with the caller's own headers; the whole answer, buffered."""
@@ -137,15 +163,16 @@ class Upstream:
         try:
             body = await response.read()
         except TimeoutError:
-            raise UpstreamUnavailable(504, "upstream LiteLLM did not answer in time") from None
-        except aiohttp.ClientError:
-            raise UpstreamUnavailable(502, "upstream LiteLLM closed the connection") from None
+            raise self._failed(UpstreamUnavailable(504, _TIMEOUT_MESSAGE), raw_path) from None
+        except aiohttp.ClientError as exc:
+            raise self._failed(_unreachable("closed the connection"), raw_path, type(exc).__name__) from None
         finally:
             response.release()
         return Answer(response.status, downstream_headers(response.raw_headers), body)
 
     async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward one request as is and stream the answer back."""
+        started = time.perf_counter()
         headers = upstream_request_headers(scope, self.host)
         body = _RequestBody(receive)
         data = await body.first()
@@ -154,8 +181,11 @@ class Upstream:
                 scope["method"], scope["raw_path"], scope["query_string"], headers, data
             )
         except UpstreamUnavailable as exc:
+            self._metrics.request("passthrough", exc.status)
             await send_json(send, exc.status, error_body(exc.status, str(exc), "upstream_error"))
             return
+        self._metrics.passthrough_seconds.observe(time.perf_counter() - started)
+        self._metrics.request("passthrough", response.status)
         try:
             await self._stream_down(response, send, receive if body.complete else None)
         finally:
@@ -191,7 +221,8 @@ class Upstream:
             if watcher is not None and watcher.done():
                 return
             # Headers are out; the only honest signal left is an aborted response.
-            log.warning("upstream stream broke off: %s", type(exc).__name__)
+            self._metrics.upstream_errors.labels("stream_broken").inc()
+            event(log, logging.WARNING, "upstream_error", kind="stream_broken", error=type(exc).__name__)
             raise
         finally:
             if watcher is not None:

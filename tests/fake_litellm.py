@@ -173,7 +173,8 @@ class FakeLiteLLM:
             await asyncio.sleep(self.delay)
         path = scope["raw_path"]
         if path == b"/sse":
-            await self._sse(receive, send)
+            count = int(scope["query_string"].decode().partition("n=")[2] or 5)
+            await self._sse(receive, send, count)
             return
         override = self.overrides.get((seen.method, seen.target)) or self.overrides.get((seen.method, "*"))
         reply = override(seen) if override else self._builtin(path, seen) or self.recorded(seen)
@@ -195,8 +196,8 @@ class FakeLiteLLM:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    async def _sse(self, receive: Any, send: Any) -> None:
-        """Six events 0.2 s apart; notes whether the reader stayed to the end or went away."""
+    async def _sse(self, receive: Any, send: Any, count: int) -> None:
+        """``count`` events and ``[DONE]``, 0.2 s apart; notes whether the reader stayed or went away."""
         gone = asyncio.ensure_future(receive())  # the body is read: the next message is the disconnect
         await send(
             {
@@ -205,7 +206,7 @@ class FakeLiteLLM:
                 "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
             }
         )
-        for i in range(5):
+        for i in range(count):
             await send({"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True})
             await asyncio.wait({gone}, timeout=0.2)
             if gone.done():
@@ -224,6 +225,10 @@ class FakeLiteLLM:
                 "body": seen.body.decode("latin-1"),
             }
             return 200, [("content-type", "application/json")], json.dumps(payload).encode()
+        if path == b"/health/liveliness":
+            return 200, [("content-type", "application/json")], b'"I\'m alive!"'
+        if path == b"/metrics":
+            return 200, [("content-type", "text/plain")], b"litellm_requests_metric_total 7.0\n"
         if path == b"/set-cookie":
             return (
                 200,

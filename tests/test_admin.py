@@ -11,6 +11,7 @@ import respx
 from sidecar.access import ScopeUnknown
 from sidecar.admin import AdminLookups, LookupFailed, View, admin_http_client
 from sidecar.forwarding import key_hash
+from sidecar.metrics import Metrics
 
 BASE = "http://litellm.test:4000"
 ADMIN = "sk-admin-credential"
@@ -20,7 +21,7 @@ TOKEN = key_hash(KEY)
 
 def lookups(**kwargs: float) -> tuple[AdminLookups, httpx.AsyncClient]:
     client = admin_http_client(BASE, ADMIN, timeout=kwargs.pop("timeout", 2.0))
-    return AdminLookups(client, catalog_ttl=60, scope_ttl=60), client
+    return AdminLookups(client, catalog_ttl=60, scope_ttl=60, metrics=Metrics()), client
 
 
 def run(coro):  # type: ignore[no-untyped-def]

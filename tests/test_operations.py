@@ -1,0 +1,246 @@
+"""Operating the sidecar: health and readiness, Prometheus metrics, JSON logs, --check, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sidecar.forwarding import key_hash
+from tests.conftest import SidecarFactory, bearer
+from tests.fake_litellm import KEYS, FakeLiteLLM
+
+
+def closed_port() -> int:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port: int = free.getsockname()[1]
+        return port
+
+
+class TestReadiness:
+    def test_ready_when_litellm_answers_and_the_admin_key_is_accepted(
+        self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+    ) -> None:
+        answer = client.get(sidecar() + "/readyz")
+        assert answer.status_code == 200
+        assert answer.json() == {"status": "ready", "upstream": "ok", "admin_credential": "ok (4 models)"}
+
+    def test_not_ready_when_litellm_is_unreachable(
+        self, sidecar: SidecarFactory, client: httpx.Client
+    ) -> None:
+        answer = client.get(sidecar(upstream_url=f"http://127.0.0.1:{closed_port()}") + "/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["upstream"].startswith("unreachable")
+
+    def test_not_ready_when_the_admin_key_is_refused(
+        self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+    ) -> None:
+        fake.answer("GET", "/model/info", 401, {"error": {"message": "Invalid proxy server token passed."}})
+        answer = client.get(sidecar() + "/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["admin_credential"] == "refused or failed: /model/info answered 401"
+        assert KEYS["MASTER"] not in answer.text
+
+    def test_blocked_policy_needs_no_admin_key(
+        self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+    ) -> None:
+        answer = client.get(sidecar(policy="blocked", admin_key=None) + "/readyz")
+        assert answer.json() == {"status": "ready", "upstream": "ok"}
+
+    def test_liveness_readiness_and_metrics_are_never_passed_through(
+        self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+    ) -> None:
+        url = sidecar(policy="blocked", admin_key=None)
+        for path in ("/healthz", "/sidecar/metrics"):
+            assert client.get(url + path).status_code == 200
+        client.get(url + "/readyz")
+        assert [s.target for s in fake.seen] == ["/health/liveliness"]  # readiness's own probe, bare
+        assert fake.seen[0].header("authorization") is None
+
+
+def metric(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{sample} not in metrics:\n{text}")
+
+
+def test_litellms_own_metrics_route_passes_through(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+) -> None:
+    assert client.get(sidecar() + "/metrics").text == "litellm_requests_metric_total 7.0\n"
+
+
+def test_metrics_count_what_happened(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+) -> None:
+    url = sidecar()
+    client.get(url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))  # rescue: cold caches
+    client.get(url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))  # rescue: warm caches
+    client.post(url + "/echo", content=b"{}")
+    fake.answer("GET", f"/key/info?key={key_hash(KEYS['KEY_KEY_BROKE'])}", 500, {})
+    client.get(url + "/v1/models", headers=bearer("KEY_KEY_BROKE"))  # fail closed
+    text = client.get(url + "/sidecar/metrics").text
+    assert metric(text, 'sidecar_rescues_total{policy="all",scope="team"}') == 2
+    assert metric(text, 'sidecar_fail_closed_total{reason="lookup_failed"}') == 1
+    assert metric(text, 'sidecar_requests_total{route="discovery",status="200"}') == 2
+    assert metric(text, 'sidecar_requests_total{route="discovery",status="429"}') == 1
+    assert metric(text, 'sidecar_requests_total{route="passthrough",status="200"}') == 1
+    assert metric(text, "sidecar_passthrough_seconds_count") == 1
+    assert metric(text, 'sidecar_admin_lookup_seconds_count{path="/key/info"}') == 2
+    assert metric(text, 'sidecar_cache_hits_total{cache="scopes"}') == 1
+    assert metric(text, 'sidecar_cache_misses_total{cache="scopes"}') == 2
+
+
+def test_upstream_errors_are_counted(sidecar: SidecarFactory, client: httpx.Client) -> None:
+    url = sidecar(upstream_url=f"http://127.0.0.1:{closed_port()}")
+    client.post(url + "/v1/chat/completions", json={})
+    text = client.get(url + "/sidecar/metrics").text
+    assert metric(text, 'sidecar_upstream_errors_total{kind="unreachable"}') == 1
+    assert metric(text, 'sidecar_requests_total{route="passthrough",status="502"}') == 1
+
+
+# --- the real process -------------------------------------------------------------------------------------
+
+
+def _env(fake: FakeLiteLLM, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update(SIDECAR_UPSTREAM_URL=fake.url, SIDECAR_ADMIN_KEY=KEYS["MASTER"])  # type: ignore[attr-defined]
+    env.update({f"SIDECAR_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@pytest.fixture
+def process(fake: FakeLiteLLM, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(**settings: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+        port = closed_port()
+        log = tmp_path / f"sidecar-{len(started)}.log"
+        with log.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar"], env=_env(fake, port=str(port), **settings), stderr=stderr
+            )
+        started.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                return proc, url, log
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+
+    yield start
+    for proc, _ in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_logs_are_json_lines_one_per_rescue_with_no_access_log_and_no_secrets(
+    process, fake: FakeLiteLLM
+) -> None:  # type: ignore[no-untyped-def]
+    proc, url, log = process()
+    httpx.get(url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))
+    httpx.post(url + "/echo", content=b"x", headers=bearer("KEY_HEALTHY"))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    rescues = [line for line in lines if line.get("event") == "rescue"]
+    assert len(rescues) == 1
+    assert rescues[0]["scope"] == "team" and rescues[0]["policy"] == "all" and len(rescues[0]["key"]) == 12
+    text = log.read_text()
+    assert "/echo" not in text and "GET /v1/models" not in text  # no access log
+    assert not any(key in text for key in KEYS.values())
+    assert key_hash(KEYS["KEY_TEAM_BROKE"]) not in text
+
+
+def test_sigterm_lets_streams_finish_and_readiness_goes_false_first(process, fake: FakeLiteLLM) -> None:  # type: ignore[no-untyped-def]
+    proc, url, _ = process(drain_delay="0.6", shutdown_timeout="10")
+    received: list[bytes] = []
+
+    def stream() -> None:
+        with httpx.stream("GET", url + "/sse", timeout=10) as response:
+            received.extend(response.iter_raw())
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    time.sleep(0.3)  # the stream is under way (it lasts about 1 s)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    during_drain = httpx.get(url + "/readyz", timeout=5)
+    assert during_drain.status_code == 503 and during_drain.json() == {"status": "draining"}
+    reader.join(timeout=10)
+    assert b"".join(received).endswith(b"data: [DONE]\n\n")  # finished, not cut
+    assert proc.wait(timeout=10) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/healthz", timeout=1)
+
+
+def test_streams_longer_than_the_shutdown_timeout_are_cut(process, fake: FakeLiteLLM) -> None:  # type: ignore[no-untyped-def]
+    proc, url, _ = process(shutdown_timeout="1")
+    received: list[bytes] = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream("GET", url + "/sse?n=25", timeout=10) as response:  # about 5 s
+                received.extend(response.iter_raw())
+        except httpx.TransportError:
+            received.append(b"<cut>")
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    reader.join(timeout=10)
+    assert time.monotonic() - started < 3.5
+    assert received and not b"".join(received).endswith(b"data: [DONE]\n\n")
+
+
+def _check(fake: FakeLiteLLM, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "--check"],
+        env=_env(fake, **settings),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_check_flag_reports_ready(fake: FakeLiteLLM) -> None:
+    result = _check(fake)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"settings: ok (upstream {fake.url}, policy all)",  # type: ignore[attr-defined]
+        "upstream: ok",
+        "admin_credential: ok (4 models)",
+        "ready",
+    ]
+
+
+def test_check_flag_fails_on_an_unreachable_upstream_or_refused_key(fake: FakeLiteLLM) -> None:
+    unreachable = _check(fake, upstream_url=f"http://127.0.0.1:{closed_port()}")
+    assert unreachable.returncode == 1 and "upstream: unreachable" in unreachable.stdout
+    refused = _check(fake, admin_key="sk-wrong-admin-key")
+    assert refused.returncode == 1 and "admin_credential: refused or failed" in refused.stdout
+    assert "sk-wrong-admin-key" not in refused.stdout + refused.stderr
+
+
+def test_check_flag_reports_bad_settings_like_start_up(fake: FakeLiteLLM) -> None:
+    result = _check(fake, policy="sometimes")
+    assert result.returncode == 2 and "policy" in result.stderr and "Traceback" not in result.stderr
