@@ -1,0 +1,359 @@
+"""The sidecar's cost next to nginx and a direct connection, measured side by side in one run.
+
+Starts the stub upstream (``bench/stub.py``), nginx as a reverse proxy to it (when installed: keepalive
+upstream, ``proxy_buffering off``) and the sidecar (its console script, one worker), then runs ``wrk`` against
+each in interleaved rounds: GET ``/v1/models`` (healthy key), POST chat JSON and streamed chat (50 SSE
+chunks), at 1 and 32 connections. Reports requests/s, p50/p99 latency, the sidecar's CPU per request (from
+``/proc/<pid>/task/*/schedstat``), time to the first SSE chunk, the rescue path with warm caches, and the
+sidecar's idle RSS. Prints a table and writes JSON.
+
+    python bench/run.py [--duration 4] [--rounds 3] [--out bench/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SIDECAR = Path(sys.executable).parent / "litellm-budget-sidecar"
+HEALTHY = "Bearer sk-bench-healthy"
+BROKE = "Bearer sk-bench-broke"
+MASTER = "sk-bench-master"
+CHAT = '{"model":"model-00","messages":[{"role":"user","content":"hi"}]}'
+STREAM = '{"model":"model-00","messages":[{"role":"user","content":"hi"}],"stream":true}'
+SCENARIOS = {
+    "GET /v1/models": ("GET", "/v1/models", None, HEALTHY),
+    "POST chat JSON": ("POST", "/v1/chat/completions", CHAT, HEALTHY),
+    "POST chat SSE": ("POST", "/v1/chat/completions", STREAM, HEALTHY),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"bench: {what} exited at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: {what} did not start")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid``, in seconds (nanosecond resolution)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk_script(directory: Path, method: str, body: str | None, auth: str) -> Path:
+    lines = [f'wrk.method = "{method}"', f'wrk.headers["Authorization"] = "{auth}"']
+    if body is not None:
+        lines += [f"wrk.body = '{body}'", 'wrk.headers["Content-Type"] = "application/json"']
+    path = directory / f"{method}-{abs(hash((body, auth)))}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"bench: cannot read wrk's latency {text!r}")
+    number, unit = match.groups()
+    return float(number) * (_UNITS[unit] if unit != "m" else 60e3)
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Latency Distribution" not in out:
+        raise RuntimeError(f"bench: wrk printed no latency distribution:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "requests": requests,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def first_chunk_ms(port: int, samples: int) -> list[float]:
+    """Time from sending a streamed chat request to the first SSE chunk, over one keep-alive connection."""
+    body = STREAM.encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nAuthorization: "
+        + HEALTHY.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    times = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(samples):
+            started = time.perf_counter()
+            sock.sendall(request)
+            received = b""
+            while b"data: " not in received:
+                received += sock.recv(65536)
+            times.append((time.perf_counter() - started) * 1000)
+            while not received.endswith(b"0\r\n\r\n"):
+                received += sock.recv(65536)
+    return times
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    pid: int | None = None
+    results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def nginx_config(directory: Path, port: int, stub_port: int) -> Path:
+    config = directory / "nginx.conf"
+    config.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {directory}/nginx.pid;
+error_log {directory}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://stub;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+""")
+    return config
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
+    parser.add_argument("--out", default=str(HERE / "results.json"), help="where to write the JSON results")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench: needs wrk (apt-get install wrk)")
+
+    work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], port: int, what: str, env: dict[str, str] | None = None) -> int:
+        with (work / f"{what}.log").open("wb") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+        processes.append(process)
+        wait_listening(port, process, what)
+        return process.pid
+
+    try:
+        stub = Target("direct", free_port())
+        start([sys.executable, str(HERE / "stub.py"), str(stub.port)], stub.port, "stub")
+        targets = [stub]
+        if shutil.which("nginx"):
+            nginx = Target("nginx", free_port())
+            config = nginx_config(work, nginx.port, stub.port)
+            nginx.pid = start(["nginx", "-c", str(config), "-p", str(work)], nginx.port, "nginx")
+            targets.append(nginx)
+        else:
+            print("bench: nginx is not installed (apt-get install nginx-light): measuring without it")
+        sidecar = Target("sidecar", free_port())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        env.update(
+            SIDECAR_UPSTREAM_URL=f"http://127.0.0.1:{stub.port}",
+            SIDECAR_ADMIN_KEY=MASTER,
+            SIDECAR_PORT=str(sidecar.port),
+            SIDECAR_LOG_LEVEL="warning",
+        )
+        sidecar.pid = start([str(SIDECAR)], sidecar.port, "sidecar", env)
+        targets.append(sidecar)
+        time.sleep(1)
+        idle_rss = rss_mb(sidecar.pid)
+
+        cells: list[dict[str, object]] = []
+        for scenario, (method, path, body, auth) in SCENARIOS.items():
+            script = wrk_script(work, method, body, auth)
+            for connections in (1, 32):
+                runs: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
+                for round_ in range(args.rounds):
+                    order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
+                    for target in order:
+                        cpu_before = cpu_seconds(sidecar.pid)
+                        result = run_wrk(
+                            f"http://127.0.0.1:{target.port}{path}", script, connections, args.duration
+                        )
+                        if target is sidecar:
+                            result["cpu_ms_per_request"] = (
+                                (cpu_seconds(sidecar.pid) - cpu_before) * 1000 / max(result["requests"], 1)
+                            )
+                        runs[target.name].append(result)
+                cells.append(
+                    {
+                        "scenario": scenario,
+                        "connections": connections,
+                        "runs": runs,
+                        "median": {name: _median(rs) for name, rs in runs.items()},
+                    }
+                )
+                _print_cell(cells[-1])
+
+        rescue_script = wrk_script(work, "GET", None, BROKE)
+        run_wrk(f"http://127.0.0.1:{sidecar.port}/v1/models", rescue_script, 1, 1)  # warm the caches
+        rescue_runs: dict[str, list[dict[str, float]]] = {"direct": [], "sidecar": []}
+        for _ in range(args.rounds):
+            for target in (stub, sidecar):
+                cpu_before = cpu_seconds(sidecar.pid)
+                result = run_wrk(f"http://127.0.0.1:{target.port}/v1/models", rescue_script, 1, args.duration)
+                if target is sidecar:
+                    result["cpu_ms_per_request"] = (
+                        (cpu_seconds(sidecar.pid) - cpu_before) * 1000 / max(result["requests"], 1)
+                    )
+                rescue_runs[target.name].append(result)
+        rescue = {"runs": rescue_runs, "median": {n: _median(r) for n, r in rescue_runs.items()}}
+
+        ttfb: dict[str, list[float]] = {t.name: [] for t in targets}
+        for _ in range(5):
+            for target in targets:
+                ttfb[target.name] += first_chunk_ms(target.port, 40)
+        loaded_rss = rss_mb(sidecar.pid)
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {"duration_s": args.duration, "rounds": args.rounds},
+        "cells": cells,
+        "rescue": rescue,
+        "first_sse_chunk_ms_p50": {name: statistics.median(v) for name, v in ttfb.items()},
+        "sidecar_rss_mb": {"idle": idle_rss, "after_load": loaded_rss},
+    }
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    _print_summary(report)
+    print(f"\nJSON results: {args.out}")
+    return 0
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def _print_cell(cell: dict[str, object]) -> None:
+    median = cell["median"]
+    assert isinstance(median, dict)
+    parts = [
+        f"{name} {m['rps']:.0f} req/s p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms"
+        for name, m in median.items()
+    ]
+    print(f"{cell['scenario']:<16} c={cell['connections']:<3} " + " | ".join(parts), flush=True)
+
+
+def _print_summary(report: dict[str, object]) -> None:
+    cells = report["cells"]
+    assert isinstance(cells, list)
+    print(
+        "\n| scenario | conns | direct req/s | nginx req/s | sidecar req/s | sidecar/nginx | sidecar/direct "
+        "| p50 direct / nginx / sidecar (ms) | p99 sidecar (ms) | sidecar CPU/req (ms) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for cell in cells:
+        m = cell["median"]
+        nginx = m.get("nginx")
+        direct, side = m["direct"], m["sidecar"]
+        ratio_nginx = f"{side['rps'] / nginx['rps']:.3f}" if nginx else "-"
+        nginx_rps = f"{nginx['rps']:.0f}" if nginx else "-"
+        nginx_p50 = f"{nginx['p50_ms']:.2f}" if nginx else "-"
+        print(
+            f"| {cell['scenario']} | {cell['connections']} | {direct['rps']:.0f} | {nginx_rps} "
+            f"| {side['rps']:.0f} "
+            f"| {ratio_nginx} | {side['rps'] / direct['rps']:.3f} | {direct['p50_ms']:.2f} / {nginx_p50} / "
+            f"{side['p50_ms']:.2f} | {side['p99_ms']:.2f} | {side['cpu_ms_per_request']:.3f} |"
+        )
+    rescue = report["rescue"]["median"]  # type: ignore[index]
+    print(
+        "\nrescue (over-budget key, warm caches, 1 conn): "
+        f"direct error p50 {rescue['direct']['p50_ms']:.2f} ms, "
+        f"sidecar rescue p50 {rescue['sidecar']['p50_ms']:.2f} ms "
+        f"(+{rescue['sidecar']['p50_ms'] - rescue['direct']['p50_ms']:.2f} ms), "
+        f"sidecar CPU {rescue['sidecar']['cpu_ms_per_request']:.3f} ms/req"
+    )
+    ttfb = report["first_sse_chunk_ms_p50"]
+    print("first SSE chunk p50: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ttfb.items()))  # type: ignore[union-attr]
+    rss = report["sidecar_rss_mb"]
+    print(f"sidecar RSS: idle {rss['idle']:.1f} MB, after load {rss['after_load']:.1f} MB")  # type: ignore[index]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
