@@ -2,8 +2,8 @@
 
 Raw ASGI rather than a router: the pass-through carries every inference request and must cost as little
 as possible, and the discovery routes are matched on the raw path (``routes.py``), not on a decoded one.
-The app owns its HTTP clients through the ASGI lifespan: one pooled ``aiohttp`` session for callers'
-requests (``upstream.py``) and one ``httpx.AsyncClient`` for the admin look-ups (``admin.py``).
+The app owns its HTTP clients through the ASGI lifespan: the pooled HTTP/1.1 client for callers' requests
+(``upstream.py``, ``http1.py``) and one ``httpx.AsyncClient`` for the admin look-ups (``admin.py``).
 
 Its own routes are named so as not to shadow any LiteLLM route and are never passed through:
 ``/healthz`` (liveness, no upstream call), ``/readyz`` (LiteLLM reachable and, when the policy needs it,
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 import httpx
 
 from sidecar.admin import AdminLookups, LookupFailed, admin_http_client
@@ -24,7 +23,7 @@ from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.routes import match_discovery
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
-from sidecar.upstream import Upstream, send_json
+from sidecar.upstream import Upstream, UpstreamUnavailable, send_json
 
 HEALTHZ = b"/healthz"
 READYZ = b"/readyz"
@@ -62,10 +61,18 @@ class SidecarApp:
                 self.metrics,
                 settings.free_models,
             )
-            self.metrics.watch_caches({"views": self.admin.views, "scopes": self.admin.scopes})
         self.discovery = Discovery(
-            self.upstream, self.admin, settings.policy, settings.retrieve_from_list, self.metrics
+            self.upstream,
+            self.admin,
+            settings.policy,
+            settings.retrieve_from_list,
+            self.metrics,
+            render_ttl=min(settings.catalog_ttl, settings.scope_ttl),
         )
+        if self.admin is not None:
+            self.metrics.watch_caches(
+                views=self.admin.views, scopes=self.admin.scopes, rendered=self.discovery.rendered
+            )
 
     async def shutdown(self) -> None:
         self.draining = True
@@ -82,8 +89,8 @@ class SidecarApp:
         try:
             status = await self.upstream.probe(b"/health/liveliness")
             checks["upstream"] = "ok" if status == 200 else f"/health/liveliness answered {status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            checks["upstream"] = f"unreachable ({type(exc).__name__})"
+        except UpstreamUnavailable as exc:
+            checks["upstream"] = f"unreachable ({exc})"
         if self.admin is not None:
             try:
                 checks["admin_credential"] = f"ok ({len((await self.admin.catalog()).names)} models)"

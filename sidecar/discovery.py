@@ -25,6 +25,7 @@ from sidecar import shapes
 from sidecar.access import ScopeUnknown
 from sidecar.admin import AdminLookups, LookupFailed, View
 from sidecar.budget import BUDGET_STATUSES, budget_scope, is_budget_error
+from sidecar.cache import SingleFlightCache
 from sidecar.forwarding import caller_key, key_hash, key_label, reply_headers
 from sidecar.logs import event
 from sidecar.metrics import Metrics
@@ -47,9 +48,14 @@ class Discovery:
         policy: Policy,
         retrieve_from_list: bool,
         metrics: Metrics,
+        render_ttl: float = 0.0,
     ) -> None:
         self._upstream = upstream
         self._metrics = metrics
+        # Rescued answers repeat (clients poll /v1/models): keep the serialized bytes per key and request.
+        self.rendered: SingleFlightCache[tuple[object, ...], tuple[int, bytes]] = SingleFlightCache(
+            render_ttl
+        )
         self._admin = admin
         self._policy = policy
         self._retrieve_from_list = retrieve_from_list
@@ -97,8 +103,10 @@ class Discovery:
                 raise ScopeUnknown("the request carries no credential")
             if not key.startswith("sk-"):
                 raise ScopeUnknown("the credential is not a LiteLLM virtual key (JWT or other auth)")
-            visible = await self._visible(key)
-            body = await self._render(route, scope, visible)
+            token = key_hash(key)
+            anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
+            request = (token, route.kind, route.model_id, scope["query_string"], anthropic)
+            status, payload = await self.rendered.get(request, lambda: self._rendered(route, scope, token))
         except (ScopeUnknown, LookupFailed, shapes.BadQuery) as exc:
             self._metrics.fail_closed.labels(_FAIL_REASONS[type(exc)]).inc()
             event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
@@ -108,14 +116,17 @@ class Discovery:
             (b"x-sidecar-policy", self._policy.encode()),
             (b"x-sidecar-budget-scope", spent.encode()),
         ]
-        status, payload = body
         self._metrics.rescues.labels(self._policy, spent).inc()
         event(log, logging.INFO, "rescue", status=status, **fields)
         return _json_answer(status, payload, reply_headers(refused.headers, marks))
 
-    async def _visible(self, key: str) -> Callable[[str], bool]:
+    async def _rendered(self, route: DiscoveryRoute, scope: Scope, token: str) -> tuple[int, bytes]:
+        status, payload = await self._render(route, scope, await self._visible(token))
+        return status, json.dumps(payload, separators=(",", ":")).encode()
+
+    async def _visible(self, token: str) -> Callable[[str], bool]:
         assert self._admin is not None
-        scope = await self._admin.scope(key_hash(key))
+        scope = await self._admin.scope(token)
         catalog = await self._admin.catalog()
         access = scope.allowed(catalog)
         if self._policy == "free_only":

@@ -43,13 +43,13 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(tokens)
 
 
-def upstream_request_headers(scope: Scope, upstream_host: str) -> list[tuple[str, str]]:
-    """The caller's headers as they go upstream (names and values as text, for the HTTP client)."""
+def upstream_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
+    """The caller's headers as they go upstream."""
     raw: RawHeaders = scope["headers"]
     dropped = _REQUEST_DROPPED
     if any(name == b"connection" for name, _ in raw):
         dropped = dropped | _connection_tokens(raw)
-    out: list[tuple[str, str]] = []
+    out: RawHeaders = []
     host = forwarded_for = None
     has_proto = has_host = False
     for name, value in raw:
@@ -63,18 +63,18 @@ def upstream_request_headers(scope: Scope, upstream_host: str) -> list[tuple[str
             has_proto = True
         elif name == b"x-forwarded-host":
             has_host = True
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    out.append(("Host", upstream_host))
+        out.append((name, value))
+    out.append((b"host", upstream_host.encode("latin-1")))
     client = scope.get("client")
     if client:
-        chain = forwarded_for.decode("latin-1") + ", " if forwarded_for else ""
-        out.append(("X-Forwarded-For", chain + str(client[0])))
+        chain = forwarded_for + b", " if forwarded_for else b""
+        out.append((b"x-forwarded-for", chain + str(client[0]).encode("latin-1")))
     elif forwarded_for:
-        out.append(("X-Forwarded-For", forwarded_for.decode("latin-1")))
+        out.append((b"x-forwarded-for", forwarded_for))
     if not has_proto:
-        out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+        out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
     if not has_host and host:
-        out.append(("X-Forwarded-Host", host.decode("latin-1")))
+        out.append((b"x-forwarded-host", host))
     return out
 
 

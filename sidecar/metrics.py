@@ -75,7 +75,7 @@ class Metrics:
             inc = self._request_children[(route, status)] = self._requests.labels(route, str(status)).inc
         inc()
 
-    def watch_caches(self, caches: Mapping[str, SingleFlightCache[Any, Any]]) -> None:
+    def watch_caches(self, **caches: SingleFlightCache[Any, Any]) -> None:
         self.registry.register(_CacheCollector(caches))
 
     def render(self) -> bytes:

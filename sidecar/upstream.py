@@ -1,15 +1,13 @@
 """Requests to LiteLLM on the caller's behalf: the streaming pass-through and the discovery first leg.
 
-Every inference request crosses this path, so it is raw ASGI over one pooled ``aiohttp`` session (measured
-at a fraction of httpx's CPU per request, see the README). The session is shared by all callers and so
-keeps no state between them: a ``DummyCookieJar`` (no upstream cookie is ever stored or replayed), no
-redirect following (a 3xx goes back to the caller), no proxy or ``.netrc`` from the environment
-(``trust_env=False``), no automatic decompression (compressed bodies stay compressed, byte for byte) and no
-headers of its own (no default ``User-Agent``, ``Accept`` or ``Accept-Encoding``).
+Every inference request crosses this path, so it is raw ASGI over the pooled HTTP/1.1 client of
+``http1.py`` (chosen by measurement, see the README). That client is shared by all callers and keeps no
+state between them: no cookies, no redirects (a 3xx goes back to the caller), no proxy from the
+environment, no decompression (compressed bodies stay compressed, byte for byte), no headers of its own.
 
 The request path and query are sent exactly as the caller sent them (``raw_path``, ``query_string``). A
 request body is streamed up as it arrives; the answer streams down chunk by chunk as the upstream writes
-it. When the caller goes away mid-answer the upstream response is closed at once. Failing to reach the
+it. When the caller goes away mid-answer the upstream connection is closed at once. Failing to reach the
 upstream gives 502, a timeout 504, both with an OpenAI-style JSON error.
 """
 
@@ -23,19 +21,15 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
-from yarl import URL
+from urllib.parse import urlsplit
 
 from sidecar.forwarding import downstream_headers, upstream_request_headers
+from sidecar.http1 import ConnectionPool, Response, UpstreamError, UpstreamTimeout
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.upstream")
-
-# Headers aiohttp would otherwise add on its own: the caller's request goes up as the caller wrote it.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class UpstreamUnavailable(Exception):
@@ -102,55 +96,49 @@ class Upstream:
     def __init__(
         self, base_url: str, host: str, connect_timeout: float, read_timeout: float, metrics: Metrics
     ) -> None:
-        self.base_url = base_url
+        parts = urlsplit(base_url)
+        tls = parts.scheme == "https"
         self.host = host
+        self._prefix = parts.path.rstrip("/").encode()  # LiteLLM mounted under a path, if any
         self._metrics = metrics
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        # Idle connections are dropped after 4 s: before uvicorn's (LiteLLM's) 5 s keep-alive timeout closes
-        # them from its side, which would race with a request being sent on one.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=4.0)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=False,
-            timeout=self._timeout,
-            skip_auto_headers=_NO_AUTO_HEADERS,
+        self._pool = ConnectionPool(
+            parts.hostname or "127.0.0.1",
+            parts.port or (443 if tls else 80),
+            tls,
+            connect_timeout,
+            read_timeout,
         )
 
-    async def probe(self, path: bytes) -> int:
-        """Status of a bare ``GET path`` upstream (no caller headers, no credential), for readiness."""
-        assert self._session is not None, "Upstream.start() was not awaited"
-        async with self._session.get(self._url(path, b""), headers={"Host": self.host}) as response:
-            await response.read()
-            return response.status
+    async def start(self) -> None:
+        """Nothing to open: connections are made on first use and kept alive."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._pool.close()
 
-    def _url(self, raw_path: bytes, query: bytes) -> URL:
-        target = raw_path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        return URL(self.base_url + target, encoded=True)
+    def _head(self, method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        target = self._prefix + raw_path + (b"?" + query if query else b"")
+        lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     async def _request(
-        self, method: str, raw_path: bytes, query: bytes, headers: list[tuple[str, str]], data: Any
-    ) -> aiohttp.ClientResponse:
-        assert self._session is not None, "Upstream.start() was not awaited"
+        self,
+        method: str,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        query: bytes = b"",
+        body: bytes | AsyncIterator[bytes] | None = None,
+        chunked: bool = False,
+    ) -> Response:
+        head = self._head(method, raw_path, query, headers)
         try:
-            return await self._session.request(
-                method, self._url(raw_path, query), headers=headers, data=data, allow_redirects=False
-            )
-        except TimeoutError:
+            return await self._pool.request(head, body, chunked, head_request=method == "HEAD")
+        except UpstreamTimeout:
             raise self._failed(UpstreamUnavailable(504, _TIMEOUT_MESSAGE), raw_path) from None
-        except aiohttp.ClientError as exc:
-            raise self._failed(_unreachable("is unreachable"), raw_path, type(exc).__name__) from None
+        except UpstreamError as exc:
+            raise self._failed(_unreachable("is unreachable"), raw_path, str(exc)) from None
 
     def _failed(self, error: UpstreamUnavailable, raw_path: bytes, detail: str = "") -> UpstreamUnavailable:
         self._metrics.upstream_errors.labels(error.kind).inc()
@@ -161,16 +149,25 @@ class Upstream:
     async def fetch(self, scope: Scope, raw_path: bytes, query: bytes) -> Answer:
         """GET ``raw_path`` with the caller's own headers; the whole answer, buffered."""
         headers = upstream_request_headers(scope, self.host)
-        response = await self._request("GET", raw_path, query, headers, None)
+        response = await self._request("GET", raw_path, headers, query)
         try:
             body = await response.read()
-        except TimeoutError:
+        except UpstreamTimeout:
             raise self._failed(UpstreamUnavailable(504, _TIMEOUT_MESSAGE), raw_path) from None
-        except aiohttp.ClientError as exc:
-            raise self._failed(_unreachable("closed the connection"), raw_path, type(exc).__name__) from None
+        except UpstreamError as exc:
+            raise self._failed(_unreachable("closed the connection"), raw_path, str(exc)) from None
         finally:
             response.release()
-        return Answer(response.status, downstream_headers(response.raw_headers), body)
+        return Answer(response.status, downstream_headers(response.headers), body)
+
+    async def probe(self, path: bytes) -> int:
+        """Status of a bare ``GET path`` upstream (no caller headers, no credential), for readiness."""
+        response = await self._request("GET", path, [(b"host", self.host.encode("latin-1"))])
+        try:
+            await response.read()
+        finally:
+            response.release()
+        return response.status
 
     async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward one request as is and stream the answer back."""
@@ -178,9 +175,17 @@ class Upstream:
         headers = upstream_request_headers(scope, self.host)
         body = _RequestBody(receive)
         data = await body.first()
+        chunked = False
+        if not any(name == b"content-length" for name, _ in headers):
+            if isinstance(data, bytes):
+                if data or scope["method"] not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+                    headers.append((b"content-length", str(len(data)).encode()))
+            elif data is not None:  # a streamed body of unknown length
+                headers.append((b"transfer-encoding", b"chunked"))
+                chunked = True
         try:
             response = await self._request(
-                scope["method"], scope["raw_path"], scope["query_string"], headers, data
+                scope["method"], scope["raw_path"], headers, scope["query_string"], data or None, chunked
             )
         except UpstreamUnavailable as exc:
             self._metrics.request("passthrough", exc.status)
@@ -193,38 +198,35 @@ class Upstream:
         finally:
             response.release()
 
-    async def _stream_down(
-        self, response: aiohttp.ClientResponse, send: Send, receive: Receive | None
-    ) -> None:
+    async def _stream_down(self, response: Response, send: Send, receive: Receive | None) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": downstream_headers(response.raw_headers),
+                "headers": downstream_headers(response.headers),
             }
         )
-        content = response.content
-        chunk = await content.readany()
-        if content.at_eof():
+        chunk = await response.chunk()
+        if response.complete:
             await send({"type": "http.response.body", "body": chunk})
             return
-        # A longer answer: watch for the caller leaving, and close the upstream stream when it does.
+        # A longer answer: watch for the caller leaving, and close the upstream connection when it does.
         watcher = asyncio.ensure_future(_wait_disconnect(receive)) if receive is not None else None
         if watcher is not None:
-            watcher.add_done_callback(lambda _: response.close())
+            watcher.add_done_callback(lambda task: None if task.cancelled() else response.close())
         try:
             while chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                chunk = await content.readany()
+                chunk = await response.chunk()
             if watcher is not None and watcher.done():
                 return  # the caller is gone; nothing more to say
             await send({"type": "http.response.body", "body": b""})
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             if watcher is not None and watcher.done():
                 return
             # Headers are out; the only honest signal left is an aborted response.
             self._metrics.upstream_errors.labels("stream_broken").inc()
-            event(log, logging.WARNING, "upstream_error", kind="stream_broken", error=type(exc).__name__)
+            event(log, logging.WARNING, "upstream_error", kind="stream_broken", error=str(exc))
             raise
         finally:
             if watcher is not None:

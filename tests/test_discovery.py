@@ -100,6 +100,19 @@ def test_v2_pages_are_recut_for_the_caller(
     assert (page["total_count"], page["total_pages"], page["current_page"], page["size"]) == (3, 2, 2, 2)
 
 
+def test_rescued_answers_are_cut_per_request_not_shared_between_them(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+) -> None:
+    url = sidecar(policy="free_only")
+    headers = bearer("KEY_TEAM_BROKE")
+    for _ in range(2):  # the second round comes from the rendered cache
+        targets = ("/v2/model/info?page=2&size=2", "/v2/model/info")  # as recorded from LiteLLM
+        pages = [client.get(url + target, headers=headers).json() for target in targets]
+        assert [[d["model_name"] for d in page["data"]] for page in pages] == [FREE_MODELS[2:], FREE_MODELS]
+        free_only = client.get(url + "/v1/models", headers=bearer("KEY_FREE_ONLY")).json()
+        assert [m["id"] for m in free_only["data"]] == ["free-model"]
+
+
 def test_bad_v2_page_fails_closed_with_the_budget_error(
     fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
 ) -> None:

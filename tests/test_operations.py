@@ -99,8 +99,9 @@ def test_metrics_count_what_happened(
     assert metric(text, 'sidecar_requests_total{route="passthrough",status="200"}') == 1
     assert metric(text, "sidecar_passthrough_seconds_count") == 1
     assert metric(text, 'sidecar_admin_lookup_seconds_count{path="/key/info"}') == 2
-    assert metric(text, 'sidecar_cache_hits_total{cache="scopes"}') == 1
-    assert metric(text, 'sidecar_cache_misses_total{cache="scopes"}') == 2
+    assert metric(text, 'sidecar_cache_misses_total{cache="scopes"}') == 2  # one look-up per key
+    assert metric(text, 'sidecar_cache_hits_total{cache="rendered"}') == 1  # the repeated rescue's bytes
+    assert metric(text, 'sidecar_cache_misses_total{cache="rendered"}') == 2
 
 
 def test_upstream_errors_are_counted(sidecar: SidecarFactory, client: httpx.Client) -> None:

@@ -215,3 +215,22 @@ def test_healthz_answers_without_asking_the_upstream(
     url = sidecar(upstream_url=f"http://127.0.0.1:{port}")  # nothing listens upstream
     answer = client.get(url + "/healthz")
     assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
+
+def test_concurrent_streams_then_more_streams_all_complete(
+    fake: FakeLiteLLM, sidecar: SidecarFactory
+) -> None:
+    """Connections go back to the pool after a stream; none may be closed under a later request."""
+    import concurrent.futures
+
+    url = sidecar()
+
+    def stream() -> bytes:
+        with httpx.Client(timeout=10) as own:
+            return own.get(url + "/sse?n=2").content
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        for _ in range(3):
+            bodies = list(pool.map(lambda _: stream(), range(10)))
+            assert all(body == b"data: 0\n\ndata: 1\n\ndata: [DONE]\n\n" for body in bodies)
+    assert "sse-disconnected" not in fake.events
