@@ -274,3 +274,59 @@ def test_closing_a_released_answer_leaves_its_pooled_connection_alone() -> None:
         second.release()
 
     assert run(keep_alive, test)["connections"] == 1
+
+
+def test_https_upstreams_are_verified_and_spoken_to(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A LiteLLM behind TLS: the certificate is checked against the trusted CAs (here, a test CA)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def main(trusted: bool) -> None:
+        server = await asyncio.start_server(keep_alive, "127.0.0.1", 0, ssl=server_tls)
+        port = server.sockets[0].getsockname()[1]
+        if trusted:
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        pool = ConnectionPool("localhost", port, True, 2.0, 2.0)
+        try:
+            if trusted:
+                response = await pool.request(GET, None)
+                assert (response.status, await response.read()) == (200, b"hello")
+                response.release()
+            else:
+                with pytest.raises(UpstreamError):  # an unknown certificate is refused, not ignored
+                    await pool.request(GET, None)
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(main(trusted=False))
+    asyncio.run(main(trusted=True))
