@@ -48,7 +48,6 @@ class SidecarApp:
         self.draining = False  # set when shutdown begins: readiness goes false first
 
     async def startup(self) -> None:
-        await self.upstream.start()
         settings = self.settings
         if settings.admin_key is not None and settings.policy != "blocked":
             self._admin_client = admin_http_client(

@@ -32,7 +32,7 @@ from sidecar.metrics import Metrics
 from sidecar.routes import DiscoveryRoute, RouteKind
 from sidecar.settings import Policy
 from sidecar.types import RawHeaders, Scope, Send
-from sidecar.upstream import Answer, Upstream, UpstreamUnavailable, error_body
+from sidecar.upstream import Answer, Upstream, UpstreamUnavailable
 
 log = logging.getLogger("sidecar.discovery")
 
@@ -64,7 +64,7 @@ class Discovery:
         try:
             answer = await self._answer(route, scope)
         except UpstreamUnavailable as exc:
-            answer = _json_answer(exc.status, error_body(exc.status, str(exc), "upstream_error"), [])
+            answer = _json_answer(exc.status, exc.body(), [])
         self._metrics.request("discovery", answer.status)
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         body = b"" if scope["method"] == "HEAD" else answer.body
@@ -106,7 +106,9 @@ class Discovery:
             token = key_hash(key)
             anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
             request = (token, route.kind, route.model_id, scope["query_string"], anthropic)
-            status, payload = await self.rendered.get(request, lambda: self._rendered(route, scope, token))
+            status, payload = await self.rendered.get(
+                request, lambda: self._rendered(route, scope, token, anthropic)
+            )
         except (ScopeUnknown, LookupFailed, shapes.BadQuery) as exc:
             self._metrics.fail_closed.labels(_FAIL_REASONS[type(exc)]).inc()
             event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
@@ -120,8 +122,10 @@ class Discovery:
         event(log, logging.INFO, "rescue", status=status, **fields)
         return _json_answer(status, payload, reply_headers(refused.headers, marks))
 
-    async def _rendered(self, route: DiscoveryRoute, scope: Scope, token: str) -> tuple[int, bytes]:
-        status, payload = await self._render(route, scope, await self._visible(token))
+    async def _rendered(
+        self, route: DiscoveryRoute, scope: Scope, token: str, anthropic: bool
+    ) -> tuple[int, bytes]:
+        status, payload = await self._render(route, scope, anthropic, await self._visible(token))
         return status, json.dumps(payload, separators=(",", ":")).encode()
 
     async def _visible(self, token: str) -> Callable[[str], bool]:
@@ -134,11 +138,10 @@ class Discovery:
         return access.allows
 
     async def _render(
-        self, route: DiscoveryRoute, scope: Scope, visible: Callable[[str], bool]
+        self, route: DiscoveryRoute, scope: Scope, anthropic: bool, visible: Callable[[str], bool]
     ) -> tuple[int, Any]:
         assert self._admin is not None
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-        anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
         kind = route.kind
         if kind is RouteKind.MODELS:
             wildcards = query.get("return_wildcard_routes", "").lower() == "true"

@@ -40,6 +40,11 @@ class UpstreamUnavailable(Exception):
         self.status = status
         self.kind = "timeout" if status == 504 else "unreachable"
 
+    def body(self) -> bytes:
+        """The caller's answer: an OpenAI-style error body."""
+        error = {"message": str(self), "type": "upstream_error", "param": None, "code": str(self.status)}
+        return json.dumps({"error": error}, separators=(",", ":")).encode()
+
 
 def _unreachable(what: str) -> UpstreamUnavailable:
     return UpstreamUnavailable(502, f"upstream LiteLLM {what}")
@@ -78,12 +83,6 @@ class Answer:
             return None
 
 
-def error_body(status: int, message: str, kind: str, code: str | None = None) -> bytes:
-    """An OpenAI-style error body."""
-    payload = {"error": {"message": message, "type": kind, "param": None, "code": code or str(status)}}
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
 async def send_json(send: Send, status: int, body: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -108,9 +107,6 @@ class Upstream:
             connect_timeout,
             read_timeout,
         )
-
-    async def start(self) -> None:
-        """Nothing to open: connections are made on first use and kept alive."""
 
     async def close(self) -> None:
         self._pool.close()
@@ -189,7 +185,7 @@ class Upstream:
             )
         except UpstreamUnavailable as exc:
             self._metrics.request("passthrough", exc.status)
-            await send_json(send, exc.status, error_body(exc.status, str(exc), "upstream_error"))
+            await send_json(send, exc.status, exc.body())
             return
         self._metrics.passthrough_seconds.observe(time.perf_counter() - started)
         self._metrics.request("passthrough", response.status)
