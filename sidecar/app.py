@@ -41,6 +41,7 @@ class SidecarApp:
             settings.connect_timeout,
             settings.read_timeout,
             self.metrics,
+            settings.max_header_bytes,
         )
         self._admin_client: httpx.AsyncClient | None = None
         self.admin: AdminLookups | None = None

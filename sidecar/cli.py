@@ -18,6 +18,7 @@ import uvicorn
 
 from sidecar import logs
 from sidecar.app import SidecarApp, create_app
+from sidecar.inbound import bounded_protocol
 from sidecar.settings import Settings, SettingsError, load_settings
 
 
@@ -128,7 +129,7 @@ def server_config(settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(settings.max_header_bytes),
         lifespan="on",
         access_log=False,
         server_header=False,

@@ -3,32 +3,48 @@
 Why not aiohttp: measured on the pass-through, aiohttp's request machinery took about 53 % of the
 sidecar's CPU; this client does the same work - send the caller's request as is, hand back status, headers
 and body chunks as they arrive - for about a tenth of aiohttp's CPU per request (0.006 against 0.08 ms, see
-the README). It does only what a reverse proxy needs and nothing a shared client must not do:
+the README). It does only what a reverse proxy needs and nothing a shared client must not do: no cookie
+jar, no redirects, no proxy or netrc from the environment, no decompression, no headers of its own. The
+request goes out exactly as given, the answer comes back as sent (chunked framing removed; the server
+re-frames it; trailer fields are dropped, as a proxy may).
 
-- no cookie jar, no redirects, no proxy or netrc from the environment, no decompression, no headers of
-  its own: the request goes out exactly as given, the answer comes back as sent (chunked framing removed;
-  the server re-frames it);
-- connections are kept alive per upstream and reused last-in first-out; one idle longer than
-  ``idle_timeout`` (default 4 s, under uvicorn's 5 s keep-alive) is closed instead of reused; a reused
-  connection that turns out closed before any byte of the answer arrived is retried once on a new one when
-  the request body can be sent again (it is bytes), and never otherwise;
-- a connection is reused only after its answer was read to the end and both sides keep it alive; an answer
-  to HEAD, an upgrade, or one cut short closes it;
-- ``connect_timeout`` bounds connecting, ``read_timeout`` bounds every wait for the next bytes of the answer;
-- reading pauses when more than 1 MiB of the answer waits unread (back-pressure to the upstream).
+The rules it keeps, the ones httpcore and h11 keep:
+
+- **Reuse only at a clean message boundary.** A connection goes back to the pool only when the parser
+  stands exactly at the end of one complete answer, the whole request was sent, both sides keep the
+  connection alive and no byte came after the answer. Anything else closes it: bytes after the end of an
+  answer (in the same read or later), bytes arriving while it sits idle, an answer cut short or abandoned,
+  an answer to HEAD (the parser cannot be told it has no body), an early answer during an upload. Nothing
+  the parser sees after the end of an answer is given to anyone.
+- **Retry only what provably did no harm, once.** A request is sent again only if its method is
+  idempotent (GET, HEAD, OPTIONS), its body is in memory, it went out on a *reused* connection and that
+  connection closed before any byte of an answer came back (the upstream had dropped it while idle). The
+  retry goes out once, on a new connection. Anything else - a POST above all: an LLM request executed
+  twice is paid twice - fails with :class:`UpstreamClosed` and is sent exactly once.
+- **Bounded.** ``connect_timeout`` bounds connecting, ``read_timeout`` every wait for the next bytes of
+  the answer, ``max_header_bytes`` the status line and headers of an answer (more is an
+  :class:`UpstreamProtocolError`); reading pauses while more than 1 MiB of the answer waits unread
+  (back-pressure to the upstream). An idle connection older than ``idle_timeout`` (default 4 s, under
+  uvicorn's 5 s keep-alive) is closed by a timer, not only when next taken.
+- **Refuse what a proxy cannot pass on honestly**: ``101 Switching Protocols`` (the sidecar never asks for
+  an upgrade), a transfer coding other than ``chunked``, a malformed answer - each an
+  :class:`UpstreamProtocolError` that names the cause.
+- **Abandon on request**: a :class:`Cancel` given to :meth:`ConnectionPool.request` lets another task
+  close the exchange at once (the caller went away), while the request waits for headers or streams.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 import httptools
 
 _HIGH_WATER = 1024 * 1024
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class UpstreamError(Exception):
@@ -39,48 +55,109 @@ class UpstreamTimeout(UpstreamError):
     """The upstream did not connect or answer within its timeout."""
 
 
-class _Stale(UpstreamError):
-    """A reused connection was closed before the answer began: safe to retry on a new one."""
+class UpstreamClosed(UpstreamError):
+    """The upstream closed the connection before or while answering."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream's answer cannot be passed on: malformed, too large a head, an unasked-for upgrade."""
+
+
+class Cancelled(Exception):
+    """The exchange was abandoned through its :class:`Cancel` (the caller went away)."""
+
+
+class _Stale(UpstreamClosed):
+    """The connection closed before any byte of the answer came back."""
+
+
+class _Stray(Exception):
+    """Raised inside the parser to stop it: a byte came after the end of the answer."""
+
+
+class Cancel:
+    """Lets another task abandon one exchange: :meth:`cancel` closes its connection at once, and the
+    waiting :meth:`ConnectionPool.request` or :meth:`Response.chunk` raises :class:`Cancelled`."""
+
+    __slots__ = ("_connection", "_exchange", "cancelled")
+
+    def __init__(self) -> None:
+        self._connection: _Connection | None = None
+        self._exchange = 0
+        self.cancelled = False
+
+    def _bind(self, connection: _Connection) -> None:
+        self._connection, self._exchange = connection, connection.exchange
+
+    def cancel(self) -> None:
+        """Idempotent; does nothing once the connection went back to the pool or on to another exchange."""
+        self.cancelled = True
+        connection = self._connection
+        if connection is not None and connection.in_use and connection.exchange == self._exchange:
+            connection.fail(Cancelled("the exchange was abandoned"))
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, write_timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, write_timeout: float, max_header_bytes: int) -> None:
         self._loop = loop
         self._write_timeout = write_timeout
+        self._max_header_bytes = max_header_bytes
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
-        self.closed = False
+        self.closed = False  # never to be reused: closed, or not at a clean message boundary
         self.idle_since = 0.0
+        self.exchange = 0  # counts the exchanges on this connection
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
-        self._reset()
+        self.begin(False)
+        self.in_use = False
 
-    def _reset(self) -> None:
+    def begin(self, head_request: bool) -> None:
+        """Start an exchange on this connection."""
+        self.in_use = True
+        self.exchange += 1
+        self.head_request = head_request
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
         self.complete = False
         self.received_any = False
-        self.head_request = False
+        self.request_sent = False
+        self._head_bytes = 0
         self._eof_delimited = False
-        self._body: collections.deque[bytes] = collections.deque()
+        self._body: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_use or self.complete:  # bytes while idle, or after the end of the answer
+            self._poison()
+            return
         self.received_any = True
+        if not self.headers_done:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Stray):
+                self._poison()  # the answer is whole; what came after it is nobody's
+            else:
+                self.fail(
+                    exc.__context__ or UpstreamProtocolError(f"upstream sent a malformed answer: {exc}")
+                )
         except httptools.HttpParserUpgrade:
-            self._fail(UpstreamError("upstream switched protocols"))
+            self.fail(UpstreamProtocolError("upstream switched protocols unasked"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"upstream sent a malformed answer: {exc}"))
+            self.fail(UpstreamProtocolError(f"upstream sent a malformed answer: {exc}"))
+        else:
+            if not self.headers_done and self._head_bytes > self._max_header_bytes:
+                self.fail(self._head_too_large())
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -88,13 +165,15 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.resume_writing()
-        if self.headers_done and not self.complete and self._eof_delimited:
+        if not self.in_use or self.complete:
+            return
+        if self.headers_done and self._eof_delimited:
             self.complete = True  # the body of an answer without length ends with the connection
             self._wake()
-        elif not self.complete:
-            self._fail(
-                _Stale("connection closed") if not self.received_any else UpstreamError("connection lost")
-            )
+        elif not self.received_any:
+            self.fail(_Stale("upstream closed the connection before answering"))
+        else:
+            self.fail(UpstreamClosed("upstream closed the connection in the middle of its answer"))
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -117,29 +196,46 @@ class _Connection(asyncio.Protocol):
                 self._drained = None
 
     # --- httptools callbacks ----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Stray  # a second message on the heels of the answer: stop the parser here
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.headers_done:  # after the head they are trailer fields: not passed on
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # 100 Continue and friends: the real answer follows
             self.headers = []
+            self._head_bytes = 0
             return
+        size = sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self._max_header_bytes:
+            raise self._head_too_large()
+        if status == 101:
+            raise UpstreamProtocolError("upstream switched protocols unasked (101)")
+        codings = [
+            value.strip().lower() for name, value in self.headers if name.lower() == b"transfer-encoding"
+        ]
+        if codings and codings != [b"chunked"]:
+            shown = b", ".join(codings).decode("latin-1")
+            raise UpstreamProtocolError(
+                f"upstream used a transfer coding the sidecar cannot pass on ({shown})"
+            )
         self.status = status
         self.headers_done = True
-        names = {name.lower() for name, _ in self.headers}
-        self._eof_delimited = (
-            b"content-length" not in names
-            and b"transfer-encoding" not in names
-            and status not in (204, 304)
-            and not self.head_request
-        )
+        self._eof_delimited = not codings and status not in (204, 304) and not self.head_request
+        if self._eof_delimited:
+            self._eof_delimited = not any(name.lower() == b"content-length" for name, _ in self.headers)
         if self.head_request:  # no body follows, whatever the headers say
             self.complete = True
             self.closed = True  # the parser cannot be told; never reuse this connection
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            raise _Stray  # a body after an answer to HEAD
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -155,12 +251,19 @@ class _Connection(asyncio.Protocol):
             self.closed = True
         self._wake()
 
-    # --- used by Response -------------------------------------------------------------------------------
-    def _fail(self, error: Exception) -> None:
-        self._error = error
+    # --- used by the pool and Response ------------------------------------------------------------------
+    def _head_too_large(self) -> UpstreamProtocolError:
+        return UpstreamProtocolError(f"upstream sent more than {self._max_header_bytes} bytes of headers")
+
+    def _poison(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None:  # the first cause is the real one; what follows is its consequence
+            self._error = error
+        self._poison()
         self._wake()
 
     def _wake(self) -> None:
@@ -190,6 +293,10 @@ class _Connection(asyncio.Protocol):
     def raise_error(self) -> None:
         if self._error is not None:
             raise self._error
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.request_sent and not self.closed and not self._body
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:
@@ -232,22 +339,21 @@ class Response:
         return b"".join([chunk async for chunk in self.chunks()])
 
     def release(self) -> None:
-        """Give the connection back if the answer was read to its end, else close it. Idempotent."""
+        """Give the connection back if it stands at a clean message boundary, else close it. Idempotent."""
         connection = self._connection
-        if connection is not None and connection.complete and not connection._body and not connection.closed:
+        if connection is not None and connection.reusable:
             self._connection = None
             self._pool._put(connection)
         else:
             self.close()
 
     def close(self) -> None:
-        """Abandon the answer (the caller went away): the connection is closed, never reused. Once the
-        answer is released, the connection belongs to the pool again and this does nothing."""
+        """Abandon the answer: the connection is closed, never reused. Once the answer is released, the
+        connection belongs to the pool again and this does nothing."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.closed = True
-            if connection.transport is not None:
-                connection.transport.close()
+            connection.in_use = False
+            connection._poison()
 
 
 class ConnectionPool:
@@ -262,6 +368,7 @@ class ConnectionPool:
         read_timeout: float,
         idle_timeout: float = 4.0,
         max_idle: int = 512,
+        max_header_bytes: int = 64 * 1024,
     ) -> None:
         self.host = host
         self.port = port
@@ -269,50 +376,64 @@ class ConnectionPool:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self.max_header_bytes = max_header_bytes
         self._ssl = ssl.create_default_context() if tls else None
-        self._idle: list[_Connection] = []
+        self._idle: list[_Connection] = []  # oldest first; taken from the end
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(
         self,
         head: bytes,
         body: bytes | AsyncIterator[bytes] | None,
         chunked: bool = False,
-        head_request: bool = False,
+        method: str = "GET",
+        cancel: Cancel | None = None,
     ) -> Response:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; await the answer.
 
+        ``method`` is the request's (it decides whether a retry is safe, and HEAD has no body);
         ``chunked``: frame a streamed body with chunked transfer encoding (the head must say so)."""
+        retry_allowed = method in IDEMPOTENT and not isinstance(body, AsyncIterator)
+        fresh_only = False
         while True:
-            connection, reused = self._idle_connection(), True
+            connection = None if fresh_only else self._idle_connection()
+            reused = connection is not None
             if connection is None:
-                connection, reused = await self._connect(), False
-            connection._reset()
-            connection.head_request = head_request
+                connection = await self._connect()
+            connection.begin(method == "HEAD")
+            if cancel is not None:
+                if cancel.cancelled:
+                    connection.in_use = False
+                    connection._poison()
+                    raise Cancelled("the exchange was abandoned")
+                cancel._bind(connection)
             try:
                 await self._send(connection, head, body, chunked)
                 while not connection.headers_done:
                     connection.raise_error()
                     await connection.wait(self.read_timeout)
+                connection.raise_error()
                 return Response(self, connection)
             except _Stale:
-                connection.closed = True
-                if reused and not isinstance(body, AsyncIterator):
-                    continue  # the upstream had closed this idle connection: try once more on a new one
-                raise UpstreamError("upstream closed the connection") from None
+                connection.in_use = False
+                if reused and retry_allowed:
+                    fresh_only = True  # once, on a new connection
+                    continue
+                raise
             except BaseException:
-                connection.closed = True
-                if connection.transport is not None:
-                    connection.transport.close()
+                connection.in_use = False
+                connection._poison()
                 raise
 
     def _idle_connection(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < self.idle_timeout:
+            transport = connection.transport
+            alive = not connection.closed and transport is not None and not transport.is_closing()
+            if alive and now - connection.idle_since < self.idle_timeout:
                 return connection
-            if connection.transport is not None:
-                connection.transport.close()
+            connection._poison()
         return None
 
     async def _connect(self) -> _Connection:
@@ -320,7 +441,7 @@ class ConnectionPool:
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop, self.read_timeout),
+                    lambda: _Connection(loop, self.read_timeout, self.max_header_bytes),
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -340,31 +461,49 @@ class ConnectionPool:
         transport = connection.transport
         assert transport is not None
         if connection.closed or transport.is_closing():
-            raise _Stale("connection closed")
+            raise _Stale("upstream closed the connection before the request was sent")
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
+            connection.request_sent = True
             return
         transport.write(head)
         async for part in body:
+            if connection.headers_done:
+                return  # an early answer (413, 401, ...): it is the answer; the rest is not sent
             if connection.closed:
                 connection.raise_error()
-                raise UpstreamError("connection lost while sending the request body")
+                raise UpstreamClosed("upstream closed the connection while the request body was sent")
             if part:
                 transport.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
                 await connection.drain()
         if chunked:
             transport.write(b"0\r\n\r\n")
+        connection.request_sent = True
 
     def _put(self, connection: _Connection) -> None:
+        connection.in_use = False
         connection.idle_since = time.monotonic()
         if len(self._idle) >= self.max_idle:
-            oldest = self._idle.pop(0)
-            if oldest.transport is not None:
-                oldest.transport.close()
+            self._idle.pop(0)._poison()
         self._idle.append(connection)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle_timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle longer than ``idle_timeout``; run again when the next one expires."""
+        self._sweeper = None
+        now = time.monotonic()
+        idle = self._idle
+        while idle and (idle[0].closed or now - idle[0].idle_since >= self.idle_timeout):
+            idle.pop(0)._poison()
+        if idle:
+            delay = max(idle[0].idle_since + self.idle_timeout - now, 0.01)
+            self._sweeper = asyncio.get_running_loop().call_later(delay, self._sweep)
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in self._idle:
-            if connection.transport is not None:
-                connection.transport.close()
+            connection._poison()
         self._idle.clear()

@@ -50,8 +50,15 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "sidecar_upstream_errors",
-            "Failures talking to LiteLLM on callers' requests: unreachable, timeout, stream_broken.",
+            "Failures talking to LiteLLM on callers' requests: unreachable, timeout, closed (before "
+            "answering), invalid (an answer that cannot be passed on), stream_broken.",
             ["kind"],
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "sidecar_abandoned",
+            "Pass-through requests whose caller went away before the answer was complete; the upstream "
+            "connection was closed at once.",
             registry=r,
         )
         self.admin_lookup_seconds = Histogram(

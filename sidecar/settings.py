@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Answer /v1/models/{id} from the caller's own model list (LiteLLM refuses it to ordinary keys).
     retrieve_from_list: bool = True
 
+    # The most bytes a request line and headers from a caller may take (more: 431), and the status line and
+    # headers of an answer from LiteLLM (more: 502).
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
     log_level: LogLevel = "info"
 
     # Shutdown on SIGTERM/SIGINT: readiness goes false at once; requests are still served for drain_delay

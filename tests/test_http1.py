@@ -3,58 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from sidecar.http1 import ConnectionPool, UpstreamError, UpstreamTimeout
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
-
-
-def ok(body: bytes, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            return head + await reader.readexactly(int(line.split(b":")[1]))
-    if b"transfer-encoding: chunked" in head.lower():
-        return head + await reader.readuntil(b"0\r\n\r\n")
-    return head
-
-
-def run(
-    handler: Handler, test: Callable[[ConnectionPool, dict[str, int]], Awaitable[None]], **pool: float
-) -> dict[str, int]:
-    stats = {"connections": 0}
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stats["connections"] += 1
-        try:
-            await handler(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        options = {"connect_timeout": 2.0, "read_timeout": 2.0, **pool}
-        client = ConnectionPool("127.0.0.1", port, False, **options)  # type: ignore[arg-type]
-        try:
-            await test(client, stats)
-        finally:
-            client.close()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
-    return stats
+from tests.scripted import GET, Stats, ok, read_request, run
 
 
 async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -65,7 +19,7 @@ async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 
 def test_connections_are_kept_alive_and_reused() -> None:
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         for _ in range(5):
             response = await pool.request(GET, None)
             assert (response.status, await response.read()) == (200, b"hello")
@@ -81,7 +35,7 @@ def test_concurrent_requests_use_separate_connections() -> None:
             await asyncio.sleep(0.05)
             writer.write(ok(b"x"))
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         async def one() -> bytes:
             response = await pool.request(GET, None)
             body = await response.read()
@@ -93,16 +47,16 @@ def test_concurrent_requests_use_separate_connections() -> None:
     assert run(slow, test)["connections"] == 10
 
 
-def test_a_connection_the_server_closed_while_idle_is_retried_on_a_new_one() -> None:
+def test_a_get_on_a_connection_the_server_dropped_while_idle_is_retried_on_a_new_one() -> None:
     async def closes_after_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(ok(b"first"))
         await writer.drain()
         await reader.read(1)  # the next request arrives ... and the server hangs up without a word
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         for expected in (b"first", b"first"):
-            response = await pool.request(b"POST /x HTTP/1.1\r\ncontent-length: 2\r\n\r\n", b"{}")
+            response = await pool.request(GET, None)
             assert await response.read() == expected
             response.release()
 
@@ -119,7 +73,7 @@ def test_a_streamed_body_is_never_sent_twice() -> None:
     async def body() -> AsyncIterator[bytes]:
         yield b"part"
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         response = await pool.request(GET, None)
         await response.read()
         response.release()
@@ -131,7 +85,7 @@ def test_a_streamed_body_is_never_sent_twice() -> None:
 
 
 def test_idle_connections_older_than_the_idle_timeout_are_not_reused() -> None:
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         for _ in range(2):
             response = await pool.request(GET, None)
             await response.read()
@@ -149,7 +103,7 @@ def test_body_until_close_when_the_answer_has_no_length() -> None:
         await asyncio.sleep(0.05)
         writer.write(b"part two")
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         response = await pool.request(GET, None)
         assert await response.read() == b"part one, part two"
         response.release()
@@ -167,7 +121,7 @@ def test_chunked_answers_arrive_chunk_by_chunk_without_framing() -> None:
             await asyncio.sleep(0.05)
         writer.write(b"0\r\n\r\n")
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         response = await pool.request(GET, None)
         assert [c async for c in response.chunks()] == [b"data: 1\n\n", b"data: 2\n\n"]
         response.release()
@@ -181,8 +135,8 @@ def test_head_answers_end_at_their_headers() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
         await asyncio.sleep(1)
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
-        response = await pool.request(b"HEAD /x HTTP/1.1\r\n\r\n", None, head_request=True)
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        response = await pool.request(b"HEAD /x HTTP/1.1\r\n\r\n", None, method="HEAD")
         assert (response.status, await response.read()) == (200, b"")
         assert dict(response.headers)[b"content-length"] == b"1234"
         response.release()
@@ -195,7 +149,7 @@ def test_interim_100_continue_is_skipped() -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"done"))
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         response = await pool.request(b"POST /x HTTP/1.1\r\ncontent-length: 1\r\n\r\n", b"x")
         assert (response.status, await response.read()) == (200, b"done")
 
@@ -213,7 +167,7 @@ def test_streamed_request_bodies_are_chunk_framed() -> None:
         yield b"hello "
         yield b"world"
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         head = b"POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
         response = await pool.request(head, body(), chunked=True)
         await response.read()
@@ -227,7 +181,7 @@ def test_silence_is_a_timeout() -> None:
         await read_request(reader)
         await asyncio.sleep(2)
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         with pytest.raises(UpstreamTimeout):
             await pool.request(GET, None)
 
@@ -240,7 +194,7 @@ def test_an_answer_cut_short_is_an_error_not_an_end() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part")
         await writer.drain()
 
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         response = await pool.request(GET, None)
         assert await response.chunk() == b"only part"
         with pytest.raises(UpstreamError):
@@ -264,7 +218,7 @@ def test_refused_connection_is_an_upstream_error() -> None:
 
 
 def test_closing_a_released_answer_leaves_its_pooled_connection_alone() -> None:
-    async def test(pool: ConnectionPool, stats: dict[str, int]) -> None:
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
         first = await pool.request(GET, None)
         await first.read()
         first.release()

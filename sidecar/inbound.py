@@ -1,0 +1,88 @@
+"""The callers' side of the wire: uvicorn's httptools protocol with a bound on the request head.
+
+uvicorn's httptools protocol takes request lines and headers of any size (its h11 one stops at 16 KiB):
+a 32 MiB header block went upstream, a 128 MiB one took 34 s of parsing and held the event loop - every
+other caller with it. Here the request line and headers of each request are counted as the bytes arrive,
+before the parser accumulates them; past ``max_header_bytes`` the caller gets ``431 Request Header Fields
+Too Large`` (as nginx answers 400/431) and the connection is closed. Nothing reaches the app or LiteLLM.
+
+The count is exact where the head starts a read (the usual case: a new connection or a keep-alive
+request) and ends at its blank line; a head that begins in the middle of a read (pipelining) is counted
+from the next read on, so the bound holds to within one read (at most 256 KiB with uvloop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sidecar.logs import event
+
+log = logging.getLogger("sidecar.inbound")
+
+_END_OF_HEAD = b"\r\n\r\n"
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing request heads over :attr:`max_header_bytes`."""
+
+    max_header_bytes = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # the next bytes belong to a request line or headers
+        self._head_bytes = 0
+        self._tail = b""  # the last bytes of the head so far: its blank line may straddle two reads
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            seen = self._tail + data if self._tail else data
+            end = seen.find(_END_OF_HEAD)
+            if end < 0:
+                self._head_bytes += len(data)
+                self._tail = seen[-3:]
+            else:
+                self._head_bytes += end + 4 - len(self._tail)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse()
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._tail = b""
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        super().on_message_complete()
+
+    def _refuse(self) -> None:
+        limit = self.max_header_bytes
+        client = self.client[0] if self.client else None
+        event(log, logging.WARNING, "request_head_too_large", limit=limit, client=client)
+        message = f"the request line and headers exceed {limit} bytes"
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": "431"}
+        body = json.dumps({"error": error}, separators=(",", ":")).encode()
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:  # never in the middle of another answer
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        self._refused = True
+        self.transport.close()
+
+
+def bounded_protocol(max_header_bytes: int) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http`` setting, with its bound."""
+    return type(
+        "BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"max_header_bytes": max_header_bytes}
+    )
