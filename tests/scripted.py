@@ -119,6 +119,7 @@ class ScriptedUpstream:
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def wait_for(self, condition: Callable[[Stats], bool], timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,139 @@
+"""The real sidecar (uvicorn, production settings) between raw clients and a scripted upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx
+
+from tests.conftest import SidecarFactory
+from tests.scripted import ScriptedUpstream, ok, read_request
+
+Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_request_head_over_the_bound_gets_431_and_never_goes_upstream(sidecar: SidecarFactory) -> None:
+    async def handler(reader: Reader, writer: Writer) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(ok(b"fine"))
+
+    with ScriptedUpstream(handler) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None, max_header_bytes=4096)
+        with connect(url) as sock:
+            sock.sendall(b"GET /v1/chat HTTP/1.1\r\nhost: x\r\nx-big: " + b"v" * 8192 + b"\r\n\r\n")
+            answer = read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "431"
+        with httpx.Client(timeout=5) as client:  # a head under the bound passes, on a new connection
+            assert client.get(url + "/v1/chat", headers={"x-big": "v" * 3000}).text == "fine"
+        assert len(upstream.stats.requests) == 1
+
+
+def test_a_huge_request_head_is_cut_off_early_and_others_are_served(sidecar: SidecarFactory) -> None:
+    url = sidecar(policy="blocked", admin_key=None)
+    with connect(url) as sock, httpx.Client(timeout=5) as client:
+        sock.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\nx-big: ")
+        sent, refused = 0, False
+        try:
+            while sent < 128 * 1024 * 1024:
+                sock.sendall(b"v" * 65536)
+                sent += 65536
+        except OSError:
+            refused = True  # the sidecar closed the connection long before 128 MiB
+        assert refused and sent < 8 * 1024 * 1024
+        assert client.get(url + "/healthz").status_code == 200
+
+
+def test_a_caller_that_leaves_before_the_headers_frees_the_upstream(sidecar: SidecarFactory) -> None:
+    async def silent(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        await reader.read()  # a model thinking; only the sidecar's closing ends this
+
+    with ScriptedUpstream(silent) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None, read_timeout=60)
+        with connect(url) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+            assert upstream.wait_for(lambda stats: len(stats.requests) == 1)
+        assert upstream.wait_for(lambda stats: len(stats.closed_by_client) == 1, timeout=5)
+
+
+def test_a_caller_that_leaves_mid_stream_frees_the_upstream(sidecar: SidecarFactory) -> None:
+    async def streams_then_stalls(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+        await writer.drain()
+        await reader.read()
+
+    with ScriptedUpstream(streams_then_stalls) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None, read_timeout=60)
+        with connect(url) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+            assert b"data: 1" in sock.recv(65536)
+        assert upstream.wait_for(lambda stats: len(stats.closed_by_client) == 1, timeout=5)
+
+
+def test_a_post_on_a_dead_pooled_connection_is_a_502_and_sent_once(sidecar: SidecarFactory) -> None:
+    async def answers_once_then_drops(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        writer.write(ok(b"fine"))
+        await writer.drain()
+        await read_request(reader)  # the next request arrives, and the upstream hangs up
+
+    with ScriptedUpstream(answers_once_then_drops) as upstream, httpx.Client(timeout=5) as client:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        assert client.get(url + "/warm").text == "fine"
+        answer = client.post(url + "/v1/chat/completions", content=b"{}")
+        assert answer.status_code == 502
+        assert answer.json()["error"]["type"] == "upstream_error"
+        assert upstream.stats.count(b"POST /v1/chat/completions") == 1
+
+
+def test_a_304_keeps_the_callers_connection(sidecar: SidecarFactory) -> None:
+    async def not_modified(reader: Reader, writer: Writer) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b'HTTP/1.1 304 Not Modified\r\netag: "1"\r\ncontent-length: 1234\r\n\r\n')
+
+    with ScriptedUpstream(not_modified) as upstream, httpx.Client(timeout=5) as client:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        for _ in range(3):
+            assert client.get(url + "/files/x").status_code == 304
+        assert upstream.stats.connections == 1
+
+
+def test_an_unsolicited_101_and_an_unknown_transfer_coding_are_502(sidecar: SidecarFactory) -> None:
+    replies = {
+        b"/upgrade": b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
+        b"/gzip": b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    }
+
+    async def hostile(reader: Reader, writer: Writer) -> None:
+        request = await read_request(reader)
+        writer.write(replies[request.split(b" ")[1]])
+        await writer.drain()
+        await reader.read()
+
+    with ScriptedUpstream(hostile) as upstream, httpx.Client(timeout=5) as client:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        for path in ("/upgrade", "/gzip"):
+            answer = client.get(url + path)
+            assert answer.status_code == 502
+            assert "cannot be passed on" in answer.json()["error"]["message"]
