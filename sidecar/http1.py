@@ -210,14 +210,18 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             self._head_bytes = 0
             return
-        size = sum(len(name) + len(value) + 4 for name, value in self.headers)
+        size, codings, has_length = 0, [], False
+        for name, value in self.headers:  # one pass over the head: its size, its framing
+            size += len(name) + len(value) + 4
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                codings.append(value.strip().lower())
+            elif lowered == b"content-length":
+                has_length = True
         if size > self._max_header_bytes:
             raise self._head_too_large()
         if status == 101:
             raise UpstreamProtocolError("upstream switched protocols unasked (101)")
-        codings = [
-            value.strip().lower() for name, value in self.headers if name.lower() == b"transfer-encoding"
-        ]
         if codings and codings != [b"chunked"]:
             shown = b", ".join(codings).decode("latin-1")
             raise UpstreamProtocolError(
@@ -225,9 +229,9 @@ class _Connection(asyncio.Protocol):
             )
         self.status = status
         self.headers_done = True
-        self._eof_delimited = not codings and status not in (204, 304) and not self.head_request
-        if self._eof_delimited:
-            self._eof_delimited = not any(name.lower() == b"content-length" for name, _ in self.headers)
+        self._eof_delimited = (
+            not codings and not has_length and status not in (204, 304) and not self.head_request
+        )
         if self.head_request:  # no body follows, whatever the headers say
             self.complete = True
             self.closed = True  # the parser cannot be told; never reuse this connection
