@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
-from sidecar.http1 import ConnectionPool
+from sidecar.proxy.http1 import ConnectionPool
 
 REQUESTS, CONNECTIONS = 20_000, 32
 BODY = b'{"model":"model-00","messages":[{"role":"user","content":"hi"}]}'
@@ -81,7 +81,7 @@ def main() -> int:
     stub = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stub.py")), str(port)])
     try:
         time.sleep(1)
-        for name, measure in (("aiohttp", with_aiohttp), ("sidecar.http1", with_http1)):
+        for name, measure in (("aiohttp", with_aiohttp), ("sidecar.proxy.http1", with_http1)):
             print(f"{name:<14} {uvloop.run(measure(port)):.4f} ms CPU per request")
     finally:
         stub.terminate()

@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 
-from sidecar.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.discovery import Discovery
+from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.metrics import CONTENT_TYPE, Metrics
-from sidecar.routes import match_discovery
+from sidecar.proxy.routes import match_discovery
+from sidecar.proxy.upstream import Upstream, UpstreamUnavailable, send_json
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
-from sidecar.upstream import Upstream, UpstreamUnavailable, send_json
 
 HEALTHZ = b"/healthz"
 READYZ = b"/readyz"

@@ -18,7 +18,7 @@ import uvicorn
 
 from sidecar import logs
 from sidecar.app import SidecarApp, create_app
-from sidecar.inbound import bounded_protocol
+from sidecar.proxy.inbound import bounded_protocol
 from sidecar.settings import Settings, SettingsError, load_settings
 
 

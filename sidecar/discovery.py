@@ -21,18 +21,19 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sidecar import shapes
-from sidecar.access import ScopeUnknown
-from sidecar.admin import AdminLookups, LookupFailed, View
-from sidecar.budget import BUDGET_STATUSES, budget_scope, is_budget_error
 from sidecar.cache import SingleFlightCache
-from sidecar.forwarding import caller_key, key_hash, key_label, reply_headers
+from sidecar.litellm import shapes
+from sidecar.litellm.access import ScopeUnknown
+from sidecar.litellm.admin import AdminLookups, LookupFailed, View
+from sidecar.litellm.budget_errors import BUDGET_STATUSES, budget_scope, is_budget_error
+from sidecar.litellm.credentials import caller_key, key_hash, key_label
 from sidecar.logs import event
 from sidecar.metrics import Metrics
-from sidecar.routes import DiscoveryRoute, RouteKind
+from sidecar.proxy.forwarding import reply_headers
+from sidecar.proxy.routes import DiscoveryRoute, RouteKind
+from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable
 from sidecar.settings import Policy
 from sidecar.types import RawHeaders, Scope, Send
-from sidecar.upstream import Answer, Upstream, UpstreamUnavailable
 
 log = logging.getLogger("sidecar.discovery")
 

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line on stderr.
 
 Events carry their fields in ``extra={"fields": {...}}``. Nothing secret is ever passed in: callers are
-identified by ``forwarding.key_label`` (a short hash unrelated to LiteLLM's token), the admin credential
+identified by ``credentials.key_label`` (a short hash unrelated to LiteLLM's token), the admin credential
 never reaches a log call, and admin look-up failures are described by path and status only.
 """
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.http1 import ConnectionPool
+from sidecar.proxy.http1 import ConnectionPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"

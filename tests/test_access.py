@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.access import Scope, ScopeUnknown, scope_from_admin_answers
-from sidecar.catalog import ModelCatalog
+from sidecar.litellm.access import Scope, ScopeUnknown, scope_from_admin_answers
+from sidecar.litellm.catalog import ModelCatalog
 from tests.fake_litellm import HASH_OWNER, VERSIONS, load_recordings
 
 

@@ -8,9 +8,9 @@ import httpx
 import pytest
 import respx
 
-from sidecar.access import ScopeUnknown
-from sidecar.admin import AdminLookups, LookupFailed, View, admin_http_client
-from sidecar.forwarding import key_hash
+from sidecar.litellm.access import ScopeUnknown
+from sidecar.litellm.admin import AdminLookups, LookupFailed, View, admin_http_client
+from sidecar.litellm.credentials import key_hash
 from sidecar.metrics import Metrics
 
 BASE = "http://litellm.test:4000"

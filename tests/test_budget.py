@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sidecar.budget import budget_scope, is_budget_error
+from sidecar.litellm.budget_errors import budget_scope, is_budget_error
 from tests.fake_litellm import VERSIONS, all_recordings, load_recordings
 
 RECORDED = all_recordings()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sidecar.catalog import ModelCatalog, is_secret_param, public_deployment
+from sidecar.litellm.catalog import ModelCatalog, is_secret_param, public_deployment
 from tests.fake_litellm import VERSIONS, load_recordings
 
 

@@ -299,7 +299,7 @@ class TestFailClosed:
         reason: str,
     ) -> None:
         if target == "/key/info?key=*":
-            from sidecar.forwarding import key_hash
+            from sidecar.litellm.credentials import key_hash
 
             target = f"/key/info?key={key_hash(KEYS['KEY_TEAM_BROKE'])}"
         fake.answer("GET", target, status, body)
@@ -326,7 +326,7 @@ class TestFailClosed:
             time.sleep(1.0)  # blocks the fake's event loop: the admin look-up times out
             return 200, [], b"{}"
 
-        from sidecar.forwarding import key_hash
+        from sidecar.litellm.credentials import key_hash
 
         fake.overrides[("GET", f"/key/info?key={key_hash(KEYS['KEY_TEAM_BROKE'])}")] = slow
         self._refused(client, sidecar(admin_timeout=0.3), bearer("KEY_TEAM_BROKE"))

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.http1 import ConnectionPool, UpstreamError, UpstreamTimeout
+from sidecar.proxy.http1 import ConnectionPool, UpstreamError, UpstreamTimeout
 from tests.scripted import GET, Stats, ok, read_request, run
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.http1 import (
+from sidecar.proxy.http1 import (
     Cancel,
     Cancelled,
     ConnectionPool,

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.forwarding import key_hash
+from sidecar.litellm.credentials import key_hash
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, FakeLiteLLM
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.routes import DiscoveryRoute, RouteKind, match_discovery
+from sidecar.proxy.routes import DiscoveryRoute, RouteKind, match_discovery
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar import shapes
+from sidecar.litellm import shapes
 
 NAMES = [f"m{i}" for i in range(7)]
 V2_VIEW = {

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from sidecar.budget import is_budget_error
+from sidecar.litellm.budget_errors import is_budget_error
 from tests.integration.conftest import REPORT, VIEWER_KEY, LiteLLM
 from tests.seeded import ACCESS, ALL_MODELS, BROKE, LIST_ROUTES, expected_models
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sidecar.forwarding import downstream_headers, upstream_request_headers
-from sidecar.http1 import (
+from sidecar.logs import event
+from sidecar.metrics import Metrics
+from sidecar.proxy.forwarding import downstream_headers, upstream_request_headers
+from sidecar.proxy.http1 import (
     Cancel,
     Cancelled,
     ConnectionPool,
@@ -34,11 +36,9 @@ from sidecar.http1 import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from sidecar.logs import event
-from sidecar.metrics import Metrics
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
-log = logging.getLogger("sidecar.upstream")
+log = logging.getLogger("sidecar.proxy.upstream")
 
 _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a disconnect
 

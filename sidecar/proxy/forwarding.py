@@ -10,7 +10,6 @@ included, is forwarded as sent: the sidecar adds no credential of its own on thi
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 from sidecar.types import RawHeaders, Scope
@@ -30,9 +29,6 @@ HOP_BY_HOP = frozenset(
 )
 _REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for"}
 _REPLACED_IN_REPLY = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
-
-# Where LiteLLM looks for a virtual key, in the order the sidecar trusts them.
-_KEY_HEADERS = (b"x-litellm-api-key", b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -92,31 +88,3 @@ def reply_headers(upstream: RawHeaders, extra: RawHeaders) -> RawHeaders:
     """Headers for an answer the sidecar wrote itself, keeping the upstream's others (date, server, ...)."""
     kept = [(n, v) for n, v in upstream if n not in _REPLACED_IN_REPLY]
     return kept + extra
-
-
-def caller_key(scope: Scope) -> str | None:
-    """The credential the caller presented to LiteLLM, or ``None``."""
-    found: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if name in _KEY_HEADERS and name not in found:
-            found[name] = value
-    for name in _KEY_HEADERS:
-        value = found.get(name)
-        if value is None:
-            continue
-        text = value.decode("latin-1").strip()
-        if text[:7].lower() == "bearer ":
-            text = text[7:].strip()
-        if text:
-            return text
-    return None
-
-
-def key_hash(key: str) -> str:
-    """LiteLLM's token for a virtual key: the SHA-256 hex of the key, usable only by an admin look-up."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def key_label(key: str) -> str:
-    """A short, non-reversible label for logs: 12 hex digits of a hash distinct from LiteLLM's token."""
-    return hashlib.sha256(b"litellm-budget-sidecar:" + key.encode("utf-8")).hexdigest()[:12]

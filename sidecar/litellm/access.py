@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sidecar.catalog import ModelCatalog
+from sidecar.litellm.catalog import ModelCatalog
 
 ALL_PROXY_MODELS = "all-proxy-models"
 ALL_TEAM_MODELS = "all-team-models"

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sidecar.logs import event
 
-log = logging.getLogger("sidecar.inbound")
+log = logging.getLogger("sidecar.proxy.inbound")
 
 _END_OF_HEAD = b"\r\n\r\n"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sidecar.catalog import public_deployment
+from sidecar.litellm.catalog import public_deployment
 
 Visible = Callable[[str], bool]
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 
-from sidecar.access import Scope, scope_from_admin_answers
 from sidecar.cache import SingleFlightCache
-from sidecar.catalog import ModelCatalog
+from sidecar.litellm.access import Scope, scope_from_admin_answers
+from sidecar.litellm.catalog import ModelCatalog
 from sidecar.metrics import Metrics
 
-log = logging.getLogger("sidecar.admin")
+log = logging.getLogger("sidecar.litellm.admin")
 
 ANTHROPIC_VERSION = "2023-06-01"
 V2_PAGE_SIZE = "100000"  # one page holding every deployment; LiteLLM sets no upper bound

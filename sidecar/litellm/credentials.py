@@ -1,0 +1,38 @@
+"""How LiteLLM names a caller: where it reads the virtual key, the token it stores, a label safe for logs."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sidecar.types import Scope
+
+# Where LiteLLM looks for a virtual key, in the order the sidecar trusts them.
+_KEY_HEADERS = (b"x-litellm-api-key", b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
+
+
+def caller_key(scope: Scope) -> str | None:
+    """The credential the caller presented to LiteLLM, or ``None``."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _KEY_HEADERS and name not in found:
+            found[name] = value
+    for name in _KEY_HEADERS:
+        value = found.get(name)
+        if value is None:
+            continue
+        text = value.decode("latin-1").strip()
+        if text[:7].lower() == "bearer ":
+            text = text[7:].strip()
+        if text:
+            return text
+    return None
+
+
+def key_hash(key: str) -> str:
+    """LiteLLM's token for a virtual key: the SHA-256 hex of the key, usable only by an admin look-up."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_label(key: str) -> str:
+    """A short, non-reversible label for logs: 12 hex digits of a hash distinct from LiteLLM's token."""
+    return hashlib.sha256(b"litellm-budget-sidecar:" + key.encode("utf-8")).hexdigest()[:12]
