@@ -19,6 +19,8 @@ import httpx
 
 from sidecar.discovery import Discovery
 from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
+from sidecar.litellm.budget import BudgetBook
+from sidecar.litellm.budget_errors import BUDGET_STATUSES
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.proxy.routes import match_discovery
 from sidecar.proxy.upstream import Upstream, UpstreamUnavailable, send_json
@@ -45,6 +47,7 @@ class SidecarApp:
         )
         self._admin_client: httpx.AsyncClient | None = None
         self.admin: AdminLookups | None = None
+        self.budget: BudgetBook | None = None
         self.discovery: Discovery | None = None  # built at start-up, with the clients
         self.draining = False  # set when shutdown begins: readiness goes false first
 
@@ -60,10 +63,13 @@ class SidecarApp:
                 settings.scope_ttl,
                 self.metrics,
                 settings.free_models,
+                settings.budget_ttl,
             )
+        self.budget = BudgetBook(self.admin, settings.budget_ttl, self.metrics)
         self.discovery = Discovery(
             self.upstream,
             self.admin,
+            self.budget,
             settings.policy,
             settings.retrieve_from_list,
             self.metrics,
@@ -71,8 +77,14 @@ class SidecarApp:
         )
         if self.admin is not None:
             self.metrics.watch_caches(
-                views=self.admin.views, scopes=self.admin.scopes, rendered=self.discovery.rendered
+                views=self.admin.views,
+                scopes=self.admin.scopes,
+                records=self.admin.records,
+                budgets=self.budget.states,
+                rendered=self.discovery.rendered,
             )
+        if settings.policy != "blocked":
+            self.upstream.notice(BUDGET_STATUSES, self.discovery.notice)
 
     async def shutdown(self) -> None:
         self.draining = True

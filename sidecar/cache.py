@@ -38,6 +38,17 @@ class SingleFlightCache(Generic[K, V]):
             self._loading[key] = task
         return await asyncio.shield(task)
 
+    def peek(self, key: K) -> V | None:
+        """The fresh value for ``key`` without loading it (counted as a hit when there is one)."""
+        entry = self._values.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            self.hits += 1
+            return entry[1]
+        return None
+
+    def forget(self, key: K) -> None:
+        self._values.pop(key, None)
+
     async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
             value = await load()

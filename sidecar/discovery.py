@@ -1,20 +1,32 @@
-"""Model discovery that survives a spent budget.
+"""Model discovery that means the same on every LiteLLM, whoever's budget is spent.
 
-1. The caller's request goes to LiteLLM with the caller's own headers. Any answer that is not a budget
-   error (``budget.is_budget_error``) goes back unchanged: status, headers, body.
-2. On a budget error the policy decides: ``blocked`` returns it unchanged; ``all`` answers with the
-   models this caller may access (``access.py``); ``free_only`` with the free ones among them
-   (``catalog.py``). The answer is cut from the admin's view of the same route (``shapes.py``) and marked
-   with ``x-sidecar-budget-exceeded: true`` and ``x-sidecar-policy``.
-3. If the caller's scope cannot be established - no virtual key (JWT, OAuth), a failed look-up, an
-   unknown special model name - the budget error goes back unchanged and the reason is logged.
+1. The caller's request goes to LiteLLM with the caller's own headers. Meanwhile, unless it is already
+   known, the caller's budget state is established (``litellm/budget.py``). A caller within budget gets
+   LiteLLM's answer unchanged: status, headers, body.
+2. For a caller over budget the policy decides, whether LiteLLM refused the call (up to 1.108 it refuses
+   some routes to some levels) or answered it (1.109 and later answer them all):
+   - ``blocked``: LiteLLM's answer as it is;
+   - ``all``: everything the caller may access - LiteLLM's answer where it gave one, else rescued
+     (``access.py``, cut from the admin's view of the same route by ``shapes.py``);
+   - ``free_only``: only the zero-cost models the caller may access (``catalog.py``) - LiteLLM's own answer
+     with the paid entries removed, in its exact shape, or rescued where it refused (``/v2/model/info``,
+     whose pages and counts LiteLLM computes over every model, is always rendered from the admin's view).
+   Such answers carry ``x-sidecar-budget-exceeded: true``, ``x-sidecar-policy`` and
+   ``x-sidecar-budget-scope`` (``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
+   ``org`` or ``unknown``).
+3. If the caller's budget state or scope cannot be established - no virtual key where one is needed (JWT,
+   OAuth), a failed look-up, an unknown special model name - LiteLLM's answer goes back unchanged and the
+   reason is logged.
 
 ``/v1/models/{id}`` is answered from the caller's own ``/v1/models`` (LiteLLM refuses the route to
 ordinary keys): the entry if listed, else an OpenAI-style 404 ``model_not_found``.
+
+A budget refusal on a passed-through call (``notice``) is recorded as the caller's budget state at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -25,7 +37,8 @@ from sidecar.cache import SingleFlightCache
 from sidecar.litellm import shapes
 from sidecar.litellm.access import ScopeUnknown
 from sidecar.litellm.admin import AdminLookups, LookupFailed, View
-from sidecar.litellm.budget_errors import BUDGET_STATUSES, budget_scope, is_budget_error
+from sidecar.litellm.budget import BudgetBook, BudgetState, Probe, SourceFailed, principal_of
+from sidecar.litellm.budget_errors import BUDGET_STATUSES, UNNAMED, budget_scope, is_budget_error
 from sidecar.litellm.credentials import caller_key, key_hash, key_label
 from sidecar.logs import event
 from sidecar.metrics import Metrics
@@ -38,7 +51,11 @@ from sidecar.types import RawHeaders, Scope, Send
 log = logging.getLogger("sidecar.discovery")
 
 _LIST_PATH = b"/v1/models"
+_PROBE_PATH = b"/cursor/v1/models"  # budget-checked on every LiteLLM from 1.83 to 1.110, spends nothing
+_ERROR_LIMIT = 64 * 1024
 _FAIL_REASONS = {ScopeUnknown: "scope_unknown", LookupFailed: "lookup_failed", shapes.BadQuery: "bad_query"}
+# The field that names the model in each entry of LiteLLM's own answer, per route it is filtered on.
+_NAMED_BY = {RouteKind.MODEL_INFO: "model_name", RouteKind.MODEL_GROUP_INFO: "model_group"}
 
 
 class Discovery:
@@ -46,6 +63,7 @@ class Discovery:
         self,
         upstream: Upstream,
         admin: AdminLookups | None,
+        budget: BudgetBook,
         policy: Policy,
         retrieve_from_list: bool,
         metrics: Metrics,
@@ -53,11 +71,12 @@ class Discovery:
     ) -> None:
         self._upstream = upstream
         self._metrics = metrics
-        # Rescued answers repeat (clients poll /v1/models): keep the serialized bytes per key and request.
+        # Rendered answers repeat (clients poll /v1/models): keep the serialized bytes per key and request.
         self.rendered: SingleFlightCache[tuple[object, ...], tuple[int, bytes]] = SingleFlightCache(
             render_ttl
         )
         self._admin = admin
+        self._budget = budget
         self._policy = policy
         self._retrieve_from_list = retrieve_from_list
 
@@ -71,32 +90,109 @@ class Discovery:
         body = b"" if scope["method"] == "HEAD" else answer.body
         await send({"type": "http.response.body", "body": body})
 
+    def notice(self, scope: Scope, status: int, body: bytes) -> None:
+        """A small error answer LiteLLM sent on a passed-through call: a budget refusal is evidence."""
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return
+        spent = self._budget.saw(principal_of(scope), status, parsed)
+        if spent is not None:
+            self._metrics.budget_refusals_seen.labels(spent.scope).inc()
+
     async def _answer(self, route: DiscoveryRoute, scope: Scope) -> Answer:
         from_list = route.kind is RouteKind.MODEL and self._retrieve_from_list
-        if from_list:
-            asked = await self._upstream.fetch(scope, _LIST_PATH, b"")
-        else:
-            asked = await self._upstream.fetch(scope, scope["raw_path"], scope["query_string"])
-        if asked.status in BUDGET_STATUSES:
-            body = asked.json(limit=64 * 1024)
-            if is_budget_error(asked.status, body):
-                return await self._rescue(route, scope, asked, body)
-        if from_list and asked.status == 200:
-            listed = asked.json()
-            if isinstance(listed, dict) and isinstance(listed.get("data"), list):
-                return _single_model(asked, listed, route.model_id or "")
-        return asked
+        path, query = (_LIST_PATH, b"") if from_list else (scope["raw_path"], scope["query_string"])
+        who = principal_of(scope)
+        if self._policy == "blocked" or who is None:
+            asked = await self._upstream.fetch(scope, path, query)
+            refusal = _refusal(asked)
+            if refusal is not None:
+                return await self._rescue(route, scope, asked, budget_scope(refusal))
+            return _listed(asked, route, from_list)
+        state = self._budget.cached(who)
+        pending = None
+        if state is None and route.kind is not RouteKind.CURSOR_MODELS:
+            pending = asyncio.ensure_future(self._budget.state(who, self._probe(scope)))
+        try:
+            asked = await self._upstream.fetch(scope, path, query)
+        except UpstreamUnavailable:
+            if pending is not None:
+                pending.cancel()
+            raise
+        refusal = _refusal(asked)
+        if refusal is not None:
+            self._budget.saw(who, asked.status, refusal)
+        if state is None:
+            if pending is None:  # /cursor/v1/models: the caller's own answer is the probe
+                state = await self._budget.state(who, _as_probe(asked))
+            else:
+                state = await pending
+        if refusal is not None:
+            spent = budget_scope(refusal, unnamed=UNNAMED)
+            if spent == UNNAMED:
+                spent = state.scope if state.over else "key"
+            return await self._rescue(route, scope, asked, spent)
+        if not state.known:
+            self._metrics.budget_unknown.inc()
+            event(log, logging.WARNING, "budget_unknown", reason=state.reason, **_caller(scope, route))
+        if not state.over or asked.status != 200:
+            return _listed(asked, route, from_list)
+        return await self._over_budget(route, scope, asked, state, from_list)
 
-    async def _rescue(self, route: DiscoveryRoute, scope: Scope, refused: Answer, error: Any) -> Answer:
-        spent = budget_scope(error)
-        fields: dict[str, Any] = {"route": route.kind.value, "policy": self._policy, "scope": spent}
-        key = caller_key(scope)
-        if key is not None:
-            fields["key"] = key_label(key)
+    def _probe(self, scope: Scope) -> Probe:
+        async def probe() -> tuple[int, Any]:
+            try:
+                answer = await self._upstream.fetch(scope, _PROBE_PATH, b"")
+            except UpstreamUnavailable as exc:
+                raise SourceFailed(f"{_PROBE_PATH.decode()}: {exc.kind}") from None
+            return await _as_probe(answer)()
+
+        return probe
+
+    async def _over_budget(
+        self, route: DiscoveryRoute, scope: Scope, asked: Answer, state: BudgetState, from_list: bool
+    ) -> Answer:
+        """LiteLLM answered a caller over budget: marked (``all``) or cut to the free models."""
+        spent = state.scope
+        marks = _marks(self._policy, spent)
+        fields = {**_caller(scope, route), "policy": self._policy, "scope": spent, "sources": _sources(state)}
+        if self._policy == "all":
+            self._metrics.budget_marked.labels(self._policy, spent, "marked").inc()
+            event(log, logging.INFO, "over_budget", action="marked", **fields)
+            listed = _listed(asked, route, from_list)
+            return Answer(listed.status, [*listed.headers, *marks], listed.body)
+        if route.kind is RouteKind.MODEL_INFO_V2:
+            return await self._rescue(route, scope, asked, spent, action="filtered")
+        try:
+            if self._admin is None:
+                raise LookupFailed("no admin credential configured")
+            catalog = await self._admin.catalog()
+        except LookupFailed as exc:
+            self._metrics.fail_closed.labels("lookup_failed").inc()
+            event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
+            return _listed(asked, route, from_list)
+        body = asked.json()
+        if not _has_shape(route, body, from_list):
+            event(
+                log, logging.WARNING, "fail_closed", reason="LiteLLM's answer has an unknown shape", **fields
+            )
+            return _listed(asked, route, from_list)
+        status, payload = _filtered(route, body, catalog.is_free, from_list)
+        self._metrics.budget_marked.labels(self._policy, spent, "filtered").inc()
+        event(log, logging.INFO, "over_budget", action="filtered", **fields)
+        return _json_answer(status, payload, reply_headers(asked.headers, marks))
+
+    async def _rescue(
+        self, route: DiscoveryRoute, scope: Scope, refused: Answer, spent: str, action: str = "rescue"
+    ) -> Answer:
+        """An answer rendered from the admin's view, or ``refused`` as it is when that cannot be done."""
+        fields: dict[str, Any] = {**_caller(scope, route), "policy": self._policy, "scope": spent}
         if self._policy == "blocked":
             self._metrics.blocked.inc()
             event(log, logging.INFO, "rescue_blocked", **fields)
             return refused
+        key = caller_key(scope)
         try:
             if self._admin is None:
                 raise LookupFailed("no admin credential configured")
@@ -114,14 +210,12 @@ class Discovery:
             self._metrics.fail_closed.labels(_FAIL_REASONS[type(exc)]).inc()
             event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
             return refused
-        marks = [
-            (b"x-sidecar-budget-exceeded", b"true"),
-            (b"x-sidecar-policy", self._policy.encode()),
-            (b"x-sidecar-budget-scope", spent.encode()),
-        ]
-        self._metrics.rescues.labels(self._policy, spent).inc()
-        event(log, logging.INFO, "rescue", status=status, **fields)
-        return _json_answer(status, payload, reply_headers(refused.headers, marks))
+        if action == "rescue":
+            self._metrics.rescues.labels(self._policy, spent).inc()
+        else:
+            self._metrics.budget_marked.labels(self._policy, spent, action).inc()
+        event(log, logging.INFO, action if action == "rescue" else "over_budget", status=status, **fields)
+        return _json_answer(status, payload, reply_headers(refused.headers, _marks(self._policy, spent)))
 
     async def _rendered(
         self, route: DiscoveryRoute, scope: Scope, token: str, anthropic: bool
@@ -144,7 +238,7 @@ class Discovery:
         assert self._admin is not None
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
         kind = route.kind
-        if kind is RouteKind.MODELS:
+        if kind is RouteKind.MODELS or kind is RouteKind.CURSOR_MODELS:
             wildcards = query.get("return_wildcard_routes", "").lower() == "true"
             return 200, shapes.models_list(await self._admin.view(View.models(anthropic, wildcards)), visible)
         if kind is RouteKind.MODEL:
@@ -156,6 +250,73 @@ class Discovery:
         if kind is RouteKind.MODEL_INFO_V2:
             return 200, shapes.model_info_page(await self._admin.view(View.MODEL_INFO_V2), visible, query)
         return 200, shapes.model_group_info(await self._admin.view(View.MODEL_GROUP_INFO), visible, query)
+
+
+def _refusal(answer: Answer) -> Any:
+    """The parsed body of ``answer`` when it is LiteLLM's budget error, else ``None``."""
+    if answer.status not in BUDGET_STATUSES:
+        return None
+    body = answer.json(limit=_ERROR_LIMIT)
+    return body if is_budget_error(answer.status, body) else None
+
+
+def _as_probe(answer: Answer) -> Probe:
+    async def probe() -> tuple[int, Any]:
+        body = answer.json(limit=_ERROR_LIMIT) if 400 <= answer.status < 500 else None
+        return answer.status, body
+
+    return probe
+
+
+def _has_shape(route: DiscoveryRoute, body: Any, from_list: bool) -> bool:
+    if not isinstance(body, dict):
+        return False
+    if route.kind is RouteKind.MODEL and not from_list:
+        return isinstance(body.get("id"), str)
+    return isinstance(body.get("data"), list)
+
+
+def _filtered(
+    route: DiscoveryRoute, body: dict[str, Any], is_free: Callable[[str], bool], from_list: bool
+) -> tuple[int, Any]:
+    """LiteLLM's own answer with only the free models left, in its exact shape."""
+    if route.kind is RouteKind.MODEL:
+        model_id = route.model_id or ""
+        entry = shapes.find_model(shapes.models_list(body, is_free), model_id) if from_list else body
+        if entry is None or not is_free(str(entry.get("id", ""))):
+            return 404, _not_found(model_id)
+        return 200, entry
+    field = _NAMED_BY.get(route.kind)
+    return 200, shapes.kept(body, field, is_free) if field else shapes.models_list(body, is_free)
+
+
+def _listed(asked: Answer, route: DiscoveryRoute, from_list: bool) -> Answer:
+    """LiteLLM's answer as the caller gets it: for ``/v1/models/{id}`` from the list, the one entry."""
+    if from_list and asked.status == 200:
+        listed = asked.json()
+        if isinstance(listed, dict) and isinstance(listed.get("data"), list):
+            return _single_model(asked, listed, route.model_id or "")
+    return asked
+
+
+def _marks(policy: str, spent: str) -> RawHeaders:
+    return [
+        (b"x-sidecar-budget-exceeded", b"true"),
+        (b"x-sidecar-policy", policy.encode()),
+        (b"x-sidecar-budget-scope", spent.encode()),
+    ]
+
+
+def _sources(state: BudgetState) -> str:
+    return ",".join(sorted({s.source for s in state.spent}))
+
+
+def _caller(scope: Scope, route: DiscoveryRoute) -> dict[str, Any]:
+    fields: dict[str, Any] = {"route": route.kind.value}
+    key = caller_key(scope)
+    if key is not None:
+        fields["key"] = key_label(key)
+    return fields
 
 
 def _not_found(model_id: str) -> dict[str, Any]:

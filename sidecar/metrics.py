@@ -48,6 +48,40 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.budget_marked = Counter(
+            "sidecar_budget_marked",
+            "Discovery answers LiteLLM gave to callers over budget (it did not refuse them), by policy, "
+            "whose budget is spent and what the sidecar did: filtered (paid models removed) or marked "
+            "(LiteLLM's list, marked). Refused calls count in sidecar_rescues.",
+            ["policy", "scope", "action"],
+            registry=r,
+        )
+        self.budget_unknown = Counter(
+            "sidecar_budget_unknown",
+            "Discovery answers left as LiteLLM gave them because no source could establish the caller's "
+            "budget state.",
+            registry=r,
+        )
+        self.budget_disagreements = Counter(
+            "sidecar_budget_disagreements",
+            "Callers LiteLLM refuses as over budget (by the level it names) while its database shows no "
+            "spent level: spend not yet written (LiteLLM writes it in batches) or a phantom budget.",
+            ["scope"],
+            registry=r,
+        )
+        self.budget_source_failures = Counter(
+            "sidecar_budget_source_failures",
+            "Times a source of budget state could not answer (enforced: LiteLLM's probe route; recorded: "
+            "its admin API): a LiteLLM that moved either shows here.",
+            ["source"],
+            registry=r,
+        )
+        self.budget_refusals_seen = Counter(
+            "sidecar_budget_refusals_seen",
+            "Budget refusals LiteLLM sent on passed-through requests, by whose budget is spent.",
+            ["scope"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "sidecar_upstream_errors",
             "Failures talking to LiteLLM on callers' requests: unreachable, timeout, closed (before "

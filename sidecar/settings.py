@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # How long the admin's model catalog and each key's access scope are reused, in seconds.
     catalog_ttl: float = Field(default=60.0, ge=0)
     scope_ttl: float = Field(default=60.0, ge=0)
+    # How long a caller's budget state (over budget or not, at which level) is reused, in seconds: a
+    # budget LiteLLM resets, raises or spends shows in discovery at most this much later.
+    budget_ttl: float = Field(default=10.0, ge=0)
 
     # Upstream timeouts in seconds. read_timeout bounds the silence between two chunks of a pass-through
     # answer (a slow model's stream), not the whole answer.

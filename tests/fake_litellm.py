@@ -21,9 +21,11 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+from tests.seeded import END_USER_HEADER
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_RECORDINGS = Path(__file__).resolve().parents[2] / "shared" / "litellm-recordings"
-VERSIONS = ("1.83.3", "1.88.6", "1.106.2")
+VERSIONS = ("1.83.3", "1.88.6", "1.106.2", "1.109.1", "1.110.2")
 
 # The keys ../shared/litellm-upstream seeds (its README), and the master key it starts LiteLLM with.
 KEYS = {
@@ -33,6 +35,10 @@ KEYS = {
     "KEY_FREE_ONLY": "sk-team-broke-freeonly00",
     "KEY_GROUP_ONLY": "sk-team-broke-grouponly0",
     "KEY_HEALTHY": "sk-healthy-0000000000000",
+    "KEY_MEMBER_BROKE": "sk-member-broke-00000000",
+    "KEY_WINDOW_BROKE": "sk-window-broke-00000000",  # 1.88.6 on
+    "KEY_ORG_BROKE": "sk-org-broke-00000000000",  # 1.83.3 and 1.88.6 only
+    "KEY_END_USER_CALLER": "sk-end-user-caller-00000",
     "MASTER": "sk-master-1234",
 }
 PRINCIPAL_OF = {key: name for name, key in KEYS.items()}
@@ -47,7 +53,13 @@ def load_recordings(version: str, folder: Path = FIXTURES) -> list[dict[str, Any
 def all_recordings() -> list[dict[str, Any]]:
     """Ours and, where it is beside the project, the shared set recorded independently of this suite."""
     folders = [FIXTURES] + ([SHARED_RECORDINGS] if SHARED_RECORDINGS.is_dir() else [])
-    return [entry for folder in folders for version in VERSIONS for entry in load_recordings(version, folder)]
+    return [
+        entry
+        for folder in folders
+        for version in VERSIONS
+        if (folder / f"litellm-{version}.json").exists() or folder == FIXTURES  # ours: every version
+        for entry in load_recordings(version, folder)
+    ]
 
 
 @dataclass
@@ -74,6 +86,7 @@ class FakeLiteLLM:
     overrides: dict[tuple[str, str], Callable[[Seen], Reply]] = field(default_factory=dict)
     delay: float = 0.0
     events: list[str] = field(default_factory=list)
+    # (principal, method, target [+ "#model" for a POST] [+ "@end user" it names], anthropic) -> entry
     _index: dict[tuple[str, str, str, bool], dict[str, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,6 +101,9 @@ class FakeLiteLLM:
             if "request_body" in entry:
                 target += _body_tag(entry["request_body"])
             anthropic = "anthropic-version" in entry["request_headers"]
+            if principal == "END_USER_BROKE":
+                principal = "KEY_END_USER_CALLER"
+                target += f"@{entry['request_headers'][END_USER_HEADER]}"
             self._index.setdefault((principal, method, target, anthropic), entry)
 
     def reset(self) -> None:
@@ -125,11 +141,14 @@ class FakeLiteLLM:
             return None
         anthropic = seen.header("anthropic-version") is not None
         target = seen.target
+        end_user = seen.header(END_USER_HEADER)
         if seen.method == "POST":
             try:
                 target += _body_tag(json.loads(seen.body or b"{}"))
             except ValueError:
                 return None
+        if end_user is not None:
+            target += f"@{end_user}"
         entry = self._index.get((principal, seen.method, target, anthropic))
         if entry is None:
             return None

@@ -5,20 +5,56 @@ from __future__ import annotations
 ALL_MODELS = ["paid-model", "free-model", "free-model-2", "free-embedding"]
 FREE_MODELS = ["free-model", "free-model-2", "free-embedding"]
 
-# The models each over-budget principal may access.
+# The models each over-budget principal may access, and the budget level that is spent.
 ACCESS = {
     "KEY_TEAM_BROKE": ALL_MODELS,
     "KEY_KEY_BROKE": ALL_MODELS,
     "KEY_USER_BROKE": ALL_MODELS,
     "KEY_FREE_ONLY": ["free-model"],
     "KEY_GROUP_ONLY": ["free-model-2"],
+    "KEY_MEMBER_BROKE": ALL_MODELS,
+    "KEY_WINDOW_BROKE": ALL_MODELS,
+    "KEY_ORG_BROKE": ALL_MODELS,
+    "END_USER_BROKE": ALL_MODELS,  # sent with KEY_END_USER_CALLER, naming the end user in a header
+}
+SCOPE = {
+    "KEY_TEAM_BROKE": "team",
+    "KEY_KEY_BROKE": "key",
+    "KEY_USER_BROKE": "user",
+    "KEY_FREE_ONLY": "team",
+    "KEY_GROUP_ONLY": "team",
+    "KEY_MEMBER_BROKE": "team_member",
+    "KEY_WINDOW_BROKE": "key_window",
+    "KEY_ORG_BROKE": "org",
+    "END_USER_BROKE": "end_user",
 }
 BROKE = list(ACCESS)
+# Principals the harness can seed only on some versions (budget windows came in 1.88; organisations
+# need an enterprise licence from 1.106). The others are seeded on every version.
+SEEDED_ON = {
+    "KEY_WINDOW_BROKE": ("1.88.6", "1.106.2", "1.108.11", "1.109.1", "1.110.2"),
+    "KEY_ORG_BROKE": ("1.83.3", "1.88.6"),
+}
+END_USER_HEADER = "x-litellm-end-user-id"
+END_USER_BROKE = "end-user-broke"
+
+
+def seeded(principal: str, version: str) -> bool:
+    return version in SEEDED_ON.get(principal, (version,))
+
+
+def credentials(principal: str, key_of: dict[str, str]) -> dict[str, str]:
+    """The headers ``principal`` calls with, given the seeded keys (``END_USER_BROKE`` names itself)."""
+    if principal == "END_USER_BROKE":
+        return {"Authorization": f"Bearer {key_of['KEY_END_USER_CALLER']}", END_USER_HEADER: END_USER_BROKE}
+    return {"Authorization": f"Bearer {key_of[principal]}"}
+
 
 # The discovery routes that answer a list, and the field naming each entry's model.
 LIST_ROUTES = {
     "/v1/models": "id",
     "/models": "id",
+    "/cursor/v1/models": "id",
     "/model/info": "model_name",
     "/v1/model/info": "model_name",
     "/v2/model/info": "model_name",

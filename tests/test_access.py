@@ -7,6 +7,7 @@ import pytest
 from sidecar.litellm.access import Scope, ScopeUnknown, scope_from_admin_answers
 from sidecar.litellm.catalog import ModelCatalog
 from tests.fake_litellm import HASH_OWNER, VERSIONS, load_recordings
+from tests.seeded import ACCESS, ALL_MODELS
 
 
 def deployment(name: str, groups: tuple[str, ...] = (), team_id: str | None = None) -> dict:
@@ -138,14 +139,7 @@ def _admin_answers(version: str) -> dict[str, dict]:
 def test_recorded_keys_get_the_models_litellm_gives_them(version: str) -> None:
     answers = _admin_answers(version)
     catalog = ModelCatalog.from_model_info(answers["/model/info"]["data"])
-    expected = {
-        "KEY_TEAM_BROKE": ["paid-model", "free-model", "free-model-2", "free-embedding"],
-        "KEY_KEY_BROKE": ["paid-model", "free-model", "free-model-2", "free-embedding"],
-        "KEY_USER_BROKE": ["paid-model", "free-model", "free-model-2", "free-embedding"],
-        "KEY_FREE_ONLY": ["free-model"],
-        "KEY_GROUP_ONLY": ["free-model-2"],
-        "KEY_HEALTHY": ["paid-model", "free-model", "free-model-2", "free-embedding"],
-    }
+    expected = {**ACCESS, "KEY_HEALTHY": ALL_MODELS, "KEY_END_USER_CALLER": ALL_MODELS}
     for target, key_info in answers.items():
         if not target.startswith("/key/info?key="):
             continue

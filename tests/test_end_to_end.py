@@ -18,8 +18,10 @@ def test_models_list_succeeds_for_an_over_budget_key(
     fake.use_version(version)
     url = sidecar(policy="free_only")
     direct = openai.OpenAI(base_url=fake.url + "/v1", api_key=KEYS["KEY_KEY_BROKE"], max_retries=0)  # type: ignore[attr-defined]
-    with pytest.raises(openai.APIStatusError):
-        direct.models.list()
+    try:  # up to 1.108 LiteLLM refuses the list; from 1.109 it lists paid models too, which then fail
+        assert "paid-model" in [m.id for m in direct.models.list()]
+    except openai.APIStatusError as refused:
+        assert refused.status_code in (400, 429, 422)
     through = openai.OpenAI(base_url=url + "/v1", api_key=KEYS["KEY_KEY_BROKE"], max_retries=0)
     assert [m.id for m in through.models.list()] == ["free-model", "free-model-2", "free-embedding"]
     assert through.models.retrieve("free-model").id == "free-model"

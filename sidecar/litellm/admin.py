@@ -2,9 +2,10 @@
 
 The admin credential goes only to the fixed URLs listed here, built by the sidecar itself; no part of a
 caller's path, query or headers reaches them except a key's SHA-256 (``/key/info?key=<hash>``, never the
-raw key), team and user ids from LiteLLM's own answers (query-encoded by httpx), and whether the caller
-asked for Anthropic's list shape (mapped to one fixed header value). It is never logged: failures are
-reported by path and status only.
+raw key), team, user and organisation ids from LiteLLM's own answers, the end-user id a request names
+(``/customer/info?end_user_id=``: what LiteLLM itself budgets that request by; all query-encoded by
+httpx), and whether the caller asked for Anthropic's list shape (mapped to one fixed header value). It
+is never logged: failures are reported by path and status only.
 
 The ``httpx.AsyncClient`` used here is the app's, created in its lifespan, with a cookie policy that
 refuses every cookie, no redirects and no environment proxies.
@@ -12,6 +13,7 @@ refuses every cookie, no redirects and no environment proxies.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -33,6 +35,10 @@ V2_PAGE_SIZE = "100000"  # one page holding every deployment; LiteLLM sets no up
 
 class LookupFailed(Exception):
     """An admin look-up failed; the message names the path and status, never a credential."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class View(enum.Enum):
@@ -73,12 +79,15 @@ class AdminLookups:
         scope_ttl: float,
         metrics: Metrics,
         extra_free: tuple[str, ...] = (),
+        budget_ttl: float = 10.0,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._extra_free = extra_free
         self.views: SingleFlightCache[View | str, Any] = SingleFlightCache(catalog_ttl)
         self.scopes: SingleFlightCache[str, Scope] = SingleFlightCache(scope_ttl)
+        # Budget records change with every paid call: kept only as long as budget states are.
+        self.records: SingleFlightCache[tuple[str, str], Any] = SingleFlightCache(budget_ttl)
 
     async def _get(self, path: str, params: tuple[tuple[str, str], ...] = (), anthropic: bool = False) -> Any:
         headers = {"anthropic-version": ANTHROPIC_VERSION} if anthropic else None
@@ -92,7 +101,7 @@ class AdminLookups:
         finally:
             self._metrics.admin_lookup_seconds.labels(path).observe(time.perf_counter() - started)
         if response.status_code != 200:
-            raise LookupFailed(f"{path} answered {response.status_code}")
+            raise LookupFailed(f"{path} answered {response.status_code}", response.status_code)
         try:
             return response.json()
         except ValueError:
@@ -128,14 +137,61 @@ class AdminLookups:
         """The model lists that bound the key whose SHA-256 is ``token_hash`` (cached)."""
 
         async def load() -> Scope:
-            key_info = await self._get("/key/info", (("key", token_hash),))
+            # Through the budget records' cache: a caller's first look-ups serve both.
+            key_info = await self._record("/key/info", "key", token_hash)
             info = key_info.get("info") if isinstance(key_info, dict) else None
             team_info = user_info = None
             if isinstance(info, dict):
                 if isinstance(info.get("team_id"), str):
-                    team_info = await self._get("/team/info", (("team_id", info["team_id"]),))
+                    team_info = await self._record("/team/info", "team_id", info["team_id"])
                 elif isinstance(info.get("user_id"), str):
-                    user_info = await self._get("/user/info", (("user_id", info["user_id"]),))
+                    user_info = await self._record("/user/info", "user_id", info["user_id"])
             return scope_from_admin_answers(key_info, team_info, user_info)
 
         return await self.scopes.get(token_hash, load)
+
+    async def _record(self, path: str, param: str, value: str) -> Any:
+        return await self.records.get((path, value), lambda: self._get(path, ((param, value),)))
+
+    async def budget_records(self, token: str | None, end_user: str | None) -> dict[str, Any]:
+        """The admin answers that hold one principal's budget chain (cached for ``budget_ttl``).
+
+        ``token`` is the SHA-256 of a virtual key, ``end_user`` the id a request names. Keys are
+        ``key``, ``team``, ``user``, ``org`` and ``end_user``. A level that does not apply is left out
+        (a user's budget binds only its personal keys, unless LiteLLM's ``apply_user_budget_to_team_keys``
+        is set, which only the enforced source sees), and so is one LiteLLM will not show (an unknown end
+        user, organisations without an enterprise licence). Raises :class:`LookupFailed` when the key
+        itself cannot be looked up."""
+        records: dict[str, Any] = {}
+        info: dict[str, Any] = {}
+        if token is not None:
+            records["key"] = await self._record("/key/info", "key", token)
+            found = records["key"].get("info") if isinstance(records["key"], dict) else None
+            info = found if isinstance(found, dict) else {}
+        levels = []
+        if isinstance(info.get("team_id"), str):
+            levels.append(("team", "/team/info", "team_id", info["team_id"]))
+        elif isinstance(info.get("user_id"), str):
+            levels.append(("user", "/user/info", "user_id", info["user_id"]))
+        if end_user is not None:
+            levels.append(("end_user", "/customer/info", "end_user_id", end_user))
+        answers = await asyncio.gather(*(self._optional(path, p, v) for _, path, p, v in levels))
+        records.update((level[0], a) for level, a in zip(levels, answers, strict=True) if a is not None)
+        org = info.get("organization_id")
+        team = records.get("team")
+        if not isinstance(org, str) and isinstance(team, dict):
+            org = (team.get("team_info") or {}).get("organization_id")
+        if isinstance(org, str):
+            answer = await self._optional("/organization/info", "organization_id", org)
+            if answer is not None:
+                records["org"] = answer
+        return records
+
+    async def _optional(self, path: str, param: str, value: str) -> Any:
+        """A level's record, or ``None`` where LiteLLM has none or will not show it (4xx)."""
+        try:
+            return await self._record(path, param, value)
+        except LookupFailed as exc:
+            if exc.status is not None and 400 <= exc.status < 500:
+                return None
+            raise

@@ -1,8 +1,8 @@
 """What counts as LiteLLM's "budget exceeded" answer.
 
-LiteLLM signals a spent budget (key, team, user, end user or organisation) with an error answer whose
-status changed across versions: 400 up to 1.84, 429 from 1.85 to 1.100, 422 in 1.106; a few paths use 403.
-The body is always ``{"error": {"message": ..., "type": ..., ...}}``. Most carry
+LiteLLM signals a spent budget (key, key window, team, team member, user, end user or organisation) with an
+error answer whose status changed across versions: 400 up to 1.84, 429 from 1.85 to 1.100, 422 from 1.106;
+a few paths use 403. The body is always ``{"error": {"message": ..., "type": ..., ...}}``. Most carry
 ``type == "budget_exceeded"``; some (1.88's user check, "Max budget limit reached.") carry ``"None"``, so
 the message is matched too, against LiteLLM's own wording. Anything else - a 401 for a bad key, a 403
 "access denied", a 5xx, a body that is not JSON - is *not* a budget error and is passed through untouched.
@@ -23,16 +23,20 @@ _BUDGET_MESSAGES = re.compile(
 # Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=..").
 _SCOPE = re.compile(
     r"(?:Budget has been exceeded!|ExceededBudget:)\s*"
-    r"(End User=|Organization=|Team=|User=|Key\b|Current cost)"
+    r"(End User=|Organization=|TeamMember=|Team=|User=|Key over|Key\b|Current cost)"
 )
 _SCOPE_NAMES = {
     "End User=": "end_user",
     "Organization=": "org",
+    "TeamMember=": "team_member",  # LiteLLM >= 1.106
     "Team=": "team",
     "User=": "user",
+    "Key over": "key_window",  # "Key over 1d budget"
     "Key": "key",
-    "Current cost": "key",  # LiteLLM <= 1.84 names no principal for a key's own budget
 }
+# LiteLLM <= 1.88 names no principal for a key's own budget nor for a team member's: "Current cost: ..."
+UNNAMED = "unnamed"
+_END_USER = re.compile(r"End User=(\S+) over budget")
 
 
 def error_of(body: Any) -> dict[str, Any] | None:
@@ -57,8 +61,22 @@ def is_budget_error(status: int, body: Any) -> bool:
     return isinstance(message, str) and _BUDGET_MESSAGES.search(message) is not None
 
 
-def budget_scope(body: Any) -> str:
-    """Whose budget is spent - ``team``, ``key``, ``user``, ``end_user``, ``org`` - or ``unknown``."""
+def _message(body: Any) -> str:
     message = (error_of(body) or {}).get("message")
-    match = _SCOPE.search(message) if isinstance(message, str) else None
-    return _SCOPE_NAMES[match.group(1)] if match else "unknown"
+    return message if isinstance(message, str) else ""
+
+
+def budget_scope(body: Any, unnamed: str = "key") -> str:
+    """Whose budget is spent - ``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
+    ``org`` - or ``unknown``. A message that names no principal (LiteLLM <= 1.88 for a key's and a team
+    member's budget) gives ``unnamed``, by default ``key``."""
+    match = _SCOPE.search(_message(body))
+    if match is None:
+        return "unknown"
+    return _SCOPE_NAMES.get(match.group(1), unnamed)
+
+
+def spent_end_user(body: Any) -> str | None:
+    """The end user an ``End User=... over budget`` refusal names."""
+    match = _END_USER.search(_message(body))
+    return match.group(1) if match else None

@@ -6,6 +6,10 @@ import hashlib
 
 from sidecar.types import Scope
 
+# Where LiteLLM reads the end user a request is made for, besides the body's ``user`` (read without any
+# configuration on every version from 1.83 to 1.110).
+END_USER_HEADERS = (b"x-litellm-end-user-id", b"x-litellm-customer-id")
+
 # Where LiteLLM looks for a virtual key, in the order the sidecar trusts them.
 _KEY_HEADERS = (b"x-litellm-api-key", b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
 
@@ -36,3 +40,16 @@ def key_hash(key: str) -> str:
 def key_label(key: str) -> str:
     """A short, non-reversible label for logs: 12 hex digits of a hash distinct from LiteLLM's token."""
     return hashlib.sha256(b"litellm-budget-sidecar:" + key.encode("utf-8")).hexdigest()[:12]
+
+
+def end_user_of(scope: Scope) -> str | None:
+    """The end user (LiteLLM's customer) the request names in a header, or ``None``."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in END_USER_HEADERS and name not in found:
+            found[name] = value
+    for name in END_USER_HEADERS:
+        text = found.get(name, b"").decode("latin-1").strip()
+        if text:
+            return text
+    return None

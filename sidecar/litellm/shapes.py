@@ -33,6 +33,13 @@ def models_list(view: Mapping[str, Any], visible: Visible) -> dict[str, Any]:
     return answer
 
 
+def kept(answer: Mapping[str, Any], field: str, visible: Visible) -> dict[str, Any]:
+    """LiteLLM's own ``{"data": [...]}`` answer with only the entries whose ``field`` names a visible
+    model; everything else as LiteLLM gave it."""
+    data = [e for e in answer["data"] if isinstance(e, dict) and _named(e.get(field), visible)]
+    return {**answer, "data": data}
+
+
 def find_model(list_answer: Mapping[str, Any], model_id: str) -> dict[str, Any] | None:
     """The entry for ``model_id`` in a ``/v1/models`` answer."""
     data = list_answer.get("data")

@@ -22,6 +22,7 @@ class RouteKind(enum.Enum):
     MODEL_INFO = "model_info"  # /model/info, /v1/model/info
     MODEL_INFO_V2 = "model_info_v2"  # /v2/model/info
     MODEL_GROUP_INFO = "model_group_info"  # /model_group/info
+    CURSOR_MODELS = "cursor_models"  # /cursor/v1/models, the list Cursor reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ _EXACT = {
     b"/v1/model/info": RouteKind.MODEL_INFO,
     b"/v2/model/info": RouteKind.MODEL_INFO_V2,
     b"/model_group/info": RouteKind.MODEL_GROUP_INFO,
+    b"/cursor/v1/models": RouteKind.CURSOR_MODELS,
 }
 _MODEL_PREFIXES = (b"/v1/models/", b"/models/")
 

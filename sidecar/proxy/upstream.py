@@ -43,6 +43,11 @@ log = logging.getLogger("sidecar.proxy.upstream")
 _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a disconnect
 
 
+# The largest passed-through answer an observer (``Upstream.notice``) is shown: LiteLLM's error bodies are
+# a few hundred bytes.
+NOTICE_LIMIT = 64 * 1024
+
+
 class UpstreamUnavailable(Exception):
     """LiteLLM could not be reached or gave no usable answer (502), or none in time (504)."""
 
@@ -121,6 +126,8 @@ class Upstream:
         self.host = host
         self._prefix = parts.path.rstrip("/").encode()  # LiteLLM mounted under a path, if any
         self._metrics = metrics
+        self._noticed: frozenset[int] = frozenset()
+        self._on_answer: Callable[[Scope, int, bytes], None] | None = None
         self._pool = ConnectionPool(
             parts.hostname or "127.0.0.1",
             parts.port or (443 if tls else 80),
@@ -132,6 +139,14 @@ class Upstream:
 
     async def close(self) -> None:
         self._pool.close()
+
+    def notice(self, statuses: frozenset[int], on_answer: Callable[[Scope, int, bytes], None]) -> None:
+        """Have ``on_answer(scope, status, body)`` called after each passed-through answer whose status is
+        in ``statuses`` and whose body is at most ``NOTICE_LIMIT`` bytes (a small error answer). The
+        answer streams to the caller as always; the sidecar keeps a copy of at most that many bytes,
+        and only of those answers."""
+        self._noticed = statuses
+        self._on_answer = on_answer
 
     def _head(self, method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         target = self._prefix + raw_path + (b"?" + query if query else b"")
@@ -224,34 +239,53 @@ class Upstream:
         self._metrics.passthrough_seconds.observe(time.perf_counter() - started)
         self._metrics.request("passthrough", response.status)
         try:
-            await self._stream_down(response, send, watch)
+            await self._stream_down(scope, response, send, watch)
         except Cancelled:
             self._metrics.abandoned.inc()
         finally:
             watch.stop()
             response.release()
 
-    async def _stream_down(self, response: Response, send: Send, watch: _CallerWatch) -> None:
+    async def _stream_down(self, scope: Scope, response: Response, send: Send, watch: _CallerWatch) -> None:
         headers = downstream_headers(response.headers)
         if response.status in (204, 304):  # no body follows; a length would make the server wait for one
             headers = [(name, value) for name, value in headers if name != b"content-length"]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         chunk = await response.chunk()
+        kept: list[bytes] | None = [] if response.status in self._noticed else None
         if response.complete:
             watch.stop()  # the upstream's part is over: nothing left to abandon
             await send({"type": "http.response.body", "body": chunk})
+            if kept is not None and len(chunk) <= NOTICE_LIMIT:
+                self._tell(scope, response.status, chunk)
             return
+        size = 0
         try:
             while chunk:
+                if kept is not None:
+                    size += len(chunk)
+                    if size <= NOTICE_LIMIT:
+                        kept.append(chunk)
+                    else:
+                        kept = None
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await response.chunk()
             watch.stop()
             await send({"type": "http.response.body", "body": b""})
+            if kept is not None:
+                self._tell(scope, response.status, b"".join(kept))
         except UpstreamError as exc:
             # Headers are out; the only honest signal left is an aborted response.
             self._metrics.upstream_errors.labels("stream_broken").inc()
             event(log, logging.WARNING, "upstream_error", kind="stream_broken", error=str(exc))
             raise
+
+    def _tell(self, scope: Scope, status: int, body: bytes) -> None:
+        assert self._on_answer is not None
+        try:
+            self._on_answer(scope, status, body)
+        except Exception:
+            log.exception("answer observer failed")
 
 
 class _CallerWatch:

@@ -26,7 +26,7 @@ import pytest
 from tests.integration import record
 
 TOOL = Path(__file__).resolve().parents[3] / "shared" / "litellm-upstream" / "litellm-upstream"
-VERSIONS = ("1.83.3", "1.88.6", "1.106.2")
+VERSIONS = ("1.83.3", "1.88.6", "1.106.2", "1.109.1", "1.110.2")
 SIDECAR = Path(sys.executable).parent / "litellm-budget-sidecar"
 VIEWER_KEY = "sk-budget-sidecar-viewer0"
 TIMINGS: dict[str, dict[str, float]] = {}
@@ -86,12 +86,13 @@ class LiteLLM:
     master_key: str
     keys: dict[str, str]
     logs: Path
-    sidecars: dict[tuple[str, str], Sidecar] = field(default_factory=dict)
+    sidecars: dict[tuple[object, ...], Sidecar] = field(default_factory=dict)
 
-    def sidecar(self, policy: str, admin_key: str | None = None) -> str:
-        """URL of a sidecar process (the console script) in front of this LiteLLM, started on first use."""
+    def sidecar(self, policy: str, admin_key: str | None = None, **settings: str) -> str:
+        """URL of a sidecar process (the console script) in front of this LiteLLM, started on first use;
+        ``settings`` are further ``SIDECAR_*`` variables (``budget_ttl="2"``)."""
         admin = admin_key or self.master_key
-        running = self.sidecars.get((policy, admin))
+        running = self.sidecars.get((policy, admin, *sorted(settings.items())))
         if running is not None:
             return running.url
         port = _free_port()
@@ -103,11 +104,12 @@ class LiteLLM:
             SIDECAR_PORT=str(port),
             SIDECAR_LOG_LEVEL="info",
         )
+        env.update({f"SIDECAR_{name.upper()}": value for name, value in settings.items()})
         log = self.logs / f"sidecar-{policy}-{len(self.sidecars)}.log"
         with log.open("wb") as stderr:  # the child keeps its own descriptor
             process = subprocess.Popen([str(SIDECAR)], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         sidecar = Sidecar(f"http://127.0.0.1:{port}", process, log)
-        self.sidecars[(policy, admin)] = sidecar
+        self.sidecars[(policy, admin, *sorted(settings.items()))] = sidecar
         deadline = time.monotonic() + 20
         while True:
             try:

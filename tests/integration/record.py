@@ -26,8 +26,16 @@ PRINCIPALS = (
     "KEY_FREE_ONLY",
     "KEY_GROUP_ONLY",
     "KEY_HEALTHY",
+    # Seeded where the version can express them (the harness's README): recorded where exported.
+    "KEY_MEMBER_BROKE",
+    "KEY_WINDOW_BROKE",
+    "KEY_ORG_BROKE",
+    "KEY_END_USER_CALLER",
+    "END_USER_BROKE",  # KEY_END_USER_CALLER naming the spent end user in its header
 )
+END_USER_HEADER = "x-litellm-end-user-id"
 DISCOVERY = (
+    "/cursor/v1/models",
     "/v1/models",
     "/models",
     "/v1/models/paid-model",
@@ -75,22 +83,51 @@ def record(version: str, url: str, master_key: str, keys: dict[str, str]) -> lis
             response = client.get(target, headers=headers)
             entries.append(_entry(version, principal, response, extra or {}))
 
+        looked_up: set[str] = set()
+
+        def look_up(principal: str, target: str) -> Any:
+            """The admin's answer about ``principal``'s budget chain, once per target."""
+            if target in looked_up:
+                return None
+            looked_up.add(target)
+            response = client.get(target, headers={"Authorization": f"Bearer {master_key}"})
+            entries.append(_entry(version, f"MASTER looking up {principal}", response, {}))
+            return response.json() if response.status_code == 200 else None
+
         for principal in (*PRINCIPALS, "MASTER"):
-            key = master_key if principal == "MASTER" else keys[principal]
+            end_user = {END_USER_HEADER: keys[principal]} if principal == "END_USER_BROKE" else {}
+            if principal == "MASTER":
+                key = master_key
+            elif principal == "END_USER_BROKE":
+                key = keys.get("KEY_END_USER_CALLER", "") if principal in keys else ""
+            else:
+                key = keys.get(principal, "")
+            if not key:
+                continue  # not seeded on this version
             for target in DISCOVERY:
-                ask(principal, key, target)
-            ask(principal, key, "/v1/models", ANTHROPIC)
+                ask(principal, key, target, end_user)
+            ask(principal, key, "/v1/models", {**ANTHROPIC, **end_user})
             for model, stream in CHATS:
                 body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
                 response = client.post(
-                    "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                    "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **end_user}
                 )
-                entries.append(_entry(version, principal, response, {}, body))
-            if principal != "MASTER":
-                token = hashlib.sha256(key.encode()).hexdigest()
-                ask(f"MASTER looking up {principal}", master_key, f"/key/info?key={token}")
-        ask("MASTER", master_key, "/team/info?team_id=team-broke")
-        ask("MASTER", master_key, "/user/info?user_id=user-broke")
+                entries.append(_entry(version, principal, response, end_user, body))
+            if principal == "MASTER":
+                continue
+            if end_user:
+                look_up(principal, f"/customer/info?end_user_id={keys[principal]}")
+                continue
+            token = hashlib.sha256(key.encode()).hexdigest()
+            info = (look_up(principal, f"/key/info?key={token}") or {}).get("info") or {}
+            team = None
+            if info.get("team_id"):
+                team = look_up(principal, f"/team/info?team_id={info['team_id']}")
+            if info.get("user_id"):
+                look_up(principal, f"/user/info?user_id={info['user_id']}")
+            org = info.get("organization_id") or ((team or {}).get("team_info") or {}).get("organization_id")
+            if org:
+                look_up(principal, f"/organization/info?organization_id={org}")
         ask("MASTER", master_key, "/v2/model/info?page=1&size=100000")
     return entries
 
