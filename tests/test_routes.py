@@ -16,10 +16,12 @@ from sidecar.proxy.routes import DiscoveryRoute, RouteKind, match_discovery
         (b"/v1/model/info", RouteKind.MODEL_INFO),
         (b"/v2/model/info", RouteKind.MODEL_INFO_V2),
         (b"/model_group/info", RouteKind.MODEL_GROUP_INFO),
+        (b"/cursor/v1/models", RouteKind.CURSOR_MODELS),
+        (b"/claude_code_gateway/v1/models", RouteKind.MODELS),
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-def test_the_eight_discovery_routes(path: bytes, kind: RouteKind, method: str) -> None:
+def test_the_discovery_list_routes(path: bytes, kind: RouteKind, method: str) -> None:
     assert match_discovery(method, path) == DiscoveryRoute(kind)
 
 

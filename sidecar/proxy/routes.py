@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 
 class RouteKind(enum.Enum):
-    MODELS = "models"  # /v1/models, /models
+    MODELS = "models"  # /v1/models, /models, /claude_code_gateway/v1/models
     MODEL = "model"  # /v1/models/{id}, /models/{id}
     MODEL_INFO = "model_info"  # /model/info, /v1/model/info
     MODEL_INFO_V2 = "model_info_v2"  # /v2/model/info
@@ -34,6 +34,8 @@ class DiscoveryRoute:
 _EXACT = {
     b"/v1/models": RouteKind.MODELS,
     b"/models": RouteKind.MODELS,
+    # LiteLLM >= 1.106's Claude Code gateway: the same handler as /v1/models, where the gateway is enabled
+    b"/claude_code_gateway/v1/models": RouteKind.MODELS,
     b"/model/info": RouteKind.MODEL_INFO,
     b"/v1/model/info": RouteKind.MODEL_INFO,
     b"/v2/model/info": RouteKind.MODEL_INFO_V2,
