@@ -341,6 +341,12 @@ def _print_summary(report: dict[str, object]) -> None:
             f"| {ratio_nginx} | {side['rps'] / direct['rps']:.3f} | {direct['p50_ms']:.2f} / {nginx_p50} / "
             f"{side['p50_ms']:.2f} | {side['p99_ms']:.2f} | {side['cpu_ms_per_request']:.3f} |"
         )
+    healthy = next(c for c in cells if c["scenario"] == "GET /v1/models" and c["connections"] == 1)["median"]
+    print(
+        "\nhealthy discovery (caller within budget, warm caches, 1 conn): "
+        f"direct p50 {healthy['direct']['p50_ms']:.2f} ms, sidecar p50 {healthy['sidecar']['p50_ms']:.2f} ms "
+        f"(+{healthy['sidecar']['p50_ms'] - healthy['direct']['p50_ms']:.2f} ms)"
+    )
     rescue = report["rescue"]["median"]  # type: ignore[index]
     print(
         "\nrescue (over-budget key, warm caches, 1 conn): "

@@ -1,6 +1,7 @@
 """A fast stand-in for LiteLLM for the benchmark: pre-built answers, keep-alive, uvloop + httptools.
 
-- ``GET /v1/models``: 60 models (about 6 KB), or LiteLLM's 429 budget error for ``Bearer sk-bench-broke``;
+- ``GET /v1/models`` and ``/cursor/v1/models`` (the sidecar's budget probe, as LiteLLM 1.106+ answers it):
+  60 models (about 6 KB), or LiteLLM's 429 budget error for ``Bearer sk-bench-broke``;
 - ``POST /v1/chat/completions``: a small chat JSON, or, with ``"stream": true``, an SSE stream of 50 chunks,
   each written on its own (chunked transfer encoding);
 - the admin look-ups a rescue makes (``/key/info``, ``/model/info``) for ``Bearer sk-bench-master``.
@@ -151,7 +152,7 @@ class Stub(asyncio.Protocol):
                 self.streaming = asyncio.ensure_future(self._stream(self.transport))
                 return
             self.transport.write(CHAT_ANSWER)
-        elif path == b"/v1/models":
+        elif path == b"/v1/models" or path == b"/cursor/v1/models":  # the latter: the budget probe
             self.transport.write(BUDGET_ERROR if self.auth == BROKE else MODELS_ANSWER)
         elif path == b"/key/info" and self.auth == MASTER:
             self.transport.write(KEY_INFO)

@@ -3,9 +3,11 @@
 Starts a real LiteLLM proxy (with Postgres, via ../shared/litellm-upstream: no Docker needed), seeds keys
 whose team, own or user budget is spent, starts the sidecar once per policy, and prints side by side what
 ``GET /v1/models`` and a chat request answer directly and through the sidecar. Stops everything at the end
-(``--keep`` leaves it running and prints the URLs).
+(``--keep`` leaves it running and prints the URLs). ``--levels`` prints instead one Markdown table row per
+seeded budget level: what LiteLLM answers on ``/v1/models`` and a paid chat, and what the sidecar answers
+under each policy (the README's version table is made with it).
 
-    python demo/demo.py [--version 1.88.6] [--keep]
+    python demo/demo.py [--version 1.88.6] [--keep] [--levels]
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ PRINCIPALS = {
     "KEY_FREE_ONLY": "team spent, key limited to free-model",
 }
 WIDTH = 52
+# Every budget level the harness seeds (where the version can express it), for --levels.
+LEVELS = {
+    "KEY_KEY_BROKE": "key",
+    "KEY_WINDOW_BROKE": "key window (1d)",
+    "KEY_TEAM_BROKE": "team",
+    "KEY_MEMBER_BROKE": "team member",
+    "KEY_USER_BROKE": "user (personal key)",
+    "END_USER_BROKE": "end user (header)",
+    "KEY_ORG_BROKE": "organisation",
+}
+UNSEEDED = {
+    "KEY_WINDOW_BROKE": "no key budget windows before 1.88",
+    "KEY_ORG_BROKE": "organisations need an enterprise licence from 1.106",
+}
 
 
 def say(text: str = "") -> None:
@@ -104,10 +120,55 @@ def row(label: str, left: str, right: str) -> None:
         say(f"  {head:<19}{a:<{WIDTH}}  {b}")
 
 
+def credentials(principal: str, keys: dict[str, str]) -> dict[str, str]:
+    if principal == "END_USER_BROKE":
+        return {
+            "Authorization": f"Bearer {keys['KEY_END_USER_CALLER']}",
+            keys["END_USER_HEADER"]: keys[principal],
+        }
+    return {"Authorization": f"Bearer {keys[principal]}"}
+
+
+def cell(response: httpx.Response, free: set[str]) -> str:
+    """One table cell: the status and, for a list, how many models and whether paid ones are in it."""
+    try:
+        body = response.json()
+    except ValueError:
+        return str(response.status_code)
+    if isinstance(body, dict) and isinstance(body.get("data"), list):
+        ids = [m.get("id") for m in body["data"]]
+        paid = [i for i in ids if i not in free]
+        text = f"{response.status_code}: {len(ids)} models" + (" (paid too)" if paid else " (free)")
+        scope = response.headers.get("x-sidecar-budget-scope")
+        return text + (f", scope `{scope}`" if scope else "")
+    if response.status_code == 200:
+        return "200"
+    return f"{response.status_code} refused"
+
+
+def levels(version: str, url: str, keys: dict[str, str], sidecars: dict[str, str]) -> None:
+    free = {"free-model", "free-model-2", "free-embedding"}
+    chat = {"model": "paid-model", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30) as client:
+        for principal, level in LEVELS.items():
+            if principal not in keys:  # the harness says why on stderr
+                why = UNSEEDED.get(principal, "not seeded on this version")
+                say(f"| {version} | {level} | {why} | | | | |")
+                continue
+            auth = credentials(principal, keys)
+            cells = [
+                cell(client.get(url + "/v1/models", headers=auth), free),
+                cell(client.post(url + "/v1/chat/completions", json=chat, headers=auth), free),
+                *(cell(client.get(sidecars[p] + "/v1/models", headers=auth), free) for p in POLICIES),
+            ]
+            say(f"| {version} | {level} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default="1.88.6", help="LiteLLM version to start (default 1.88.6)")
     parser.add_argument("--keep", action="store_true", help="leave LiteLLM and the sidecars running")
+    parser.add_argument("--levels", action="store_true", help="one Markdown row per seeded budget level")
     args = parser.parse_args()
     if not TOOL.exists():
         sys.exit(f"demo: needs the LiteLLM harness at {TOOL}")
@@ -123,6 +184,9 @@ def main() -> int:
     logs = Path(env["LITELLM_UPSTREAM_STATE"]) / "instances" / name
     sidecars = {policy: start_sidecar(url, master, policy, logs) for policy in POLICIES}
     try:
+        if args.levels:
+            levels(args.version, url, keys, {p: u for p, (u, _) in sidecars.items()})
+            return 0
         say(
             f"\nLiteLLM {args.version} at {url}; sidecar per policy at "
             + ", ".join(f"{p} {u}" for p, (u, _) in sidecars.items())
