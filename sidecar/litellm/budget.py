@@ -40,7 +40,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.cache import SingleFlightCache
@@ -207,7 +206,7 @@ class BudgetBook:
             records = await self._admin.budget_records(token, who.end_user)
         except LookupFailed as exc:
             raise SourceFailed(str(exc)) from None
-        return spent_levels(records, datetime.now(UTC))
+        return spent_levels(records)
 
     async def _establish(self, who: Principal, probe: Probe) -> BudgetState:
         enforced = await self._source("enforced", self.enforced(probe))
@@ -308,7 +307,7 @@ def _reset(info: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def spent_levels(records: Mapping[str, Any], now: datetime) -> tuple[Spent, ...]:
+def spent_levels(records: Mapping[str, Any]) -> tuple[Spent, ...]:
     """The spent levels in the admin answers of one principal's chain.
 
     ``records`` holds what ``AdminLookups.budget_records`` fetched: ``key`` (``/key/info``), ``team``
@@ -321,7 +320,7 @@ def spent_levels(records: Mapping[str, Any], now: datetime) -> tuple[Spent, ...]
     key = _object(records.get("key"), "info")
     if _over(key.get("spend"), key.get("max_budget")):
         found.append(Spent("key", "recorded", _reset(key)))
-    found.extend(_windows(key, now))
+    found.extend(_windows(key))
     team = _object(records.get("team"), "team_info")
     if _over(team.get("spend"), team.get("max_budget"), at_limit=False):
         found.append(Spent("team", "recorded", _reset(team)))
@@ -353,7 +352,7 @@ def _membership(team_answer: Any, user_id: Any) -> dict[str, Any]:
     return {}
 
 
-def _windows(key: Mapping[str, Any], now: datetime) -> list[Spent]:
+def _windows(key: Mapping[str, Any]) -> list[Spent]:
     """Spent key budget windows: ``budget_limits`` (``[{budget_duration, max_budget, reset_at}]``) against
     ``budget_limits_usage`` (``{duration: {current_spend}}``), which ``/key/info`` reports from 1.106 on.
     Before that LiteLLM keeps a window's spend only in its counters: the enforced source sees it."""
@@ -372,18 +371,9 @@ def _windows(key: Mapping[str, Any], now: datetime) -> list[Spent]:
         spend = _object(usage, duration).get("current_spend") if isinstance(duration, str) else None
         if not _over(spend, window.get("max_budget")):
             continue
+        # No check of ``reset_at`` here: the usage is the counter LiteLLM enforces, which keeps its spend
+        # past ``reset_at`` until LiteLLM's reset job runs (1.110.2 refused a 30 s window long after it).
         reset = window.get("reset_at")
         reset = reset if isinstance(reset, str) else None
-        until = _parse_time(reset) if reset else None
-        if until is not None and until <= now:
-            continue  # the window has rolled over; LiteLLM starts it afresh on the next request
         found.append(Spent("key_window", "recorded", reset))
     return found
-
-
-def _parse_time(value: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
