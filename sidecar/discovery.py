@@ -37,9 +37,18 @@ from sidecar.cache import SingleFlightCache
 from sidecar.litellm import shapes
 from sidecar.litellm.access import ScopeUnknown
 from sidecar.litellm.admin import AdminLookups, LookupFailed, View
-from sidecar.litellm.budget import BudgetBook, BudgetState, Probe, SourceFailed, principal_of
+from sidecar.litellm.budget import (
+    NO_ADMIN,
+    NOT_A_VIRTUAL_KEY,
+    BudgetBook,
+    BudgetState,
+    Principal,
+    Probe,
+    SourceFailed,
+    principal_of,
+)
 from sidecar.litellm.budget_errors import BUDGET_STATUSES, UNNAMED, budget_scope, is_budget_error
-from sidecar.litellm.credentials import caller_key, key_hash, key_label
+from sidecar.litellm.credentials import caller_key, key_label
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.forwarding import reply_headers
@@ -108,7 +117,7 @@ class Discovery:
             asked = await self._upstream.fetch(scope, path, query)
             refusal = _refusal(asked)
             if refusal is not None:
-                return await self._rescue(route, scope, asked, budget_scope(refusal))
+                return await self._rescue(route, scope, who, asked, budget_scope(refusal))
             return _listed(asked, route, from_list)
         state = self._budget.cached(who)
         pending = None
@@ -132,13 +141,13 @@ class Discovery:
             spent = budget_scope(refusal, unnamed=UNNAMED)
             if spent == UNNAMED:
                 spent = state.scope if state.over else "key"
-            return await self._rescue(route, scope, asked, spent)
+            return await self._rescue(route, scope, who, asked, spent)
         if not state.known:
             self._metrics.budget_unknown.inc()
             event(log, logging.WARNING, "budget_unknown", reason=state.reason, **_caller(scope, route))
         if not state.over or asked.status != 200:
             return _listed(asked, route, from_list)
-        return await self._over_budget(route, scope, asked, state, from_list)
+        return await self._over_budget(route, scope, who, asked, state, from_list)
 
     def _probe(self, scope: Scope) -> Probe:
         async def probe() -> tuple[int, Any]:
@@ -146,12 +155,18 @@ class Discovery:
                 answer = await self._upstream.fetch(scope, _PROBE_PATH, b"")
             except UpstreamUnavailable as exc:
                 raise SourceFailed(f"{_PROBE_PATH.decode()}: {exc.kind}") from None
-            return await _as_probe(answer)()
+            return _probe_reading(answer)
 
         return probe
 
     async def _over_budget(
-        self, route: DiscoveryRoute, scope: Scope, asked: Answer, state: BudgetState, from_list: bool
+        self,
+        route: DiscoveryRoute,
+        scope: Scope,
+        who: Principal,
+        asked: Answer,
+        state: BudgetState,
+        from_list: bool,
     ) -> Answer:
         """LiteLLM answered a caller over budget: marked (``all``) or cut to the free models."""
         spent = state.scope
@@ -163,11 +178,9 @@ class Discovery:
             listed = _listed(asked, route, from_list)
             return Answer(listed.status, [*listed.headers, *marks], listed.body)
         if route.kind is RouteKind.MODEL_INFO_V2:
-            return await self._rescue(route, scope, asked, spent, action="filtered")
+            return await self._rescue(route, scope, who, asked, spent, action="filtered")
         try:
-            if self._admin is None:
-                raise LookupFailed("no admin credential configured")
-            catalog = await self._admin.catalog()
+            catalog = await self._lookups().catalog()
         except LookupFailed as exc:
             self._metrics.fail_closed.labels("lookup_failed").inc()
             event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
@@ -183,8 +196,19 @@ class Discovery:
         event(log, logging.INFO, "over_budget", action="filtered", **fields)
         return _json_answer(status, payload, reply_headers(asked.headers, marks))
 
+    def _lookups(self) -> AdminLookups:
+        if self._admin is None:
+            raise LookupFailed(NO_ADMIN)
+        return self._admin
+
     async def _rescue(
-        self, route: DiscoveryRoute, scope: Scope, refused: Answer, spent: str, action: str = "rescue"
+        self,
+        route: DiscoveryRoute,
+        scope: Scope,
+        who: Principal | None,
+        refused: Answer,
+        spent: str,
+        action: str = "rescue",
     ) -> Answer:
         """An answer rendered from the admin's view, or ``refused`` as it is when that cannot be done."""
         fields: dict[str, Any] = {**_caller(scope, route), "policy": self._policy, "scope": spent}
@@ -192,15 +216,13 @@ class Discovery:
             self._metrics.blocked.inc()
             event(log, logging.INFO, "rescue_blocked", **fields)
             return refused
-        key = caller_key(scope)
         try:
-            if self._admin is None:
-                raise LookupFailed("no admin credential configured")
-            if key is None:
+            self._lookups()
+            if who is None:
                 raise ScopeUnknown("the request carries no credential")
-            if not key.startswith("sk-"):
-                raise ScopeUnknown("the credential is not a LiteLLM virtual key (JWT or other auth)")
-            token = key_hash(key)
+            if not who.virtual_key:
+                raise ScopeUnknown(NOT_A_VIRTUAL_KEY)
+            token = who.token
             anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
             request = (token, route.kind, route.model_id, scope["query_string"], anthropic)
             status, payload = await self.rendered.get(
@@ -260,10 +282,14 @@ def _refusal(answer: Answer) -> Any:
     return body if is_budget_error(answer.status, body) else None
 
 
+def _probe_reading(answer: Answer) -> tuple[int, Any]:
+    """What the budget probe reads of an answer: its status, and the body of a (small) 4xx."""
+    return answer.status, answer.json(limit=_ERROR_LIMIT) if 400 <= answer.status < 500 else None
+
+
 def _as_probe(answer: Answer) -> Probe:
     async def probe() -> tuple[int, Any]:
-        body = answer.json(limit=_ERROR_LIMIT) if 400 <= answer.status < 500 else None
-        return answer.status, body
+        return _probe_reading(answer)
 
     return probe
 

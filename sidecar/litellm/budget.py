@@ -106,10 +106,6 @@ class BudgetState:
         chosen = named or list(self.spent)
         return min((s.scope for s in chosen), key=lambda s: _ORDER.get(s, len(SCOPES)), default="unknown")
 
-    @property
-    def reset_at(self) -> str | None:
-        return next((s.reset_at for s in self.spent if s.reset_at), None)
-
 
 PROBE_ROUTE = "/cursor/v1/models"
 NO_ADMIN = "no admin credential configured"

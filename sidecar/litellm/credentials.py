@@ -14,17 +14,18 @@ END_USER_HEADERS = (b"x-litellm-end-user-id", b"x-litellm-customer-id")
 _KEY_HEADERS = (b"x-litellm-api-key", b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
 
 
-def caller_key(scope: Scope) -> str | None:
-    """The credential the caller presented to LiteLLM, or ``None``."""
+def _first_values(scope: Scope, names: tuple[bytes, ...]) -> list[str]:
+    """The first value of each header in ``names`` the request carries, in the order of ``names``."""
     found: dict[bytes, bytes] = {}
     for name, value in scope["headers"]:
-        if name in _KEY_HEADERS and name not in found:
+        if name in names and name not in found:
             found[name] = value
-    for name in _KEY_HEADERS:
-        value = found.get(name)
-        if value is None:
-            continue
-        text = value.decode("latin-1").strip()
+    return [found[name].decode("latin-1").strip() for name in names if name in found]
+
+
+def caller_key(scope: Scope) -> str | None:
+    """The credential the caller presented to LiteLLM, or ``None``."""
+    for text in _first_values(scope, _KEY_HEADERS):
         if text[:7].lower() == "bearer ":
             text = text[7:].strip()
         if text:
@@ -44,12 +45,4 @@ def key_label(key: str) -> str:
 
 def end_user_of(scope: Scope) -> str | None:
     """The end user (LiteLLM's customer) the request names in a header, or ``None``."""
-    found: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if name in END_USER_HEADERS and name not in found:
-            found[name] = value
-    for name in END_USER_HEADERS:
-        text = found.get(name, b"").decode("latin-1").strip()
-        if text:
-            return text
-    return None
+    return next((text for text in _first_values(scope, END_USER_HEADERS) if text), None)
