@@ -53,7 +53,7 @@ class SidecarApp:
 
     async def startup(self) -> None:
         settings = self.settings
-        if settings.admin_key is not None and settings.policy != "blocked":
+        if settings.admin_key is not None:  # under ``blocked`` too: refusals are judged on every policy
             self._admin_client = admin_http_client(
                 settings.upstream_url, settings.admin_key.get_secret_value(), settings.admin_timeout
             )
@@ -65,7 +65,7 @@ class SidecarApp:
                 settings.free_models,
                 settings.budget_ttl,
             )
-        self.budget = BudgetBook(self.admin, settings.budget_ttl, self.metrics)
+        self.budget = BudgetBook(self.admin, settings.budget_ttl, self.metrics, settings.phantom_after)
         self.discovery = Discovery(
             self.upstream,
             self.admin,
@@ -83,8 +83,7 @@ class SidecarApp:
                 budgets=self.budget.states,
                 rendered=self.discovery.rendered,
             )
-        if settings.policy != "blocked":
-            self.upstream.notice(BUDGET_STATUSES, self.discovery.notice)
+        self.upstream.notice(BUDGET_STATUSES, self.discovery.notice)
 
     async def shutdown(self) -> None:
         self.draining = True

@@ -13,7 +13,9 @@
      whose pages and counts LiteLLM computes over every model, is always rendered from the admin's view).
    Such answers carry ``x-sidecar-budget-exceeded: true``, ``x-sidecar-policy`` and
    ``x-sidecar-budget-scope`` (``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
-   ``org`` or ``unknown``).
+   ``org`` or ``unknown``). Where LiteLLM's refusal is a phantom (its records show that level within
+   budget, ``litellm/levels.py``) the answer follows it all the same - paid models fail for that caller
+   right now - and carries ``x-sidecar-budget-phantom: true``.
 3. If the caller's budget state or scope cannot be established - no virtual key where one is needed (JWT,
    OAuth), a failed look-up, an unknown special model name - LiteLLM's answer goes back unchanged and the
    reason is logged.
@@ -21,7 +23,8 @@
 ``/v1/models/{id}`` is answered from the caller's own ``/v1/models`` (LiteLLM refuses the route to
 ordinary keys): the entry if listed, else an OpenAI-style 404 ``model_not_found``.
 
-A budget refusal on a passed-through call (``notice``) is recorded as the caller's budget state at once.
+A budget refusal on a passed-through call (``notice``) is recorded as the caller's budget state at once,
+and judged: a phantom one goes back with ``x-sidecar-budget-phantom: true``, its status and body unchanged.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from sidecar.litellm.budget import (
 )
 from sidecar.litellm.budget_errors import BUDGET_STATUSES, UNNAMED, budget_scope, is_budget_error
 from sidecar.litellm.credentials import caller_key, key_label
+from sidecar.litellm.levels import Verdict
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.forwarding import reply_headers
@@ -62,6 +66,10 @@ log = logging.getLogger("sidecar.discovery")
 _LIST_PATH = b"/v1/models"
 _PROBE_PATH = b"/cursor/v1/models"  # budget-checked on every LiteLLM from 1.83 to 1.110, spends nothing
 _ERROR_LIMIT = 64 * 1024
+# How long a passed-through refusal waits for its verdict (admin look-ups, cached); a slower verdict is
+# still counted and logged, the refusal goes on without the phantom mark.
+_VERDICT_WAIT = 2.0
+PHANTOM = (b"x-sidecar-budget-phantom", b"true")
 _FAIL_REASONS = {ScopeUnknown: "scope_unknown", LookupFailed: "lookup_failed", shapes.BadQuery: "bad_query"}
 # The field that names the model in each entry of LiteLLM's own answer, per route it is filtered on.
 _NAMED_BY = {RouteKind.MODEL_INFO: "model_name", RouteKind.MODEL_GROUP_INFO: "model_group"}
@@ -88,6 +96,7 @@ class Discovery:
         self._budget = budget
         self._policy = policy
         self._retrieve_from_list = retrieve_from_list
+        self._judging: set[asyncio.Future[Verdict | None]] = set()  # verdicts outliving their refusal
 
     async def handle(self, route: DiscoveryRoute, scope: Scope, send: Send) -> None:
         try:
@@ -99,15 +108,24 @@ class Discovery:
         body = b"" if scope["method"] == "HEAD" else answer.body
         await send({"type": "http.response.body", "body": body})
 
-    def notice(self, scope: Scope, status: int, body: bytes) -> None:
-        """A small error answer LiteLLM sent on a passed-through call: a budget refusal is evidence."""
+    async def notice(self, scope: Scope, status: int, body: bytes) -> RawHeaders:
+        """A small error answer LiteLLM sent on a passed-through call: a budget refusal is evidence, and
+        judged; returns the phantom mark for a phantom one."""
         try:
             parsed = json.loads(body)
         except ValueError:
-            return
-        spent = self._budget.saw(principal_of(scope), status, parsed)
-        if spent is not None:
-            self._metrics.budget_refusals_seen.labels(spent.scope).inc()
+            return []
+        if not is_budget_error(status, parsed):
+            return []
+        route = scope["raw_path"].decode("latin-1")
+        judging = asyncio.ensure_future(self._budget.refused(principal_of(scope), status, parsed, route))
+        self._judging.add(judging)
+        judging.add_done_callback(self._judging.discard)
+        try:
+            verdict = await asyncio.wait_for(asyncio.shield(judging), _VERDICT_WAIT)
+        except TimeoutError:
+            return []
+        return [PHANTOM] if _phantom(verdict) else []
 
     async def _answer(self, route: DiscoveryRoute, scope: Scope) -> Answer:
         from_list = route.kind is RouteKind.MODEL and self._retrieve_from_list
@@ -117,7 +135,9 @@ class Discovery:
             asked = await self._upstream.fetch(scope, path, query)
             refusal = _refusal(asked)
             if refusal is not None:
-                return await self._rescue(route, scope, who, asked, budget_scope(refusal))
+                verdict = await self._budget.refused(who, asked.status, refusal, route.kind.value)
+                spent = budget_scope(refusal)
+                return await self._rescue(route, scope, who, asked, spent, phantom=_phantom(verdict))
             return _listed(asked, route, from_list)
         state = self._budget.cached(who)
         pending = None
@@ -130,8 +150,9 @@ class Discovery:
                 pending.cancel()
             raise
         refusal = _refusal(asked)
+        verdict = None
         if refusal is not None:
-            self._budget.saw(who, asked.status, refusal)
+            verdict = await self._budget.refused(who, asked.status, refusal, route.kind.value)
         if state is None:
             if pending is None:  # /cursor/v1/models: the caller's own answer is the probe
                 state = await self._budget.state(who, _as_probe(asked))
@@ -139,9 +160,10 @@ class Discovery:
                 state = await pending
         if refusal is not None:
             spent = budget_scope(refusal, unnamed=UNNAMED)
-            if spent == UNNAMED:
-                spent = state.scope if state.over else "key"
-            return await self._rescue(route, scope, who, asked, spent)
+            if spent == UNNAMED:  # LiteLLM <= 1.88 for a key's and a team member's budget
+                named = verdict.scope if verdict is not None else "unknown"
+                spent = named if named != "unknown" else state.scope if state.over else "key"
+            return await self._rescue(route, scope, who, asked, spent, phantom=_phantom(verdict))
         if not state.known:
             self._metrics.budget_unknown.inc()
             event(log, logging.WARNING, "budget_unknown", reason=state.reason, **_caller(scope, route))
@@ -170,15 +192,17 @@ class Discovery:
     ) -> Answer:
         """LiteLLM answered a caller over budget: marked (``all``) or cut to the free models."""
         spent = state.scope
-        marks = _marks(self._policy, spent)
+        marks = _marks(self._policy, spent, state.phantom)
         fields = {**_caller(scope, route), "policy": self._policy, "scope": spent, "sources": _sources(state)}
+        if state.verdict is not None:
+            fields["verdict"] = state.verdict.verdict
         if self._policy == "all":
             self._metrics.budget_marked.labels(self._policy, spent, "marked").inc()
             event(log, logging.INFO, "over_budget", action="marked", **fields)
             listed = _listed(asked, route, from_list)
             return Answer(listed.status, [*listed.headers, *marks], listed.body)
         if route.kind is RouteKind.MODEL_INFO_V2:
-            return await self._rescue(route, scope, who, asked, spent, action="filtered")
+            return await self._rescue(route, scope, who, asked, spent, "filtered", state.phantom)
         try:
             catalog = await self._lookups().catalog()
         except LookupFailed as exc:
@@ -209,13 +233,19 @@ class Discovery:
         refused: Answer,
         spent: str,
         action: str = "rescue",
+        phantom: bool = False,
     ) -> Answer:
-        """An answer rendered from the admin's view, or ``refused`` as it is when that cannot be done."""
+        """An answer rendered from the admin's view, or ``refused`` as it is when that cannot be done
+        (with the phantom mark, if it is one)."""
         fields: dict[str, Any] = {**_caller(scope, route), "policy": self._policy, "scope": spent}
+        unchanged = refused
+        if phantom:
+            fields["verdict"] = "phantom"
+            unchanged = Answer(refused.status, [*refused.headers, PHANTOM], refused.body)
         if self._policy == "blocked":
             self._metrics.blocked.inc()
             event(log, logging.INFO, "rescue_blocked", **fields)
-            return refused
+            return unchanged
         try:
             self._lookups()
             if who is None:
@@ -231,13 +261,14 @@ class Discovery:
         except (ScopeUnknown, LookupFailed, shapes.BadQuery) as exc:
             self._metrics.fail_closed.labels(_FAIL_REASONS[type(exc)]).inc()
             event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
-            return refused
+            return unchanged
         if action == "rescue":
             self._metrics.rescues.labels(self._policy, spent).inc()
         else:
             self._metrics.budget_marked.labels(self._policy, spent, action).inc()
         event(log, logging.INFO, action if action == "rescue" else "over_budget", status=status, **fields)
-        return _json_answer(status, payload, reply_headers(refused.headers, _marks(self._policy, spent)))
+        marks = _marks(self._policy, spent, phantom)
+        return _json_answer(status, payload, reply_headers(refused.headers, marks))
 
     async def _rendered(
         self, route: DiscoveryRoute, scope: Scope, token: str, anthropic: bool
@@ -325,12 +356,17 @@ def _listed(asked: Answer, route: DiscoveryRoute, from_list: bool) -> Answer:
     return asked
 
 
-def _marks(policy: str, spent: str) -> RawHeaders:
-    return [
+def _marks(policy: str, spent: str, phantom: bool = False) -> RawHeaders:
+    marks = [
         (b"x-sidecar-budget-exceeded", b"true"),
         (b"x-sidecar-policy", policy.encode()),
         (b"x-sidecar-budget-scope", spent.encode()),
     ]
+    return [*marks, PHANTOM] if phantom else marks
+
+
+def _phantom(verdict: Verdict | None) -> bool:
+    return verdict is not None and verdict.verdict == "phantom"
 
 
 def _sources(state: BudgetState) -> str:

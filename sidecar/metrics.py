@@ -62,13 +62,6 @@ class Metrics:
             "budget state.",
             registry=r,
         )
-        self.budget_disagreements = Counter(
-            "sidecar_budget_disagreements",
-            "Callers LiteLLM refuses as over budget (by the level it names) while its database shows no "
-            "spent level: spend not yet written (LiteLLM writes it in batches) or a phantom budget.",
-            ["scope"],
-            registry=r,
-        )
         self.budget_source_failures = Counter(
             "sidecar_budget_source_failures",
             "Times a source of budget state could not answer (enforced: LiteLLM's probe route; recorded: "
@@ -76,10 +69,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
-        self.budget_refusals_seen = Counter(
-            "sidecar_budget_refusals_seen",
-            "Budget refusals LiteLLM sent on passed-through requests, by whose budget is spent.",
-            ["scope"],
+        self.budget_refusals = Counter(
+            "sidecar_budget_refusals",
+            "Budget refusals LiteLLM sent callers (discovery and passed-through calls), by the level that "
+            "refused and the verdict: spent (its recorded spend is at max_budget), phantom (it is below: "
+            "LiteLLM's counter runs ahead of its database), unknown (could not tell).",
+            ["scope", "verdict"],
             registry=r,
         )
         self.upstream_errors = Counter(
@@ -101,6 +96,14 @@ class Metrics:
             ["path"],
             registry=r,
             buckets=_LATENCY_BUCKETS,
+        )
+        self.admin_lookup_failures = Counter(
+            "sidecar_admin_lookup_failures",
+            "Admin look-ups that failed, by path and reason: the HTTP status LiteLLM answered (401: the "
+            "admin credential is refused; 404: a level LiteLLM does not know, often expected), timeout, "
+            "unreachable, invalid (not JSON).",
+            ["path", "reason"],
+            registry=r,
         )
         self.passthrough_seconds = Histogram(
             "sidecar_passthrough_seconds",

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # How long a caller's budget state (over budget or not, at which level) is reused, in seconds: a
     # budget LiteLLM resets, raises or spends shows in discovery at most this much later.
     budget_ttl: float = Field(default=10.0, ge=0)
+    # How long LiteLLM's budget refusal must go on while its records show that level within budget before
+    # the sidecar calls it a phantom, in seconds: LiteLLM writes spend to its database in batches, so right
+    # after a caller crosses its budget the records lag for seconds (its proxy_batch_write_at, 10 s default).
+    phantom_after: float = Field(default=30.0, ge=0)
 
     # Upstream timeouts in seconds. read_timeout bounds the silence between two chunks of a pass-through
     # answer (a slow model's stream), not the whole answer.

@@ -98,9 +98,10 @@ def test_metrics_count_what_happened(
     assert metric(text, 'sidecar_requests_total{route="discovery",status="429"}') == 1
     assert metric(text, 'sidecar_requests_total{route="passthrough",status="200"}') == 1
     assert metric(text, "sidecar_passthrough_seconds_count") == 1
-    # KEY_TEAM_BROKE's budget chain and scope share one; KEY_KEY_BROKE's fails twice (chain, scope)
-    assert metric(text, 'sidecar_admin_lookup_seconds_count{path="/key/info"}') == 3
-    assert metric(text, 'sidecar_budget_source_failures_total{source="recorded"}') == 1
+    # KEY_TEAM_BROKE's budget chain, verdict and scope share one; KEY_KEY_BROKE's fails three times
+    # (chain, the refusal's verdict, scope: a failure is not cached)
+    assert metric(text, 'sidecar_admin_lookup_seconds_count{path="/key/info"}') == 4
+    assert metric(text, 'sidecar_budget_source_failures_total{source="recorded"}') == 2
     assert metric(text, 'sidecar_cache_misses_total{cache="scopes"}') == 2  # one look-up per key
     assert metric(text, 'sidecar_cache_hits_total{cache="rendered"}') == 1  # the repeated rescue's bytes
     assert metric(text, 'sidecar_cache_misses_total{cache="rendered"}') == 2

@@ -95,17 +95,22 @@ class AdminLookups:
         try:
             response = await self._client.get(path, params=params, headers=headers)
         except httpx.TimeoutException:
-            raise LookupFailed(f"{path}: timed out") from None
+            raise self._failed(path, "timeout", f"{path}: timed out") from None
         except httpx.HTTPError as exc:
-            raise LookupFailed(f"{path}: {type(exc).__name__}") from None
+            raise self._failed(path, "unreachable", f"{path}: {type(exc).__name__}") from None
         finally:
             self._metrics.admin_lookup_seconds.labels(path).observe(time.perf_counter() - started)
         if response.status_code != 200:
-            raise LookupFailed(f"{path} answered {response.status_code}", response.status_code)
+            status = response.status_code
+            raise self._failed(path, str(status), f"{path} answered {status}", status)
         try:
             return response.json()
         except ValueError:
-            raise LookupFailed(f"{path} answered with a body that is not JSON") from None
+            raise self._failed(path, "invalid", f"{path} answered with a body that is not JSON") from None
+
+    def _failed(self, path: str, reason: str, message: str, status: int | None = None) -> LookupFailed:
+        self._metrics.admin_lookup_failures.labels(path, reason).inc()
+        return LookupFailed(message, status)
 
     async def catalog(self) -> ModelCatalog:
         """The proxy's deployments as the admin sees them (cached)."""

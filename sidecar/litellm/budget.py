@@ -20,9 +20,9 @@ paid call - and the chain says *which level* and *when it resets*.
 1. A refusal seen within ``ttl`` decides at once (over budget, at the level it names).
 2. Else the probe: within budget there is within budget, with no admin look-up (the cheap, common case).
 3. Over budget there: the chain is read too, to name the level where the message names none (a key's or a
-   team member's budget up to 1.88: "Current cost: ...") and for reset times. A chain that shows no spent
-   level is logged as ``budget_sources_disagree`` and counted: LiteLLM writes spend to its database in
-   batches, so briefly after a caller crosses its budget that is normal; lasting, it is a phantom budget.
+   team member's budget up to 1.88: "Current cost: ...") and for reset times, and the refusal is judged
+   against it (``levels.judge``: ``spent``, ``phantom``, ``unknown``). The caller stays over budget either
+   way - a phantom refusal is still what it meets on a paid call - but discovery marks it.
 4. The probe fails (a LiteLLM without the route, a 5xx): the chain decides, and the failure is logged
    (``budget_source_failed``, at most once a minute per reason) and counted - a LiteLLM that moved the
    route shows there instead of silently turning the policies off. The integration suite asserts each
@@ -31,21 +31,27 @@ paid call - and the chain says *which level* and *when it resets*.
 
 States are cached per principal for ``ttl`` seconds (single flight), so a warm caller costs no upstream
 round trip; a reset in LiteLLM shows here at most ``ttl`` seconds later.
+
+Every budget refusal LiteLLM sends a caller (``refused``: discovery and passed-through calls) gets a
+verdict, counted in ``sidecar_budget_refusals_total{scope,verdict}`` and logged as one ``budget_refusal``
+line. Right after a caller crosses its budget LiteLLM's database lags its counters by its batch-write
+interval, so a refusal the records do not bear out is ``unknown`` ("not written yet?") until the
+disagreement has lasted ``phantom_after`` seconds; then it is ``phantom``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sidecar.cache import SingleFlightCache
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget_errors import UNNAMED, budget_scope, is_budget_error, spent_end_user
-from sidecar.litellm.credentials import caller_key, end_user_of, key_hash
+from sidecar.litellm.credentials import caller_key, end_user_of, key_hash, key_label
+from sidecar.litellm.levels import Level, Verdict, chain, judge, stated
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.types import Scope
@@ -68,6 +74,7 @@ class Principal:
     token: str  # SHA-256 of the credential; LiteLLM's token when ``virtual_key``
     virtual_key: bool  # an ``sk-`` key LiteLLM's admin API can be asked about
     end_user: str | None = None
+    label: str = field(default="", compare=False)  # ``key_label`` of the credential, for logs
 
 
 def principal_of(scope: Scope) -> Principal | None:
@@ -75,7 +82,7 @@ def principal_of(scope: Scope) -> Principal | None:
     key = caller_key(scope)
     if key is None:
         return None
-    return Principal(key_hash(key), key.startswith("sk-"), end_user_of(scope))
+    return Principal(key_hash(key), key.startswith("sk-"), end_user_of(scope), key_label(key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,11 @@ class BudgetState:
     spent: tuple[Spent, ...] = ()
     known: bool = True  # False: no source could answer (``reason`` says why)
     reason: str = ""
+    verdict: Verdict | None = None  # LiteLLM's refusal judged against the records, when it refused
+
+    @property
+    def phantom(self) -> bool:
+        return self.verdict is not None and self.verdict.verdict == "phantom"
 
     @property
     def over(self) -> bool:
@@ -112,27 +124,35 @@ NO_ADMIN = "no admin credential configured"
 NOT_A_VIRTUAL_KEY = "the credential is not a LiteLLM virtual key (JWT or other auth)"
 _EXPECTED = frozenset({NO_ADMIN, NOT_A_VIRTUAL_KEY})  # how the sidecar is set up, not a failure
 _LOG_EVERY = 60.0
+_FORGET = 300.0  # a disagreement not seen again for this long starts over
 Probe = Callable[[], Awaitable[tuple[int, Any]]]
+T = TypeVar("T")
+Seen = tuple[tuple[Spent, Verdict | None], ...]  # refusals seen within ``ttl``, with their verdicts
 
 
 class BudgetBook:
     """Budget states per principal: cached, single flight, refusals seen on the way recorded at once."""
 
-    def __init__(self, admin: AdminLookups | None, ttl: float, metrics: Metrics) -> None:
+    def __init__(
+        self, admin: AdminLookups | None, ttl: float, metrics: Metrics, phantom_after: float = 30.0
+    ) -> None:
         self._admin = admin
         self._metrics = metrics
         self.ttl = ttl
+        self.phantom_after = phantom_after
         self.states: SingleFlightCache[Principal, BudgetState] = SingleFlightCache(ttl)
         # Refusals seen: per credential (its own levels), per end user (theirs, whatever key names them).
-        self._seen_keys: dict[str, tuple[float, Spent]] = {}
-        self._seen_end_users: dict[str, tuple[float, Spent]] = {}
+        self._seen_keys: dict[str, tuple[float, Spent, Verdict | None]] = {}
+        self._seen_end_users: dict[str, tuple[float, Spent, Verdict | None]] = {}
+        # Since when a principal's refusal at a level is not borne out by the records: (first, last seen).
+        self._disagreeing: dict[tuple[str, str | None, str], tuple[float, float]] = {}
         self._logged: dict[tuple[str, str], float] = {}
 
     def cached(self, who: Principal) -> BudgetState | None:
         """The state if it is known without a round trip (a refusal seen, or a fresh cache entry)."""
         seen = self._seen(who)
         if seen and not _unnamed(seen):
-            return BudgetState(seen)
+            return _seen_state(seen)
         known = self.states.peek(who)
         return None if known is None else _with_seen(known, seen)
 
@@ -142,11 +162,13 @@ class BudgetBook:
         A refusal seen within ``ttl`` answers at once, unless it names no level: then the chain does."""
         seen = self._seen(who)
         if seen and not _unnamed(seen):
-            return BudgetState(seen)
+            return _seen_state(seen)
         known = await self.states.get(who, lambda: self._establish(who, probe))
         return _with_seen(known, seen)
 
-    def saw(self, who: Principal | None, status: int, body: Any) -> Spent | None:
+    def saw(
+        self, who: Principal | None, status: int, body: Any, verdict: Verdict | None = None
+    ) -> Spent | None:
         """Record a budget refusal LiteLLM sent ``who``; returns the level it names, if it was one."""
         if not is_budget_error(status, body):
             return None
@@ -154,45 +176,107 @@ class BudgetBook:
         until = time.monotonic() + self.ttl
         end_user = spent_end_user(body)
         if spent.scope == "end_user" and end_user is not None:
-            self._remember(self._seen_end_users, end_user, until, spent)
+            self._remember(self._seen_end_users, end_user, (until, spent, verdict))
         elif who is not None:
-            self._remember(self._seen_keys, who.token, until, spent)
+            self._remember(self._seen_keys, who.token, (until, spent, verdict))
         if who is not None:
             self.states.forget(who)
         return spent
 
-    def _remember(self, seen: dict[str, tuple[float, Spent]], key: str, until: float, spent: Spent) -> None:
+    async def refused(self, who: Principal | None, status: int, body: Any, route: str) -> Verdict | None:
+        """A budget refusal LiteLLM sent a caller on ``route``: recorded, judged, counted and logged.
+
+        Returns the verdict, or ``None`` when the answer is not a budget refusal."""
+        if not is_budget_error(status, body):
+            return None
+        verdict = await self.verdict(who, body)
+        self.saw(who, status, body, verdict)
+        self._metrics.budget_refusals.labels(verdict.scope, verdict.verdict).inc()
+        fields: dict[str, Any] = {"route": route, **verdict.fields()}
+        if who is not None and who.label:
+            fields["key"] = who.label
+        if who is not None and who.end_user is not None:
+            fields["end_user"] = who.end_user
+        level = logging.WARNING if verdict.verdict == "phantom" else logging.INFO
+        event(log, level, "budget_refusal", **fields)
+        return verdict
+
+    async def verdict(self, who: Principal | None, body: Any) -> Verdict:
+        """The budget refusal ``body`` judged against ``who``'s recorded chain (``levels.judge``)."""
+        if who is None:
+            return _unjudged(body, "the request carries no credential")
+        return self._judge(who, body, await self._source("recorded", self.levels(who)))
+
+    def _judge(self, who: Principal, body: Any, levels: tuple[Level, ...] | str) -> Verdict:
+        if isinstance(levels, str):
+            return _unjudged(body, levels)
+        verdict = judge(body, levels)
+        key = (who.token, who.end_user, verdict.scope)
+        now = time.monotonic()
+        if verdict.verdict != "phantom":
+            self._disagreeing.pop(key, None)
+            return verdict
+        first, last = self._disagreeing.get(key, (now, now))
+        if now - last > _FORGET:
+            first = now
+        if key not in self._disagreeing and len(self._disagreeing) >= self.states.max_entries:
+            self._disagreeing.pop(next(iter(self._disagreeing)))
+        self._disagreeing[key] = (first, now)
+        if now - first < self.phantom_after:
+            return Verdict(
+                "unknown",
+                verdict.scope,
+                verdict.enforced,
+                verdict.level,
+                f"recorded spend below max_budget for {now - first:.0f} s so far: LiteLLM writes spend "
+                f"in batches; phantom after {self.phantom_after:g} s",
+            )
+        return verdict
+
+    def _remember(
+        self,
+        seen: dict[str, tuple[float, Spent, Verdict | None]],
+        key: str,
+        entry: tuple[float, Spent, Verdict | None],
+    ) -> None:
         if self.ttl <= 0:
             return
-        if len(seen) >= self.states.max_entries:
+        if key not in seen and len(seen) >= self.states.max_entries:
             now = time.monotonic()
-            for stale in [k for k, (t, _) in seen.items() if t <= now] or [next(iter(seen))]:
+            for stale in [k for k, (t, *_) in seen.items() if t <= now] or [next(iter(seen))]:
                 del seen[stale]
-        seen[key] = (until, spent)
+        seen[key] = entry
 
-    def _seen(self, who: Principal) -> tuple[Spent, ...]:
+    def _seen(self, who: Principal) -> Seen:
         now = time.monotonic()
         found = []
         for seen, key in ((self._seen_keys, who.token), (self._seen_end_users, who.end_user)):
             entry = seen.get(key) if key is not None else None
             if entry is not None:
                 if entry[0] > now:
-                    found.append(entry[1])
+                    found.append(entry[1:])
                 else:
                     del seen[key]  # type: ignore[arg-type]
         return tuple(found)
 
     async def enforced(self, probe: Probe) -> tuple[Spent, ...]:
         """LiteLLM's enforced state: the level its budget error on the probe route names, if any."""
+        return (await self._enforced(probe))[0]
+
+    async def _enforced(self, probe: Probe) -> tuple[tuple[Spent, ...], Any]:
         status, body = await probe()
         if is_budget_error(status, body):
-            return (Spent(budget_scope(body, unnamed=UNNAMED), "enforced"),)
+            return (Spent(budget_scope(body, unnamed=UNNAMED), "enforced"),), body
         if status == 200 or _no_cursor_credentials(status, body):
-            return ()  # past LiteLLM's budget checks
+            return (), None  # past LiteLLM's budget checks
         raise SourceFailed(f"{PROBE_ROUTE} answered {status}")
 
     async def recorded(self, who: Principal) -> tuple[Spent, ...]:
         """The spent levels of the principal's budget chain in LiteLLM's database."""
+        return _spent(await self.levels(who))
+
+    async def levels(self, who: Principal) -> tuple[Level, ...]:
+        """Every level with a budget in the principal's chain, as LiteLLM's database records it."""
         if self._admin is None:
             raise SourceFailed(NO_ADMIN)
         if not who.virtual_key and who.end_user is None:
@@ -202,23 +286,24 @@ class BudgetBook:
             records = await self._admin.budget_records(token, who.end_user)
         except LookupFailed as exc:
             raise SourceFailed(str(exc)) from None
-        return spent_levels(records)
+        return chain(records)
 
     async def _establish(self, who: Principal, probe: Probe) -> BudgetState:
-        enforced = await self._source("enforced", self.enforced(probe))
-        if enforced == ():
+        reading = await self._source("enforced", self._enforced(probe))
+        if not isinstance(reading, str) and reading[0] == ():
             return BudgetState()  # within budget as LiteLLM enforces it: no admin look-up
-        recorded = await self._source("recorded", self.recorded(who))
-        if isinstance(enforced, str):
-            if isinstance(recorded, str):
-                return BudgetState(known=False, reason=f"enforced: {enforced}; recorded: {recorded}")
+        levels = await self._source("recorded", self.levels(who))
+        recorded = () if isinstance(levels, str) else _spent(levels)
+        if isinstance(reading, str):
+            if isinstance(levels, str):
+                return BudgetState(known=False, reason=f"enforced: {reading}; recorded: {levels}")
             return BudgetState(recorded)
-        if not isinstance(recorded, str):
-            self._compare(who, enforced, recorded)
-        return BudgetState(_resolve(enforced, _levels(recorded)))
+        enforced, refusal = reading
+        verdict = self._judge(who, refusal, levels)
+        return BudgetState(_resolve(enforced, recorded, verdict), verdict=verdict)
 
-    async def _source(self, name: str, answer: Awaitable[tuple[Spent, ...]]) -> tuple[Spent, ...] | str:
-        """A source's spent levels, or why it could not answer (counted, logged at most once a minute)."""
+    async def _source(self, name: str, answer: Awaitable[T]) -> T | str:
+        """A source's answer, or why it could not answer (counted, logged at most once a minute)."""
         try:
             return await answer
         except SourceFailed as exc:
@@ -231,24 +316,15 @@ class BudgetBook:
                 event(log, logging.WARNING, "budget_source_failed", source=name, reason=reason)
         return reason
 
-    def _compare(self, who: Principal, enforced: tuple[Spent, ...], recorded: tuple[Spent, ...]) -> None:
-        """LiteLLM refuses; does its database agree? If not: batch-write lag, or a phantom budget."""
-        if recorded:
-            return
-        said = _resolve(enforced, ())[0].scope
-        self._metrics.budget_disagreements.labels(said).inc()
-        event(  # INFO: LiteLLM writes spend to its database in batches, so a fresh refusal leads it
-            log,
-            logging.INFO,
-            "budget_sources_disagree",
-            enforced=said,
-            recorded="within",
-            end_user=who.end_user is not None,
-        )
+
+def _unjudged(body: Any, reason: str) -> Verdict:
+    scope = budget_scope(body, unnamed=UNNAMED)
+    return Verdict("unknown", "unknown" if scope == UNNAMED else scope, stated(body)[0], reason=reason)
 
 
-def _levels(answer: tuple[Spent, ...] | str) -> tuple[Spent, ...]:
-    return () if isinstance(answer, str) else answer
+def _seen_state(seen: Seen) -> BudgetState:
+    verdicts = [v for _, v in seen if v is not None]
+    return BudgetState(tuple(s for s, _ in seen), verdict=verdicts[0] if verdicts else None)
 
 
 def _no_cursor_credentials(status: int, body: Any) -> bool:
@@ -258,118 +334,40 @@ def _no_cursor_credentials(status: int, body: Any) -> bool:
     return status == 401 and isinstance(detail, str) and detail.startswith("Cursor API key not found")
 
 
-def _resolve(refused: tuple[Spent, ...], recorded: tuple[Spent, ...]) -> tuple[Spent, ...]:
+def _resolve(
+    refused: tuple[Spent, ...], recorded: tuple[Spent, ...], verdict: Verdict | None = None
+) -> tuple[Spent, ...]:
     """The union, with a refusal that names no level ("Current cost: ...", LiteLLM <= 1.88 for a key's
-    and a team member's budget) named after the chain where it tells which, else ``key``."""
+    and a team member's budget) named after the chain where it tells which - a spent level, else the one
+    the verdict found it meant - else ``key``."""
     levels = [r.scope for r in recorded if r.scope in ("key", "team_member")]
-    named = levels[0] if len(levels) == 1 else "key"
+    if len(levels) == 1:
+        named = levels[0]
+    elif verdict is not None and verdict.scope in ("key", "team_member"):
+        named = verdict.scope
+    else:
+        named = "key"
     return (*(Spent(named, s.source) if s.scope == UNNAMED else s for s in refused), *recorded)
 
 
-def _unnamed(spent: tuple[Spent, ...]) -> bool:
-    return any(s.scope == UNNAMED for s in spent)
+def _unnamed(seen: Seen) -> bool:
+    return any(spent.scope == UNNAMED for spent, _ in seen)
 
 
-def _with_seen(state: BudgetState, seen: tuple[Spent, ...]) -> BudgetState:
-    """``state`` with the refusals seen since it was established."""
+def _with_seen(state: BudgetState, seen: Seen) -> BudgetState:
+    """``state`` with the refusals seen since it was established (their verdicts the newer ones)."""
     if not seen:
         return state
     recorded = tuple(s for s in state.spent if s.source == "recorded")
-    return BudgetState((*_resolve(seen, recorded), *state.spent))
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _over(spend: Any, max_budget: Any, at_limit: bool = True) -> bool:
-    """Whether ``spend`` is past ``max_budget``: at it already where LiteLLM refuses at ``>=``."""
-    budget, used = _number(max_budget), _number(spend)
-    if budget is None or used is None:
-        return False
-    return used >= budget if at_limit else used > budget
-
-
-def _object(answer: Any, *path: str) -> dict[str, Any]:
-    for name in path:
-        answer = answer.get(name) if isinstance(answer, dict) else None
-    return answer if isinstance(answer, dict) else {}
-
-
-def _reset(info: Mapping[str, Any]) -> str | None:
-    value = info.get("budget_reset_at")
-    return value if isinstance(value, str) else None
+    verdict = next((v for _, v in seen if v is not None), state.verdict)
+    refused = _resolve(tuple(spent for spent, _ in seen), recorded, verdict)
+    return BudgetState((*refused, *state.spent), verdict=verdict)
 
 
 def spent_levels(records: Mapping[str, Any]) -> tuple[Spent, ...]:
-    """The spent levels in the admin answers of one principal's chain.
-
-    ``records`` holds what ``AdminLookups.budget_records`` fetched: ``key`` (``/key/info``), ``team``
-    (``/team/info``), ``user`` (``/user/info``, personal keys only), ``end_user`` (``/customer/info``),
-    ``org`` (``/organization/info``); a level that does not apply is missing. Each level compares as
-    LiteLLM's own check does (1.110's ``auth_checks.py``): spend at ``max_budget`` is already spent for a
-    key, a key window, a team member, a user and an organisation; a team and an end user must go past it.
-    The database lags LiteLLM's counters by its batch-write interval; the enforced source does not."""
-    found: list[Spent] = []
-    key = _object(records.get("key"), "info")
-    if _over(key.get("spend"), key.get("max_budget")):
-        found.append(Spent("key", "recorded", _reset(key)))
-    found.extend(_windows(key))
-    team = _object(records.get("team"), "team_info")
-    if _over(team.get("spend"), team.get("max_budget"), at_limit=False):
-        found.append(Spent("team", "recorded", _reset(team)))
-    member = _membership(records.get("team"), key.get("user_id"))
-    budget = _object(member, "litellm_budget_table")
-    if _over(member.get("spend"), budget.get("max_budget")):
-        found.append(Spent("team_member", "recorded", _reset(budget)))
-    user = _object(records.get("user"), "user_info")
-    if _over(user.get("spend"), user.get("max_budget")):
-        found.append(Spent("user", "recorded", _reset(user)))
-    end_user = _object(records, "end_user")
-    budget = _object(end_user, "litellm_budget_table")
-    if _over(end_user.get("spend"), budget.get("max_budget"), at_limit=False):
-        found.append(Spent("end_user", "recorded", _reset(budget)))
-    org = _object(records, "org")
-    budget = _object(org, "litellm_budget_table")
-    if _over(org.get("spend"), budget.get("max_budget")):
-        found.append(Spent("org", "recorded", _reset(budget) or _reset(org)))
-    return tuple(found)
+    """The spent levels in the admin answers of one principal's chain (``levels.chain``)."""
+    return _spent(chain(records))
 
 
-def _membership(team_answer: Any, user_id: Any) -> dict[str, Any]:
-    if not isinstance(user_id, str):
-        return {}
-    members = team_answer.get("team_memberships") if isinstance(team_answer, dict) else None
-    for member in members if isinstance(members, list) else ():
-        if isinstance(member, dict) and member.get("user_id") == user_id:
-            return member
-    return {}
-
-
-def _windows(key: Mapping[str, Any]) -> list[Spent]:
-    """Spent key budget windows: ``budget_limits`` (``[{budget_duration, max_budget, reset_at}]``) against
-    ``budget_limits_usage`` (``{duration: {current_spend}}``), which ``/key/info`` reports from 1.106 on.
-    Before that LiteLLM keeps a window's spend only in its counters: the enforced source sees it."""
-    limits = key.get("budget_limits")
-    if isinstance(limits, str):
-        try:
-            limits = json.loads(limits)
-        except ValueError:
-            return []
-    usage = key.get("budget_limits_usage")
-    found = []
-    for window in limits if isinstance(limits, list) else ():
-        if not isinstance(window, dict):
-            continue
-        duration = window.get("budget_duration")
-        spend = _object(usage, duration).get("current_spend") if isinstance(duration, str) else None
-        if not _over(spend, window.get("max_budget")):
-            continue
-        # No check of ``reset_at`` here: the usage is the counter LiteLLM enforces, which keeps its spend
-        # past ``reset_at`` until LiteLLM's reset job runs (1.110.2 refused a 30 s window long after it).
-        reset = window.get("reset_at")
-        reset = reset if isinstance(reset, str) else None
-        found.append(Spent("key_window", "recorded", reset))
-    return found
+def _spent(levels: tuple[Level, ...]) -> tuple[Spent, ...]:
+    return tuple(Spent(level.scope, "recorded", level.resets_at) for level in levels if level.spent)

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +46,8 @@ _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a dis
 # The largest passed-through answer an observer (``Upstream.notice``) is shown: LiteLLM's error bodies are
 # a few hundred bytes.
 NOTICE_LIMIT = 64 * 1024
+# Shown a passed-through answer (scope, status, body); returns headers to add where it still can.
+Observer = Callable[[Scope, int, bytes], Awaitable[RawHeaders]]
 
 
 class UpstreamUnavailable(Exception):
@@ -127,7 +129,7 @@ class Upstream:
         self._prefix = parts.path.rstrip("/").encode()  # LiteLLM mounted under a path, if any
         self._metrics = metrics
         self._noticed: frozenset[int] = frozenset()
-        self._on_answer: Callable[[Scope, int, bytes], None] | None = None
+        self._on_answer: Observer | None = None
         self._pool = ConnectionPool(
             parts.hostname or "127.0.0.1",
             parts.port or (443 if tls else 80),
@@ -140,11 +142,14 @@ class Upstream:
     async def close(self) -> None:
         self._pool.close()
 
-    def notice(self, statuses: frozenset[int], on_answer: Callable[[Scope, int, bytes], None]) -> None:
-        """Have ``on_answer(scope, status, body)`` called after each passed-through answer whose status is
-        in ``statuses`` and whose body is at most ``NOTICE_LIMIT`` bytes (a small error answer). The
-        answer streams to the caller as always; the sidecar keeps a copy of at most that many bytes,
-        and only of those answers."""
+    def notice(self, statuses: frozenset[int], on_answer: Observer) -> None:
+        """Show ``on_answer(scope, status, body)`` each passed-through answer whose status is in
+        ``statuses`` and whose body is at most ``NOTICE_LIMIT`` bytes (a small error answer).
+
+        An answer that declares such a length (``content-length``) is read whole first and sent with the
+        headers ``on_answer`` returns added - its status and body unchanged. Any other answer streams to the
+        caller as always, the sidecar keeping a copy of at most that many bytes, shown once it is sent.
+        No other answer is held or copied."""
         self._noticed = statuses
         self._on_answer = on_answer
 
@@ -250,14 +255,18 @@ class Upstream:
         headers = downstream_headers(response.headers)
         if response.status in (204, 304):  # no body follows; a length would make the server wait for one
             headers = [(name, value) for name, value in headers if name != b"content-length"]
+        noticed = response.status in self._noticed
+        if noticed and _declared_length(headers) <= NOTICE_LIMIT:
+            await self._annotated(scope, response, headers, send, watch)
+            return
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         chunk = await response.chunk()
-        kept: list[bytes] | None = [] if response.status in self._noticed else None
+        kept: list[bytes] | None = [] if noticed else None
         if response.complete:
             watch.stop()  # the upstream's part is over: nothing left to abandon
             await send({"type": "http.response.body", "body": chunk})
             if kept is not None and len(chunk) <= NOTICE_LIMIT:
-                self._tell(scope, response.status, chunk)
+                await self._tell(scope, response.status, chunk)
             return
         size = 0
         try:
@@ -273,19 +282,47 @@ class Upstream:
             watch.stop()
             await send({"type": "http.response.body", "body": b""})
             if kept is not None:
-                self._tell(scope, response.status, b"".join(kept))
+                await self._tell(scope, response.status, b"".join(kept))
         except UpstreamError as exc:
             # Headers are out; the only honest signal left is an aborted response.
             self._metrics.upstream_errors.labels("stream_broken").inc()
             event(log, logging.WARNING, "upstream_error", kind="stream_broken", error=str(exc))
             raise
 
-    def _tell(self, scope: Scope, status: int, body: bytes) -> None:
+    async def _annotated(
+        self, scope: Scope, response: Response, headers: RawHeaders, send: Send, watch: _CallerWatch
+    ) -> None:
+        """A small noticed answer: read whole, shown to the observer, sent with the headers it adds."""
+        try:
+            body = await response.read()
+        except UpstreamError as exc:
+            watch.stop()
+            error = self._failed(exc, scope["raw_path"])
+            await send_json(send, error.status, error.body())
+            return
+        watch.stop()
+        added = await self._tell(scope, response.status, body)
+        await send({"type": "http.response.start", "status": response.status, "headers": [*headers, *added]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _tell(self, scope: Scope, status: int, body: bytes) -> RawHeaders:
         assert self._on_answer is not None
         try:
-            self._on_answer(scope, status, body)
+            return await self._on_answer(scope, status, body)
         except Exception:
             log.exception("answer observer failed")
+            return []
+
+
+def _declared_length(headers: RawHeaders) -> int:
+    """The ``content-length`` an answer declares; without one, more than any limit."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                break
+    return NOTICE_LIMIT + 1
 
 
 class _CallerWatch:

@@ -9,6 +9,7 @@ those are failures: the integration suite must really run there.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shlex
 import shutil
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -86,7 +88,23 @@ class LiteLLM:
     master_key: str
     keys: dict[str, str]
     logs: Path
+    env: dict[str, str] = field(default_factory=dict)  # the exports of the harness's ``up`` and ``seed``
     sidecars: dict[tuple[object, ...], Sidecar] = field(default_factory=dict)
+
+    def harness(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run a harness command (``phantom``, ``probe``) against this instance."""
+        env = {**os.environ, **self.env}
+        return subprocess.run([str(TOOL), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+    def sidecar_log_text(self, url: str) -> str:
+        """Everything the sidecar at ``url`` has written to stderr so far."""
+        (running,) = [s for s in self.sidecars.values() if s.url == url]
+        return running.log.read_text()
+
+    def sidecar_log(self, url: str) -> list[dict[str, Any]]:
+        """The JSON lines the sidecar at ``url`` has logged so far."""
+        lines = self.sidecar_log_text(url).splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
     def sidecar(self, policy: str, admin_key: str | None = None, **settings: str) -> str:
         """URL of a sidecar process (the console script) in front of this LiteLLM, started on first use;
@@ -147,7 +165,12 @@ def litellm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             pytest.fail(f"litellm-upstream seed failed on {version}: {seed.stderr.strip()[-1500:]}")
         keys = _exports(seed.stdout)
         instance = LiteLLM(
-            version, env["LITELLM_URL"], env["LITELLM_MASTER_KEY"], keys, tmp_path_factory.mktemp(name)
+            version,
+            env["LITELLM_URL"],
+            env["LITELLM_MASTER_KEY"],
+            keys,
+            tmp_path_factory.mktemp(name),
+            {**env, **keys},
         )
         _create_viewer(instance)
         TIMINGS[version] = {"up_s": seeded_at - started, "seed_s": time.monotonic() - seeded_at}

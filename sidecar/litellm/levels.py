@@ -1,0 +1,218 @@
+"""The budget levels of one caller's chain as LiteLLM records them, and what a budget refusal says of them.
+
+A *level* is one budget LiteLLM checks for a caller: the key's own ``max_budget``, each of the key's budget
+windows, its team's, its team membership's, its user's (personal keys), the end user's, the
+organisation's. ``chain`` reads them from LiteLLM's admin answers (``admin.AdminLookups.budget_records``,
+or the same routes asked with the caller's own key): recorded spend, ``max_budget``, reset time, and
+whether the level is spent - compared as LiteLLM's own check does (1.110's ``auth_checks.py``: spend at
+``max_budget`` is already spent for a key, a key window, a team member, a user and an organisation; a team
+and an end user must go past it).
+
+``judge`` weighs one budget refusal against them. LiteLLM enforces budgets from its own spend counters
+(``spend:key:<sha256>``, ``spend:team:<id>``, ...), not from the database; its message states the
+counter ("Current cost: 0.02", "Spend=0.02"). The verdict:
+
+- ``spent``: the refusing level's recorded spend is at its ``max_budget`` too - a real spent budget;
+- ``phantom``: the refusing level's recorded spend is below its ``max_budget`` - LiteLLM's counter runs
+  ahead of its own records (leaked budget reservations, stale counters: LiteLLM #27639, #27735), or the
+  spend is not written yet (LiteLLM writes it in batches; ``budget.py`` waits before it says phantom);
+- ``unknown``: the level cannot be compared (no admin answer, a level the records do not show).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.litellm.budget_errors import UNNAMED, budget_scope, error_of
+
+# Levels that are spent at max_budget already; the others (team, end user) only past it.
+_AT_LIMIT = frozenset({"key", "key_window", "team_member", "user", "org"})
+
+# The figures of LiteLLM's budget messages: "Current cost: 0.02, Max budget: 0.01" (key, team, team member,
+# organisation), "Spend=0.02, Budget=0.01" (user, end user), "Spend=$0.0200, Limit=$0.01" (key window).
+_FIGURES = re.compile(
+    r"(?:Current cost:\s*|Spend=\$?)(?P<spend>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+    r"(?:,\s*(?:Max budget:\s*|Budget=|Limit=\$?)(?P<budget>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?))?"
+)
+_WINDOW = re.compile(r"Key over (\S+) budget")
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One budget level of a caller's chain, as LiteLLM records it."""
+
+    scope: str  # key, key_window, team, team_member, user, end_user, org
+    id: str  # team, user, end-user or organisation id; "team:user" for a member; window duration; "" key
+    spend: float | None
+    max_budget: float
+    resets_at: str | None = None
+
+    @property
+    def spent(self) -> bool:
+        if self.spend is None:
+            return False
+        return self.spend >= self.max_budget if self.scope in _AT_LIMIT else self.spend > self.max_budget
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.max_budget - (self.spend or 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a budget refusal says: ``spent``, ``phantom`` or ``unknown``, for the level that refused."""
+
+    verdict: str
+    scope: str  # the refusing level; "unknown" when LiteLLM's message names none the chain shows
+    enforced: float | None = None  # the spend LiteLLM's message states (its counter)
+    level: Level | None = None  # that level as recorded
+    reason: str = ""  # why ``unknown``
+
+    def fields(self) -> dict[str, Any]:
+        """The verdict as log fields (and the budget view's), without the caller's identity."""
+        level = self.level
+        found: dict[str, Any] = {"verdict": self.verdict, "scope": self.scope, "enforced": self.enforced}
+        if level is not None:
+            found.update(
+                id=level.id, recorded=level.spend, max_budget=level.max_budget, resets_at=level.resets_at
+            )
+        if self.reason:
+            found["reason"] = self.reason
+        return found
+
+
+def stated(body: Any) -> tuple[float | None, float | None]:
+    """The spend and the budget a LiteLLM budget message states, where it states them."""
+    message = (error_of(body) or {}).get("message")
+    match = _FIGURES.search(message) if isinstance(message, str) else None
+    if match is None:
+        return None, None
+    budget = match.group("budget")
+    return float(match.group("spend")), None if budget is None else float(budget)
+
+
+def judge(body: Any, levels: tuple[Level, ...]) -> Verdict:
+    """The verdict on the budget refusal ``body``, against the caller's recorded ``levels``."""
+    enforced, budget = stated(body)
+    scope = budget_scope(body, unnamed=UNNAMED)
+    if scope == UNNAMED:  # LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's budget
+        candidates = [lv for lv in levels if lv.scope in ("key", "team_member")]
+    elif scope == "key_window":
+        window = _WINDOW.search(str((error_of(body) or {}).get("message")))
+        candidates = [lv for lv in levels if lv.scope == scope and (not window or lv.id == window.group(1))]
+    else:
+        candidates = [lv for lv in levels if lv.scope == scope]
+    if not candidates:
+        named = "unknown" if scope in (UNNAMED, "unknown") else scope
+        spent = [lv for lv in levels if lv.spent]
+        if named == "unknown" and spent:  # the message names no level, the records show a spent one
+            return Verdict("spent", spent[0].scope, enforced, spent[0])
+        return Verdict("unknown", named, enforced, reason="the records show no budget at that level")
+    spent = [lv for lv in candidates if lv.spent]
+    candidates = [lv for lv in candidates if lv.spent or lv.spend is not None]
+    if not candidates:  # key budget windows before 1.106: LiteLLM keeps their spend in counters only
+        return Verdict("unknown", scope, enforced, reason="LiteLLM records no spend for that level")
+    if spent:
+        return Verdict("spent", spent[0].scope, enforced, spent[0])
+    # Every level the refusal can mean is within budget as recorded; name the one whose budget it states.
+    level = next((lv for lv in candidates if budget is not None and _same(lv.max_budget, budget)), None)
+    level = level or candidates[0]
+    return Verdict("phantom", level.scope, enforced, level)
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _object(answer: Any, *path: str) -> dict[str, Any]:
+    for name in path:
+        answer = answer.get(name) if isinstance(answer, dict) else None
+    return answer if isinstance(answer, dict) else {}
+
+
+def _reset(info: Mapping[str, Any]) -> str | None:
+    value = info.get("budget_reset_at")
+    return value if isinstance(value, str) else None
+
+
+def _level(scope: str, id_: Any, spend: Any, max_budget: Any, resets_at: str | None) -> list[Level]:
+    budget = _number(max_budget)
+    if budget is None:
+        return []
+    return [Level(scope, id_ if isinstance(id_, str) else "", _number(spend), budget, resets_at)]
+
+
+def chain(records: Mapping[str, Any]) -> tuple[Level, ...]:
+    """Every level with a budget in the admin answers of one caller's chain, the narrowest first.
+
+    ``records`` holds the answers of ``/key/info`` (``key``), ``/team/info`` (``team``), ``/user/info``
+    (``user``, personal keys only), ``/customer/info`` (``end_user``), ``/organization/info`` (``org``);
+    a level that does not apply, or that LiteLLM would not show, is missing."""
+    found: list[Level] = []
+    key = _object(records.get("key"), "info")
+    found += _level("key", "", key.get("spend"), key.get("max_budget"), _reset(key))
+    found += _windows(key)
+    team = _object(records.get("team"), "team_info")
+    found += _level("team", team.get("team_id"), team.get("spend"), team.get("max_budget"), _reset(team))
+    member = _membership(records.get("team"), key.get("user_id"))
+    budget = _object(member, "litellm_budget_table")
+    member_id = f"{member.get('user_id')}:{team.get('team_id')}"
+    found += _level("team_member", member_id, member.get("spend"), budget.get("max_budget"), _reset(budget))
+    user = _object(records.get("user"), "user_info")
+    found += _level("user", user.get("user_id"), user.get("spend"), user.get("max_budget"), _reset(user))
+    end_user = _object(records, "end_user")
+    budget = _object(end_user, "litellm_budget_table")
+    reset = _reset(budget)
+    found += _level(
+        "end_user", end_user.get("user_id"), end_user.get("spend"), budget.get("max_budget"), reset
+    )
+    org = _object(records, "org")
+    budget = _object(org, "litellm_budget_table")
+    reset = _reset(budget) or _reset(org)
+    found += _level("org", org.get("organization_id"), org.get("spend"), budget.get("max_budget"), reset)
+    return tuple(found)
+
+
+def _membership(team_answer: Any, user_id: Any) -> dict[str, Any]:
+    if not isinstance(user_id, str):
+        return {}
+    members = team_answer.get("team_memberships") if isinstance(team_answer, dict) else None
+    for member in members if isinstance(members, list) else ():
+        if isinstance(member, dict) and member.get("user_id") == user_id:
+            return member
+    return {}
+
+
+def _windows(key: Mapping[str, Any]) -> list[Level]:
+    """Key budget windows: ``budget_limits`` (``[{budget_duration, max_budget, reset_at}]``) against
+    ``budget_limits_usage`` (``{duration: {current_spend}}``), which ``/key/info`` reports from 1.106 on.
+    Before that LiteLLM keeps a window's spend only in its counters (spend ``None`` here): the enforced
+    source sees it. No check of ``reset_at``: the usage is the counter LiteLLM enforces, which keeps its
+    spend past ``reset_at`` until LiteLLM's reset job runs (1.110.2 refused a 30 s window long after it)."""
+    limits = key.get("budget_limits")
+    if isinstance(limits, str):
+        try:
+            limits = json.loads(limits)
+        except ValueError:
+            return []
+    usage = key.get("budget_limits_usage")
+    found = []
+    for window in limits if isinstance(limits, list) else ():
+        if not isinstance(window, dict) or not isinstance(window.get("budget_duration"), str):
+            continue
+        duration = window["budget_duration"]
+        spend = _object(usage, duration).get("current_spend")
+        reset = window.get("reset_at")
+        reset = reset if isinstance(reset, str) else None
+        found += _level("key_window", duration, spend, window.get("max_budget"), reset)
+    return found
