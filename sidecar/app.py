@@ -6,8 +6,9 @@ The app owns its HTTP clients through the ASGI lifespan: the pooled HTTP/1.1 cli
 (``upstream.py``, ``http1.py``) and one ``httpx.AsyncClient`` for the admin look-ups (``admin.py``).
 
 Its own routes are named so as not to shadow any LiteLLM route and are never passed through:
-``/healthz`` (liveness, no upstream call), ``/readyz`` (LiteLLM reachable and, when the policy needs it,
-the admin credential accepted; false as soon as shutdown begins) and ``/sidecar/metrics`` (Prometheus).
+``/healthz`` (liveness, no upstream call), ``/readyz`` (LiteLLM reachable and, when an admin key is set,
+the admin credential accepted; false as soon as shutdown begins), ``/sidecar/metrics`` (Prometheus) and
+``/sidecar/v1/budget`` (a caller's own budget, ``budget_view.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from sidecar import budget_view
+from sidecar.budget_view import BudgetView
 from sidecar.discovery import Discovery
 from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.litellm.budget import BudgetBook
@@ -30,7 +33,7 @@ from sidecar.types import Receive, Scope, Send
 HEALTHZ = b"/healthz"
 READYZ = b"/readyz"
 METRICS = b"/sidecar/metrics"
-_OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS})
+_OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS, budget_view.ROUTE})
 
 
 class SidecarApp:
@@ -49,6 +52,7 @@ class SidecarApp:
         self.admin: AdminLookups | None = None
         self.budget: BudgetBook | None = None
         self.discovery: Discovery | None = None  # built at start-up, with the clients
+        self.budget_view: BudgetView | None = None
         self.draining = False  # set when shutdown begins: readiness goes false first
 
     async def startup(self) -> None:
@@ -75,6 +79,7 @@ class SidecarApp:
             self.metrics,
             render_ttl=min(settings.catalog_ttl, settings.scope_ttl),
         )
+        self.budget_view = BudgetView(self.upstream, self.admin, self.budget)
         if self.admin is not None:
             self.metrics.watch_caches(
                 views=self.admin.views,
@@ -115,7 +120,7 @@ class SidecarApp:
         if kind == "http":
             raw_path = scope["raw_path"] or scope["path"].encode()
             if raw_path in _OWN_ROUTES:
-                await self._own_route(raw_path, send)
+                await self._own_route(raw_path, scope, send)
                 return
             route = match_discovery(scope["method"], raw_path)
             if route is None:
@@ -128,8 +133,11 @@ class SidecarApp:
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "not supported by the sidecar"})
 
-    async def _own_route(self, raw_path: bytes, send: Send) -> None:
-        if raw_path == HEALTHZ:
+    async def _own_route(self, raw_path: bytes, scope: Scope, send: Send) -> None:
+        if raw_path == budget_view.ROUTE:
+            assert self.budget_view is not None, "the lifespan start-up did not run"
+            await self.budget_view.handle(scope, send)
+        elif raw_path == HEALTHZ:
             await send_json(send, 200, b'{"status":"ok"}')
         elif raw_path == READYZ:
             ready, report = await self.readiness()

@@ -16,7 +16,7 @@ from types import FrameType
 
 import uvicorn
 
-from sidecar import logs
+from sidecar import doctor, logs
 from sidecar.app import SidecarApp, create_app
 from sidecar.proxy.inbound import bounded_protocol
 from sidecar.settings import Settings, SettingsError, load_settings
@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="litellm-budget-sidecar",
         description="Reverse proxy beside LiteLLM that keeps model discovery working when a budget is spent.",
+        epilog="litellm-budget-sidecar doctor --key sk-... diagnoses one key's budget (doctor --help).",
     )
     parser.add_argument("--config", metavar="PATH", help="YAML settings file (also SIDECAR_CONFIG)")
     parser.add_argument("--upstream-url", help="LiteLLM's URL (default http://127.0.0.1:4000)")
@@ -63,6 +64,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["doctor"]:
+        return doctor.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)

@@ -205,9 +205,11 @@ class BudgetBook:
         """The budget refusal ``body`` judged against ``who``'s recorded chain (``levels.judge``)."""
         if who is None:
             return _unjudged(body, "the request carries no credential")
-        return self._judge(who, body, await self._source("recorded", self.levels(who)))
+        return self.judge_refusal(who, body, await self._source("recorded", self.levels(who)))
 
-    def _judge(self, who: Principal, body: Any, levels: tuple[Level, ...] | str) -> Verdict:
+    def judge_refusal(self, who: Principal, body: Any, levels: tuple[Level, ...] | str) -> Verdict:
+        """``levels.judge``; a phantom only once it has lasted ``phantom_after``. ``levels`` may be the
+        reason they could not be read: then the verdict is unknown."""
         if isinstance(levels, str):
             return _unjudged(body, levels)
         verdict = judge(body, levels)
@@ -267,7 +269,7 @@ class BudgetBook:
         status, body = await probe()
         if is_budget_error(status, body):
             return (Spent(budget_scope(body, unnamed=UNNAMED), "enforced"),), body
-        if status == 200 or _no_cursor_credentials(status, body):
+        if status == 200 or past_budget_checks(status, body):
             return (), None  # past LiteLLM's budget checks
         raise SourceFailed(f"{PROBE_ROUTE} answered {status}")
 
@@ -299,7 +301,7 @@ class BudgetBook:
                 return BudgetState(known=False, reason=f"enforced: {reading}; recorded: {levels}")
             return BudgetState(recorded)
         enforced, refusal = reading
-        verdict = self._judge(who, refusal, levels)
+        verdict = self.judge_refusal(who, refusal, levels)
         return BudgetState(_resolve(enforced, recorded, verdict), verdict=verdict)
 
     async def _source(self, name: str, answer: Awaitable[T]) -> T | str:
@@ -327,7 +329,7 @@ def _seen_state(seen: Seen) -> BudgetState:
     return BudgetState(tuple(s for s, _ in seen), verdict=verdicts[0] if verdicts else None)
 
 
-def _no_cursor_credentials(status: int, body: Any) -> bool:
+def past_budget_checks(status: int, body: Any) -> bool:
     """LiteLLM up to 1.88 answers a caller past its budget checks 401 "Cursor API key not found" on the
     probe route when no Cursor credentials are configured: past the budget checks, so within budget."""
     detail = body.get("detail") if isinstance(body, dict) else None

@@ -46,7 +46,7 @@ class Level:
     """One budget level of a caller's chain, as LiteLLM records it."""
 
     scope: str  # key, key_window, team, team_member, user, end_user, org
-    id: str  # team, user, end-user or organisation id; "team:user" for a member; window duration; "" key
+    id: str  # team, user, end-user or organisation id; "user:team" for a member; window duration; "" key
     spend: float | None
     max_budget: float
     resets_at: str | None = None
@@ -60,6 +60,19 @@ class Level:
     @property
     def remaining(self) -> float:
         return max(0.0, self.max_budget - (self.spend or 0.0))
+
+    def shown(self, blocking: bool) -> dict[str, Any]:
+        """The level as the budget view and ``doctor`` show it; ``blocking``: LiteLLM refuses at it now."""
+        return {
+            "scope": self.scope,
+            "id": self.id,
+            "spend": self.spend,
+            "max_budget": self.max_budget,
+            "remaining": self.remaining,
+            "resets_at": self.resets_at,
+            "spent": self.spent,
+            "blocking": blocking,
+        }
 
 
 @dataclass(frozen=True, slots=True)

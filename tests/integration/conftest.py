@@ -96,6 +96,21 @@ class LiteLLM:
         env = {**os.environ, **self.env}
         return subprocess.run([str(TOOL), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
+    def doctor(self, key: str, *args: str, admin_key: str | None = None) -> tuple[int, str, str]:
+        """``litellm-budget-sidecar doctor --key - ARGS`` (the console script, the key on stdin) against
+        this LiteLLM: (exit code, stdout, stderr)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        env.update(SIDECAR_UPSTREAM_URL=self.url, SIDECAR_ADMIN_KEY=admin_key or self.master_key)
+        done = subprocess.run(
+            [str(SIDECAR), "doctor", "--key", "-", *args],
+            input=key + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        return done.returncode, done.stdout, done.stderr
+
     def sidecar_log_text(self, url: str) -> str:
         """Everything the sidecar at ``url`` has written to stderr so far."""
         (running,) = [s for s in self.sidecars.values() if s.url == url]

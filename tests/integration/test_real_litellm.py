@@ -10,6 +10,7 @@ byte; a caller within budget gets LiteLLM's answer byte for byte.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tests.seeded import (
     ACCESS,
     ALL_MODELS,
     BROKE,
+    END_USER_BROKE,
     END_USER_HEADER,
     FREE_MODELS,
     LIST_ROUTES,
@@ -303,6 +305,95 @@ def test_each_source_alone_sees_each_spent_level(litellm: LiteLLM, principal: st
 
 def test_healthy_callers_are_within_on_both_sources(litellm: LiteLLM) -> None:
     assert _sources(litellm, "KEY_HEALTHY") == ((), ())
+
+
+# Levels LiteLLM shows only an admin: the caller's budget view leaves them out.
+ADMIN_ONLY_LEVELS = {"end_user", "org"}
+
+
+@pytest.mark.parametrize("principal", [*BROKE, "KEY_HEALTHY"])
+def test_each_caller_sees_its_own_budget(litellm: LiteLLM, principal: str) -> None:
+    url = litellm.sidecar("free_only", phantom_after="0")
+    hidden = SCOPE.get(principal) in ADMIN_ONLY_LEVELS or (
+        principal == "KEY_WINDOW_BROKE" and litellm.version in WINDOW_UNRECORDED
+    )
+    expected = "within" if principal == "KEY_HEALTHY" else "unknown" if hidden else "spent"
+    # Right after seeding, LiteLLM's records may lag its counters (it writes spend in batches): with
+    # phantom_after 0 the view says phantom until they agree.
+    deadline = time.monotonic() + 30
+    while True:
+        answer = httpx.get(url + "/sidecar/v1/budget", headers=auth(litellm, principal), timeout=30)
+        assert answer.status_code == 200, answer.text
+        view = answer.json()
+        if view["verdict"] == expected or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    REPORT[f"{litellm.version} budget view {principal}"] = view["verdict"]
+    assert not {level["scope"] for level in view["levels"]} & ADMIN_ONLY_LEVELS
+    if principal == "KEY_HEALTHY":
+        assert (view["verdict"], view["refused"], view["usable_models"]) == ("within", None, ALL_MODELS)
+        return
+    assert view["refused"]["scope"] in (SCOPE[principal], "key")  # <= 1.88 names no level for a member
+    assert view["usable_models"] == expected_models(principal, "free_only")
+    blocking = [level for level in view["levels"] if level["blocking"]]
+    if hidden:
+        assert (view["verdict"], blocking) == ("unknown", [])
+        return
+    assert view["verdict"] == "spent"
+    (level,) = blocking
+    assert level["scope"] == SCOPE[principal]
+    assert level["spend"] >= level["max_budget"] and level["remaining"] == 0
+
+
+def doctor_args(litellm: LiteLLM, principal: str) -> tuple[str, list[str]]:
+    """The key ``principal`` calls with, and the doctor's ``--end-user`` for the end user it names."""
+    if principal == "END_USER_BROKE":
+        return litellm.keys["KEY_END_USER_CALLER"], ["--end-user", END_USER_BROKE]
+    return litellm.keys[principal], []
+
+
+@pytest.mark.parametrize("principal", [*BROKE, "KEY_HEALTHY"])
+def test_the_doctor_finds_each_genuinely_spent_key_consistent(litellm: LiteLLM, principal: str) -> None:
+    key, extra = doctor_args(litellm, principal)
+    unrecorded = principal == "KEY_WINDOW_BROKE" and litellm.version in WINDOW_UNRECORDED
+    expected = "within" if principal == "KEY_HEALTHY" else "unknown" if unrecorded else "spent"
+    deadline = time.monotonic() + 30  # LiteLLM's records may lag its counters right after seeding
+    while True:
+        code, out, err = litellm.doctor(key, *extra, "--json")
+        assert code in (0, 1, 2) and key not in out + err
+        found = json.loads(out)
+        if found["verdict"] == expected or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    REPORT[f"{litellm.version} doctor {principal}"] = f"{found['verdict']} (exit {code})"
+    assert (found["verdict"], code) == (expected, {"within": 0, "spent": 0, "unknown": 2}[expected])
+    assert found["litellm"]["version"] == litellm.version
+    if principal == "KEY_HEALTHY":
+        assert found["refused"] is None and found["models"]["accessible"] == ALL_MODELS
+        assert found["policies"]["free_only"] == found["policies"]["all"] == ALL_MODELS
+        return
+    assert found["models"]["accessible"] == expected_models(principal, "all")
+    assert found["refused"]["scope"] in (SCOPE[principal], "key")  # <= 1.88 names no level for a member
+    assert found["policies"]["free_only"] == expected_models(principal, "free_only")
+    if not unrecorded:
+        (level,) = [level for level in found["levels"] if level["blocking"]]
+        assert level["scope"] == SCOPE[principal]
+        assert level["spend"] >= level["max_budget"] and level["remaining"] == 0
+
+
+def test_the_doctor_cannot_diagnose_a_key_litellm_does_not_know(litellm: LiteLLM) -> None:
+    code, out, err = litellm.doctor("sk-nobody-knows-this-key")
+    assert (code, out) == (2, "")
+    assert err.startswith("litellm-budget-sidecar doctor: LiteLLM does not accept this key: ")
+    assert " answered 401 " in err and err.count("\n") == 1
+    assert "sk-nobody-knows-this-key" not in err
+
+
+def test_the_doctor_says_when_litellm_refuses_its_admin_key(litellm: LiteLLM) -> None:
+    code, out, err = litellm.doctor(litellm.keys["KEY_TEAM_BROKE"], admin_key="sk-not-an-admin-key")
+    assert (code, out) == (2, "")
+    assert err.startswith("litellm-budget-sidecar doctor: LiteLLM refuses the admin key: ")
+    assert "sk-not-an-admin-key" not in err and err.count("\n") == 1
 
 
 def test_a_budget_raised_in_litellm_clears_within_budget_ttl(litellm: LiteLLM) -> None:

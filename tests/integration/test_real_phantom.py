@@ -9,6 +9,8 @@ session parameter) and puts the key back as it was: the other tests see the seed
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +19,7 @@ import httpx
 import pytest
 
 from sidecar.litellm.budget_errors import is_budget_error
-from tests.integration.conftest import LiteLLM, _exports
+from tests.integration.conftest import REPORT, LiteLLM, _exports
 from tests.seeded import FREE_MODELS
 
 pytestmark = pytest.mark.integration
@@ -92,6 +94,68 @@ def test_discovery_follows_the_refusal_and_says_it_is_a_phantom(
     assert len(marked.json()["data"]) == 4 and marked.headers["x-sidecar-budget-phantom"] == "true"
 
 
+def test_the_callers_budget_view_shows_the_phantom(litellm: LiteLLM, phantom: dict[str, str]) -> None:
+    url = litellm.sidecar("free_only", phantom_after="0")
+    answer = httpx.get(url + "/sidecar/v1/budget", headers=caller(phantom), timeout=30)
+    assert answer.status_code == 200, answer.text
+    view = answer.json()
+    assert view["verdict"] == "phantom"
+    assert view["refused"]["enforced"] == pytest.approx(float(phantom["PHANTOM_ENFORCED_SPEND"]))
+    (key,) = [level for level in view["levels"] if level["blocking"]]
+    assert key["scope"] == "key"
+    assert key["spend"] == pytest.approx(float(phantom["PHANTOM_DB_SPEND"]))
+    assert key["max_budget"] == pytest.approx(float(phantom["PHANTOM_MAX_BUDGET"]))
+    assert key["remaining"] == pytest.approx(key["max_budget"] - key["spend"])
+    assert view["usable_models"] == FREE_MODELS
+
+
+def test_the_doctor_calls_it_a_phantom_and_names_litellms_counter(
+    litellm: LiteLLM, phantom: dict[str, str]
+) -> None:
+    code, out, err = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    assert phantom["PHANTOM_KEY"] not in out + err
+    found = json.loads(out)
+    REPORT[f"{litellm.version} doctor on a phantom"] = f"{found['verdict']} (exit {code})"
+    assert (code, found["verdict"]) == (1, "phantom")
+    assert found["refused"]["status"] == int(phantom["PHANTOM_ERROR_STATUS"])
+    assert found["refused"]["message"] == phantom["PHANTOM_ERROR_MESSAGE"]
+    assert found["refused"]["enforced"] == pytest.approx(float(phantom["PHANTOM_ENFORCED_SPEND"]))
+    (key,) = [level for level in found["levels"] if level["blocking"]]
+    assert key["scope"] == "key"
+    assert key["spend"] == pytest.approx(float(phantom["PHANTOM_DB_SPEND"]))
+    assert key["max_budget"] == pytest.approx(float(phantom["PHANTOM_MAX_BUDGET"]))
+    assert found["policies"]["free_only"] == FREE_MODELS
+    # The counter it names is the one the harness left ahead of the records.
+    assert repr(phantom["PHANTOM_COUNTER_KEY"]) in "\n".join(found["advice"])
+    code, table, _ = litellm.doctor(phantom["PHANTOM_KEY"])
+    assert code == 1
+    figures = [float(phantom[f"PHANTOM_{name}"]) for name in ("ENFORCED_SPEND", "DB_SPEND", "MAX_BUDGET")]
+    said = "verdict: PHANTOM - LiteLLM enforces {:g} at the key level, its records say {:g} of {:g}"
+    assert said.format(*figures) in " ".join(table.split())
+
+
+def test_the_doctors_advice_clears_the_phantom_where_litellm_has_a_route_for_it(
+    litellm: LiteLLM, phantom: dict[str, str]
+) -> None:
+    _, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    advice = "\n".join(json.loads(out)["advice"])
+    route = re.search(r"POST (/\S+) with (\{.*?\})", advice)
+    if tuple(int(part) for part in litellm.version.split(".")) < (1, 106):
+        assert route is None
+        assert f"No LiteLLM route resets this counter on {litellm.version}" in advice
+        return
+    assert route is not None, advice
+    admin = {"Authorization": f"Bearer {litellm.master_key}"}
+    cleared = httpx.post(litellm.url + route[1], content=route[2], headers=admin, timeout=30)
+    assert cleared.status_code == 200, cleared.text
+    code, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    assert (code, json.loads(out)["verdict"]) == (0, "within")  # LiteLLM serves the key again
+    # Make it a phantom again for what follows (the harness spends until LiteLLM refuses it).
+    made = litellm.harness("phantom", "--principal", PRINCIPAL, "--hold", "3")
+    assert made.returncode == 0, made.stderr[-2000:]
+    phantom.update(_exports(made.stdout))
+
+
 def test_the_verdict_turns_back_to_spent_when_the_records_agree(
     litellm: LiteLLM, phantom: dict[str, str]
 ) -> None:
@@ -108,6 +172,10 @@ def test_the_verdict_turns_back_to_spent_when_the_records_agree(
             break
         assert time.monotonic() < deadline, "the sidecar kept calling a healed refusal a phantom"
     assert refusals(litellm, url)[-1]["verdict"] == "spent"
+    view = httpx.get(url + "/sidecar/v1/budget", headers=caller(phantom), timeout=30).json()
+    assert view["verdict"] == "spent"
     models = httpx.get(url + "/v1/models", headers=caller(phantom), timeout=30)
     assert "x-sidecar-budget-phantom" not in models.headers
     assert models.headers["x-sidecar-budget-exceeded"] == "true"
+    code, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    assert (code, json.loads(out)["verdict"]) == (0, "spent")

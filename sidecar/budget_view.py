@@ -1,0 +1,112 @@
+"""``GET /sidecar/v1/budget``: a caller's own budget, asked with its own key (LiteLLM #31824).
+
+The answer, JSON::
+
+    {"verdict": "within" | "spent" | "phantom" | "unknown",
+     "refused": null | {"scope", "enforced", "message"},
+     "levels": [{"scope", "id", "spend", "max_budget", "remaining", "resets_at", "spent",
+                 "blocking"}],
+     "usable_models": ["free-model", ...] | null}
+
+- Who the caller is, and whether LiteLLM refuses it now, come from LiteLLM itself: the probe route
+  (``/cursor/v1/models``, budget-checked on every version, spends nothing) asked with the caller's own
+  headers. A bad or missing key gets LiteLLM's own 401 (or whatever LiteLLM answered that is neither a
+  budget error nor a pass), unchanged.
+- ``levels`` are read from the sidecar's admin look-ups (cached, ``levels.chain``) and cut to what
+  LiteLLM shows that same caller with its own key on ``/key/info``, ``/team/info`` and ``/user/info``: its
+  key and the key's budget windows, its team and its own team membership, its own user for a personal key.
+  Never another key, user or team; never an end user's or an organisation's record (``/customer/info`` is
+  admin-only on every LiteLLM, ``/organization/info`` needs an organisation admin) - for those the caller
+  learns only what LiteLLM's refusal already told it (``refused``). LiteLLM up to 1.88 budget-checks its own
+  info routes, so a spent caller cannot read them there; the sidecar shows the same levels on every version.
+- ``blocking`` marks the level LiteLLM refuses the caller at now; ``verdict`` judges that refusal against
+  the visible levels only (``BudgetBook.judge_refusal``): nothing of a level the caller may not see.
+- ``usable_models``: what the caller may call now - every model it may access, or only the free ones
+  while LiteLLM refuses it (``null`` without an admin credential).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sidecar.litellm.admin import AdminLookups, LookupFailed
+from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, past_budget_checks, principal_of
+from sidecar.litellm.budget_errors import budget_scope, error_of, is_budget_error
+from sidecar.litellm.levels import Level, chain, stated
+from sidecar.logs import event
+from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable, send_json
+from sidecar.types import Scope, Send
+
+log = logging.getLogger("sidecar.budget_view")
+
+ROUTE = b"/sidecar/v1/budget"
+# Levels LiteLLM shows a caller with its own key (its /key/info, /team/info and /user/info).
+_OWN_LEVELS = frozenset({"key", "key_window", "team", "team_member", "user"})
+
+
+class BudgetView:
+    def __init__(self, upstream: Upstream, admin: AdminLookups | None, budget: BudgetBook) -> None:
+        self._upstream = upstream
+        self._admin = admin
+        self._budget = budget
+
+    async def handle(self, scope: Scope, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            body = json.dumps({"error": {"message": "use GET", "type": "invalid_request_error"}})
+            await send_json(send, 405, body.encode())
+            return
+        try:
+            asked = await self._upstream.fetch(scope, PROBE_ROUTE.encode(), b"")
+        except UpstreamUnavailable as exc:
+            await send_json(send, exc.status, exc.body())
+            return
+        refusal = asked.json(limit=64 * 1024) if 400 <= asked.status < 500 else None
+        refused = is_budget_error(asked.status, refusal)
+        who = principal_of(scope)
+        if who is None or not (refused or asked.status == 200 or past_budget_checks(asked.status, refusal)):
+            await _send_answer(send, asked)  # LiteLLM's own answer: 401 for a bad or missing key
+            return
+        report = await self._report(who, refusal if refused else None)
+        await send_json(send, 200, json.dumps(report, separators=(",", ":")).encode())
+
+    async def _report(self, who: Principal, refusal: Any) -> dict[str, Any]:
+        levels: tuple[Level, ...] = ()
+        usable: list[str] | None = None
+        if self._admin is not None and who.virtual_key:
+            try:
+                records = await self._admin.budget_records(who.token, None)
+                levels = tuple(level for level in chain(records) if level.scope in _OWN_LEVELS)
+                usable = await self._usable(who.token, free=refusal is not None)
+            except LookupFailed as exc:
+                event(log, logging.WARNING, "budget_view_incomplete", reason=str(exc), key=who.label)
+        refused = None
+        verdict = "within"
+        blocking = None
+        if refusal is not None:
+            judged = self._budget.judge_refusal(who, refusal, levels)
+            verdict, blocking = judged.verdict, judged.level
+            message = (error_of(refusal) or {}).get("message")
+            refused = {
+                "scope": budget_scope(refusal),
+                "enforced": stated(refusal)[0],
+                "message": message if isinstance(message, str) else None,
+            }
+        return {
+            "verdict": verdict,
+            "refused": refused,
+            "levels": [level.shown(level == blocking) for level in levels],
+            "usable_models": usable,
+        }
+
+    async def _usable(self, token: str, free: bool) -> list[str]:
+        assert self._admin is not None
+        catalog = await self._admin.catalog()
+        access = (await self._admin.scope(token)).allowed(catalog)
+        return [name for name in catalog.names if access.allows(name) and (not free or catalog.is_free(name))]
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+    await send({"type": "http.response.body", "body": answer.body})
