@@ -10,7 +10,8 @@ It asks LiteLLM three things and compares them:
 - **what each policy would answer**: the models the key may access and which of them are free, and
   LiteLLM's own ``GET /v1/models`` for that key (what ``blocked`` passes on).
 
-The verdict (``levels.judge``, without the sidecar's ``phantom_after`` grace: the operator asks now):
+The verdict (``levels.judge``; a disagreement is asked again for up to ``--settle`` seconds, 15, as
+LiteLLM's records lag its counters by its batch write - the sidecar's ``phantom_after`` in small):
 
 ======================  ==================================================================  =====
 ``within``              LiteLLM serves the key and no level is recorded as spent            0
@@ -33,7 +34,8 @@ import json
 import re
 import sys
 import textwrap
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -49,6 +51,8 @@ from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, load_settings
 
 EXIT = {"within": 0, "spent": 0, "phantom": 1, "inconsistent": 1, "unknown": 2}
+DISAGREE = ("phantom", "inconsistent")  # LiteLLM's records and what it enforces part
+SETTLE = 15.0  # seconds: LiteLLM's batch write (10 s by default) and a margin
 END_USER_HEADER = "x-litellm-end-user-id"
 
 
@@ -67,6 +71,7 @@ class Diagnosis:
     models: dict[str, list[str]]
     policies: dict[str, Any]
     advice: list[str] = field(default_factory=list)
+    waited: float = 0.0  # seconds spent waiting for the records to agree
 
     @property
     def exit_code(self) -> int:
@@ -77,6 +82,7 @@ class Diagnosis:
             "verdict": self.verdict,
             "reason": self.reason,
             "exit_code": self.exit_code,
+            "waited": self.waited,
             "litellm": self.litellm,
             "key": self.key,
             "refused": self.refused,
@@ -95,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", required=True, help="the virtual key to diagnose; '-' reads it from stdin")
     parser.add_argument("--end-user", help="the end user (customer) the key's requests name")
     parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE,
+        metavar="SECONDS",
+        help="how long to wait for LiteLLM's records to catch up with a refusal they do not bear out "
+        f"(LiteLLM writes spend in batches; default {SETTLE:g})",
+    )
     parser.add_argument("--config", metavar="PATH", help="YAML settings file (also SIDECAR_CONFIG)")
     parser.add_argument("--upstream-url", help="LiteLLM's URL (default SIDECAR_UPSTREAM_URL)")
     parser.add_argument("--admin-key", help="admin credential; prefer SIDECAR_ADMIN_KEY (flags show in ps)")
@@ -109,7 +123,9 @@ def main(argv: Sequence[str]) -> int:
         if not key:
             raise CannotDiagnose("--key is empty")
         settings = _settings(args)
-        diagnosis = asyncio.run(diagnose(settings, key, args.end_user or None))
+        if not 0 <= args.settle <= 600:
+            raise CannotDiagnose("--settle must be between 0 and 600 seconds")
+        diagnosis = asyncio.run(diagnose(settings, key, args.end_user or None, args.settle, _waiting))
     except (CannotDiagnose, SettingsError) as exc:
         print(f"litellm-budget-sidecar doctor: {exc}", file=sys.stderr)
         return 2
@@ -127,7 +143,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-async def diagnose(settings: Settings, key: str, end_user: str | None) -> Diagnosis:
+def _waiting(settle: float) -> None:
+    print(
+        f"litellm-budget-sidecar doctor: LiteLLM's records disagree with what it enforces; LiteLLM writes "
+        f"spend in batches, so checking again for up to {settle:g} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def diagnose(
+    settings: Settings,
+    key: str,
+    end_user: str | None,
+    settle: float = 0.0,
+    waiting: Callable[[float], None] = lambda settle: None,
+) -> Diagnosis:
+    """Diagnose ``key``; a disagreement (``phantom``, ``inconsistent``) is checked again every 2 s for up
+    to ``settle`` seconds (``waiting`` is told once), as LiteLLM's records lag its counters by its batch
+    write (``proxy_batch_write_at``, 10 s by default)."""
     assert settings.admin_key is not None
     timeout = httpx.Timeout(settings.admin_timeout, connect=settings.connect_timeout)
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
@@ -139,7 +173,24 @@ async def diagnose(settings: Settings, key: str, end_user: str | None) -> Diagno
     )
     async with caller, admin_client:
         admin = AdminLookups(admin_client, 0, 0, Metrics(), settings.free_models, budget_ttl=0)
-        return await _diagnose(settings.upstream_url, caller, admin, key, end_user)
+        started, waited = time.monotonic(), 0.0
+        while True:
+            diagnosis = await _diagnose(settings.upstream_url, caller, admin, key, end_user)
+            left = settle - (time.monotonic() - started)
+            if diagnosis.verdict not in DISAGREE or left <= 0:
+                break
+            if not waited:
+                waiting(settle)
+            pause = min(2.0, left)
+            await asyncio.sleep(pause)
+            waited += pause
+        diagnosis.waited = round(waited, 1)
+        if diagnosis.verdict in DISAGREE:
+            diagnosis.advice.append(
+                f"The records still disagreed after {diagnosis.waited:g} s (--settle {settle:g}); LiteLLM "
+                "writes spend to its database every proxy_batch_write_at seconds (10 by default)."
+            )
+        return diagnosis
 
 
 async def _diagnose(
@@ -209,8 +260,7 @@ async def _diagnose(
         diagnosis.advice = phantom_advice(version, blocking, token)
     elif verdict == "inconsistent":
         diagnosis.advice = [
-            "Check the level's reset time; LiteLLM's reset job writes the records after it resets counters.",
-            "Run again in a minute: LiteLLM writes spend to its database in batches.",
+            "Check the level's reset time: LiteLLM's reset job writes the records after it resets counters."
         ]
     return diagnosis
 
@@ -336,10 +386,6 @@ def phantom_advice(version: str | None, level: Level, token: str) -> list[str]:
             "general_settings.fail_closed_budget_enforcement: true makes LiteLLM check its database when "
             "it cannot verify a counter, and refuse when it cannot (LiteLLM >= 1.106)."
         )
-    advice.append(
-        "LiteLLM writes spend to its database in batches (proxy_batch_write_at, 10 s by default): a key "
-        "refused seconds ago may look like a phantom until then; run the doctor again."
-    )
     return advice
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -98,9 +99,9 @@ def test_a_phantom_exits_1_with_what_clears_it_on_that_version(
 ) -> None:
     fake.use_version(version)
     spend = lower(fake, principal)
-    code, out, _ = doctor(*args_for(principal), "--json")
+    code, out, err = doctor(*args_for(principal), "--json", "--settle", "0")
     found = json.loads(out)
-    assert (code, found["verdict"]) == (1, "phantom")
+    assert (code, found["verdict"], found["waited"], err) == (1, "phantom", 0, "")
     (blocking,) = [level for level in found["levels"] if level["blocking"]]
     assert (blocking["scope"], blocking["spend"]) == (SCOPE[principal], spend)
     advice = "\n".join(found["advice"])
@@ -120,7 +121,7 @@ def test_a_phantom_exits_1_with_what_clears_it_on_that_version(
 def test_the_table_shows_the_chain_the_refusing_level_and_each_policy(doctor: Any, fake: FakeLiteLLM) -> None:
     fake.use_version("1.110.2")
     lower(fake, "KEY_TEAM_BROKE")
-    code, out, _ = doctor("--key", KEYS["KEY_TEAM_BROKE"])
+    code, out, _ = doctor("--key", KEYS["KEY_TEAM_BROKE"], "--settle", "0")
     assert code == 1
     lines = out.splitlines()
     assert lines[0] == f"LiteLLM 1.110.2 at {fake.url}"  # type: ignore[attr-defined]
@@ -143,10 +144,51 @@ def test_a_key_litellm_serves_while_its_records_say_spent_is_inconsistent(
     fake.answer(
         "GET", "/cursor/v1/models", 200, {"object": "list", "data": []}
     )  # the counter lags the records
-    code, out, _ = doctor("--key", KEYS["KEY_TEAM_BROKE"], "--json")
+    code, out, _ = doctor("--key", KEYS["KEY_TEAM_BROKE"], "--json", "--settle", "0")
     found = json.loads(out)
     assert (code, found["verdict"], found["refused"]) == (1, "inconsistent", None)
     assert "team budget spent" in found["reason"]
+
+
+def test_a_phantom_is_asked_again_while_litellm_may_still_be_writing_its_spend(
+    doctor: Any, fake: FakeLiteLLM
+) -> None:
+    """Right after a key crosses its budget LiteLLM's records lag its counter by its batch write: the
+    doctor asks again before it calls that a phantom."""
+    fake.use_version("1.110.2")
+    before = set(fake.overrides)
+    lower(fake, "KEY_TEAM_BROKE")  # the records as they are before LiteLLM's batch write
+    (lagging,) = set(fake.overrides) - before
+    threading.Timer(1.0, fake.overrides.pop, (lagging,)).start()  # ... and after it
+    code, out, err = doctor("--key", KEYS["KEY_TEAM_BROKE"], "--json", "--settle", "10")
+    found = json.loads(out)
+    assert (code, found["verdict"]) == (0, "spent")
+    assert 1 <= found["waited"] < 10
+    assert err == (
+        "litellm-budget-sidecar doctor: LiteLLM's records disagree with what it enforces; LiteLLM writes "
+        "spend in batches, so checking again for up to 10 s\n"
+    )
+
+
+def test_a_phantom_that_outlasts_the_wait_says_how_long_it_waited(doctor: Any, fake: FakeLiteLLM) -> None:
+    fake.use_version("1.109.1")
+    lower(fake, "KEY_KEY_BROKE")
+    code, out, err = doctor("--key", KEYS["KEY_KEY_BROKE"], "--json", "--settle", "1")
+    found = json.loads(out)
+    assert (code, found["verdict"], err.count("\n")) == (1, "phantom", 1)
+    assert 0 < found["waited"] <= 1
+    assert found["advice"][-1].startswith(
+        f"The records still disagreed after {found['waited']:g} s (--settle 1)"
+    )
+
+
+@pytest.mark.parametrize("settle", ["-1", "601"])
+def test_a_settle_out_of_range_exits_2(doctor: Any, settle: str) -> None:
+    assert doctor("--key", KEYS["KEY_HEALTHY"], "--settle", settle) == (
+        2,
+        "",
+        "litellm-budget-sidecar doctor: --settle must be between 0 and 600 seconds\n",
+    )
 
 
 def test_the_key_may_come_from_stdin_so_it_stays_out_of_ps(

@@ -112,7 +112,7 @@ def test_the_callers_budget_view_shows_the_phantom(litellm: LiteLLM, phantom: di
 def test_the_doctor_calls_it_a_phantom_and_names_litellms_counter(
     litellm: LiteLLM, phantom: dict[str, str]
 ) -> None:
-    code, out, err = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    code, out, err = litellm.doctor(phantom["PHANTOM_KEY"], "--json", "--settle", "1")
     assert phantom["PHANTOM_KEY"] not in out + err
     found = json.loads(out)
     REPORT[f"{litellm.version} doctor on a phantom"] = f"{found['verdict']} (exit {code})"
@@ -127,7 +127,7 @@ def test_the_doctor_calls_it_a_phantom_and_names_litellms_counter(
     assert found["policies"]["free_only"] == FREE_MODELS
     # The counter it names is the one the harness left ahead of the records.
     assert repr(phantom["PHANTOM_COUNTER_KEY"]) in "\n".join(found["advice"])
-    code, table, _ = litellm.doctor(phantom["PHANTOM_KEY"])
+    code, table, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--settle", "1")
     assert code == 1
     figures = [float(phantom[f"PHANTOM_{name}"]) for name in ("ENFORCED_SPEND", "DB_SPEND", "MAX_BUDGET")]
     said = "verdict: PHANTOM - LiteLLM enforces {:g} at the key level, its records say {:g} of {:g}"
@@ -137,7 +137,7 @@ def test_the_doctor_calls_it_a_phantom_and_names_litellms_counter(
 def test_the_doctors_advice_clears_the_phantom_where_litellm_has_a_route_for_it(
     litellm: LiteLLM, phantom: dict[str, str]
 ) -> None:
-    _, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    _, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json", "--settle", "1")
     advice = "\n".join(json.loads(out)["advice"])
     route = re.search(r"POST (/\S+) with (\{.*?\})", advice)
     if tuple(int(part) for part in litellm.version.split(".")) < (1, 106):
@@ -148,7 +148,7 @@ def test_the_doctors_advice_clears_the_phantom_where_litellm_has_a_route_for_it(
     admin = {"Authorization": f"Bearer {litellm.master_key}"}
     cleared = httpx.post(litellm.url + route[1], content=route[2], headers=admin, timeout=30)
     assert cleared.status_code == 200, cleared.text
-    code, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    code, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json", "--settle", "1")
     assert (code, json.loads(out)["verdict"]) == (0, "within")  # LiteLLM serves the key again
     # Make it a phantom again for what follows (the harness spends until LiteLLM refuses it).
     made = litellm.harness("phantom", "--principal", PRINCIPAL, "--hold", "3")
@@ -177,5 +177,5 @@ def test_the_verdict_turns_back_to_spent_when_the_records_agree(
     models = httpx.get(url + "/v1/models", headers=caller(phantom), timeout=30)
     assert "x-sidecar-budget-phantom" not in models.headers
     assert models.headers["x-sidecar-budget-exceeded"] == "true"
-    code, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json")
+    code, out, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--json", "--settle", "1")
     assert (code, json.loads(out)["verdict"]) == (0, "spent")
