@@ -106,7 +106,7 @@ class SidecarApp:
             status = await self.upstream.probe(b"/health/liveliness")
             checks["upstream"] = "ok" if status == 200 else f"/health/liveliness answered {status}"
         except UpstreamUnavailable as exc:
-            checks["upstream"] = f"unreachable ({exc})"
+            checks["upstream"] = f"unreachable ({exc.detail or exc})"
         if self.admin is not None:
             try:
                 checks["admin_credential"] = f"ok ({len((await self.admin.catalog()).names)} models)"

@@ -1,23 +1,30 @@
 """The command line: ``litellm-budget-sidecar`` and ``python -m sidecar``.
 
-Flags win over ``SIDECAR_*`` environment variables, which win over the YAML file. A bad setting stops
-start-up with one line on stderr naming it and what it accepts, and exit status 2; no traceback.
+Flags win over ``SIDECAR_*`` environment variables, which win over the YAML file. A bad setting, or an
+address it cannot listen on, stops start-up with one line on stderr and exit status 2; no traceback.
+Settings corrected or ignored (``settings.load_settings``) are logged as ``setting_warning`` lines. Once
+listening, the sidecar logs one ``startup`` line: whether LiteLLM is reachable and the admin credential
+accepted - it keeps serving either way (LiteLLM may come up later; ``/readyz`` tells a load balancer).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from urllib.parse import urlsplit
 
 import uvicorn
 
 from sidecar import doctor, logs
 from sidecar.app import SidecarApp, create_app
+from sidecar.logs import event
 from sidecar.proxy.inbound import bounded_protocol
 from sidecar.settings import Settings, SettingsError, load_settings
 
@@ -46,13 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+log = logging.getLogger("sidecar.cli")
+
+
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     return _settings(_parser().parse_args(argv))
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, warnings: list[str] | None = None) -> Settings:
     return load_settings(
         args.config,
+        warnings,
         upstream_url=args.upstream_url,
         admin_key=args.admin_key,
         policy=args.policy,
@@ -68,26 +79,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["doctor"]:
         return doctor.main(argv[1:])
     args = _parser().parse_args(argv)
+    warnings: list[str] = []
     try:
-        settings = _settings(args)
+        settings = _settings(args, warnings)
     except SettingsError as exc:
         print(f"litellm-budget-sidecar: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        return asyncio.run(check(settings))
+        return asyncio.run(check(settings, warnings))
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(
+            f"litellm-budget-sidecar: cannot listen on {settings.host}:{settings.port}: {reason}",
+            file=sys.stderr,
+        )
+        return 2
     logs.configure(settings.log_level)
-    DrainingServer(server_config(settings), settings.drain_delay).run()
+    for warning in warnings:
+        event(log, logging.WARNING, "setting_warning", message=warning)
+    with listener:
+        DrainingServer(server_config(settings), settings.drain_delay).run(sockets=[listener])
     return 0
 
 
-async def check(settings: Settings) -> int:
-    """``--check``: the settings are valid (or we would not be here); is the sidecar ready to serve?"""
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts, so that an address in use is one clear line
+    (as uvicorn binds it: ``SO_REUSEADDR``, IPv6 for a host with a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+async def check(settings: Settings, warnings: Sequence[str] = ()) -> int:
+    """``--check``: the settings are valid (or we would not be here); is the sidecar ready to serve?
+    Only its own report is printed: the sidecar's log lines stay out of it."""
+    logging.getLogger().addHandler(logging.NullHandler())
     app = create_app(settings)
     await app.startup()
     try:
         ready, report = await app.readiness()
     finally:
         await app.shutdown()
+    for warning in warnings:
+        print(f"warning: {warning}")
     print(f"settings: ok (upstream {settings.upstream_url}, policy {settings.policy})")
     for name, result in report.items():
         if name != "status":
@@ -108,6 +151,18 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._drain_delay = drain_delay
         self._stop_at: float | None = None
+        self._announcing: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        app = self.config.app
+        if isinstance(app, SidecarApp) and not self.should_exit:
+            self._announcing = asyncio.create_task(announce(app))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._announcing is not None:
+            self._announcing.cancel()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.app
@@ -122,6 +177,26 @@ class DrainingServer(uvicorn.Server):
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self.should_exit = True
         return await super().on_tick(counter)
+
+
+async def announce(app: SidecarApp) -> None:
+    """The one ``startup`` line: LiteLLM reachable or not and why, the admin credential accepted or not."""
+    settings = app.settings
+    ready, report = await app.readiness()
+    upstream = report.get("upstream", "")
+    if upstream.startswith("/health/liveliness answered 404") and urlsplit(settings.upstream_url).path:
+        upstream += f" - is LiteLLM served under {urlsplit(settings.upstream_url).path}?"
+    event(
+        log,
+        logging.INFO if ready else logging.WARNING,
+        "startup",
+        ready=ready,
+        listen=f"http://{settings.host}:{settings.port}",
+        upstream_url=settings.upstream_url,
+        policy=settings.policy,
+        upstream=upstream,
+        admin_credential=report.get("admin_credential", "not set (every budget verdict unknown)"),
+    )
 
 
 def server_config(settings: Settings) -> uvicorn.Config:

@@ -3,11 +3,19 @@
 The YAML file (``SIDECAR_CONFIG=path`` or ``--config path``) uses the same names in lower case. Unknown
 names in the file are refused, so a typo cannot silently leave a default in force. Every problem is turned
 into a one-line message that names the setting and what it accepts; a secret's value is never echoed.
+
+Two mistakes are corrected or pointed at rather than refused (``load_settings(warnings=...)`` collects the
+lines): an unknown ``SIDECAR_*`` environment variable (the environment is shared with everything else a
+process runs, so it is not refused, but named, with the closest setting), and an upstream URL ending in
+``/v1`` - the habit of ``OPENAI_BASE_URL`` - which would send every request to ``/v1/v1/...``: LiteLLM serves
+its routes at its root, so the sidecar drops that ``/v1``.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -78,7 +86,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:4000")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry a query, fragment or credentials")
-        return value.rstrip("/")
+        return _without_v1(value.rstrip("/"))
 
     @field_validator("policy", "log_level", mode="before")
     @classmethod
@@ -105,6 +113,25 @@ class Settings(BaseSettings):
     def upstream_host(self) -> str:
         """The upstream's host[:port], as sent in the Host header."""
         return urlsplit(self.upstream_url).netloc
+
+
+def _without_v1(url: str) -> str:
+    return url.removesuffix("/v1") if urlsplit(url).path.rstrip("/").endswith("/v1") else url
+
+
+# The environment variables the sidecar reads: one per setting, and the YAML file's path.
+ENVIRONMENT = frozenset({f"SIDECAR_{name.upper()}" for name in Settings.model_fields} | {"SIDECAR_CONFIG"})
+
+
+def environment_warnings(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``SIDECAR_*`` variable the sidecar does not read, naming the closest one it does."""
+    found = []
+    for name in sorted(environ):
+        if name.startswith("SIDECAR_") and name not in ENVIRONMENT:
+            close = difflib.get_close_matches(name, ENVIRONMENT, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]}?" if close else " (no setting has a name close to it)"
+            found.append(f"unknown environment variable {name} is ignored{hint}")
+    return found
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -152,11 +179,27 @@ def _describe(error: Any) -> str:
     return f"invalid setting '{name}' (SIDECAR_{name.upper()}): {message}{shown}"
 
 
-def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
-    """Build the settings from flags (``overrides``), the environment and the YAML file, in that order."""
+def load_settings(
+    config_file: str | None = None, warnings: list[str] | None = None, **overrides: Any
+) -> Settings:
+    """Build the settings from flags (``overrides``), the environment and the YAML file, in that order;
+    ``warnings`` receives a line for each mistake corrected or ignored rather than refused."""
     path = config_file or os.environ.get("SIDECAR_CONFIG") or None
     file_data = _read_yaml(path) if path else {}
     given = {key: value for key, value in overrides.items() if value is not None}
+    if warnings is not None:
+        warnings += environment_warnings(os.environ)
+        url = (
+            given.get("upstream_url")
+            or os.environ.get("SIDECAR_UPSTREAM_URL")
+            or file_data.get("upstream_url")
+        )
+        if isinstance(url, str) and _without_v1(url.rstrip("/")) != url.rstrip("/"):
+            warnings.append(
+                f"upstream_url {url} ends in /v1: the sidecar uses {_without_v1(url.rstrip('/'))} "
+                "(LiteLLM serves its routes at its root: a client's base URL ends in /v1, the sidecar's "
+                "upstream does not)"
+            )
 
     class _Layered(Settings):
         @classmethod

@@ -53,10 +53,11 @@ Observer = Callable[[Scope, int, bytes], Awaitable[RawHeaders]]
 class UpstreamUnavailable(Exception):
     """LiteLLM could not be reached or gave no usable answer (502), or none in time (504)."""
 
-    def __init__(self, status: int, message: str, kind: str) -> None:
+    def __init__(self, status: int, message: str, kind: str, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind  # the label of sidecar_upstream_errors_total
+        self.detail = detail  # what went wrong, for the operator (readiness, logs), never for the caller
 
     def body(self) -> bytes:
         """The caller's answer: an OpenAI-style error body."""
@@ -66,13 +67,16 @@ class UpstreamUnavailable(Exception):
 
 def _unavailable(error: UpstreamError) -> UpstreamUnavailable:
     """What the caller is told for a failure of the pooled client; the detail goes to the log only."""
+    detail = str(error)
     if isinstance(error, UpstreamTimeout):
-        return UpstreamUnavailable(504, "upstream LiteLLM did not answer in time", "timeout")
+        return UpstreamUnavailable(504, "upstream LiteLLM did not answer in time", "timeout", detail)
     if isinstance(error, UpstreamProtocolError):
-        return UpstreamUnavailable(502, "upstream LiteLLM sent an answer that cannot be passed on", "invalid")
+        message = "upstream LiteLLM sent an answer that cannot be passed on"
+        return UpstreamUnavailable(502, message, "invalid", detail)
     if isinstance(error, UpstreamClosed):
-        return UpstreamUnavailable(502, "upstream LiteLLM closed the connection before answering", "closed")
-    return UpstreamUnavailable(502, "upstream LiteLLM is unreachable", "unreachable")
+        message = "upstream LiteLLM closed the connection before answering"
+        return UpstreamUnavailable(502, message, "closed", detail)
+    return UpstreamUnavailable(502, "upstream LiteLLM is unreachable", "unreachable", detail)
 
 
 @dataclass(frozen=True, slots=True)
