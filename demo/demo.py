@@ -1,13 +1,16 @@
 """See the fix: a real LiteLLM with spent budgets, what clients get from it directly and through the sidecar.
 
-Starts a real LiteLLM proxy (with Postgres, via ../shared/litellm-upstream: no Docker needed), seeds keys
-whose team, own or user budget is spent, starts the sidecar once per policy, and prints side by side what
-``GET /v1/models`` and a chat request answer directly and through the sidecar. Stops everything at the end
-(``--keep`` leaves it running and prints the URLs). ``--levels`` prints instead one Markdown table row per
-seeded budget level: what LiteLLM answers on ``/v1/models`` and a paid chat, and what the sidecar answers
-under each policy (the README's version table is made with it).
+Starts a real LiteLLM proxy (with Postgres, via ../shared/litellm-upstream: no Docker needed) in a state dir
+of its own, seeds keys whose team or own budget is spent, creates a read-only admin key for the sidecar (a
+``proxy_admin_viewer`` user's), starts the sidecar once per policy, and prints what ``GET /v1/models`` and a
+chat request answer directly and through the sidecar, with the headers the sidecar added (``--verbose``:
+LiteLLM's full messages). Everything it started - the sidecars, LiteLLM, its fake provider and its
+PostgreSQL - is stopped at the end, also on failure, Ctrl-C or SIGTERM; ``--keep`` leaves them running and
+prints how to stop exactly those. ``--levels`` prints instead one Markdown table row per seeded budget level:
+what LiteLLM answers on ``/v1/models`` and a paid chat, and what the sidecar answers under each policy (the
+README's version table is made with it).
 
-    python demo/demo.py [--version 1.88.6] [--keep] [--levels]
+    python demo/demo.py [--version 1.88.6] [--keep] [--verbose] [--levels]
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
@@ -34,7 +40,8 @@ PRINCIPALS = {
     "KEY_KEY_BROKE": "key budget spent",
     "KEY_FREE_ONLY": "team spent, key limited to free-model",
 }
-WIDTH = 52
+WIDTH = 52  # --verbose: the width of each side's column
+VIEWER = "sk-budget-sidecar-demo-viewer"  # the sidecar's read-only admin key
 # Every budget level the harness seeds (where the version can express it), for --levels.
 LEVELS = {
     "KEY_KEY_BROKE": "key",
@@ -65,6 +72,26 @@ def harness(*args: str) -> dict[str, str]:
     if result.returncode != 0:
         sys.exit(f"demo: litellm-upstream {args[0]} failed (see above)")
     return exports(result.stdout)
+
+
+def viewer_key(url: str, master: str) -> str:
+    """A key of a ``proxy_admin_viewer`` user: all the sidecar's admin look-ups need (README, "Use a
+    read-only admin key"); created with the master key, which the sidecar then never sees."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master}"}, timeout=30) as admin:
+        admin.post("/user/new", json={"user_id": "budget-sidecar-demo", "user_role": "proxy_admin_viewer"})
+        admin.post("/key/generate", json={"user_id": "budget-sidecar-demo", "key": VIEWER})
+        if admin.get("/key/info", params={"key": VIEWER}).status_code != 200:
+            sys.exit("demo: could not create the read-only admin key")
+    return VIEWER
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the demo as Ctrl-C does: through the clean-up in ``main``."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def free_port() -> int:
@@ -108,6 +135,30 @@ def summary(response: httpx.Response) -> str:
     if isinstance(error, dict):
         return f"{response.status_code} {error.get('type')}: {error.get('message')}"
     return f"{response.status_code} {str(body)[:60]}"
+
+
+def brief(response: httpx.Response) -> str:
+    """One compact cell: the status and the models listed, the error type, or the chat's answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        return str(response.status_code)
+    if isinstance(body, dict) and isinstance(body.get("data"), list):
+        return f"{response.status_code} " + ", ".join(m.get("id", "?") for m in body["data"])
+    if isinstance(body, dict) and isinstance(body.get("choices"), list) and body["choices"]:
+        return f'{response.status_code} "{body["choices"][0]["message"]["content"]}"'
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    return f"{response.status_code} {error.get('type') if isinstance(error, dict) else str(body)[:40]}"
+
+
+def added(response: httpx.Response) -> str:
+    """The headers the sidecar added, without their ``x-sidecar-`` prefix."""
+    found = [
+        f"{k.removeprefix('x-sidecar-')}={v}"
+        for k, v in response.headers.items()
+        if k.startswith("x-sidecar-")
+    ]
+    return " ".join(found) or "-"
 
 
 def row(label: str, left: str, right: str) -> None:
@@ -168,6 +219,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default="1.88.6", help="LiteLLM version to start (default 1.88.6)")
     parser.add_argument("--keep", action="store_true", help="leave LiteLLM and the sidecars running")
+    parser.add_argument("--verbose", action="store_true", help="LiteLLM's full messages, side by side")
     parser.add_argument("--levels", action="store_true", help="one Markdown row per seeded budget level")
     args = parser.parse_args()
     if not TOOL.exists():
@@ -176,59 +228,105 @@ def main() -> int:
         sys.exit("demo: needs Node.js (the harness runs LiteLLM's database engine shim with it)")
 
     name = "sidecar_demo_" + args.version.replace(".", "_")
-    say(f"Starting a real LiteLLM {args.version} with Postgres (the first run installs it: 1-2 minutes) ...")
-    env = harness("up", "--version", args.version, "--name", name)
-    url, master = env["LITELLM_URL"], env["LITELLM_MASTER_KEY"]
-    say("Seeding keys whose budgets are spent ...")
-    keys = harness("seed", "--url", url, "--master-key", master)
-    logs = Path(env["LITELLM_UPSTREAM_STATE"]) / "instances" / name
-    sidecars = {policy: start_sidecar(url, master, policy, logs) for policy in POLICIES}
+    state = Path(tempfile.mkdtemp(prefix="sidecar-demo-", dir="/tmp"))
+    state.chmod(0o755)  # as root, the harness runs PostgreSQL as user postgres, which must reach it
+    os.environ["LITELLM_UPSTREAM_STATE"] = str(state)  # everything the harness starts lives there
+    sidecars: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    stop_on_sigterm()
     try:
+        say(
+            f"demo: starting a real LiteLLM {args.version} with PostgreSQL "
+            "(its first start installs it: 1-2 min)"
+        )
+        env = harness("up", "--version", args.version, "--name", name)
+        url, master = env["LITELLM_URL"], env["LITELLM_MASTER_KEY"]
+        say("demo: seeding keys whose budgets are spent")
+        keys = harness("seed", "--url", url, "--master-key", master)
+        logs = state / "instances" / name
+        if args.levels and _release(args.version) < (1, 106):
+            admin, which = master, "the master key (a read-only key cannot read other users' budgets here)"
+        else:
+            admin, which = viewer_key(url, master), "a read-only proxy_admin_viewer key, not the master key"
+        say(f"demo: starting the sidecar once per policy; its admin credential: {which}")
+        for policy in POLICIES:
+            sidecars[policy] = start_sidecar(url, admin, policy, logs)
         if args.levels:
             levels(args.version, url, keys, {p: u for p, (u, _) in sidecars.items()})
             return 0
         say(
-            f"\nLiteLLM {args.version} at {url}; sidecar per policy at "
-            + ", ".join(f"{p} {u}" for p, (u, _) in sidecars.items())
+            f"\nLiteLLM {args.version} at {url}; the sidecar at "
+            + ", ".join(f"{u} ({p})" for p, (u, _) in sidecars.items())
         )
         with httpx.Client(timeout=30) as client:
             for principal, what in PRINCIPALS.items():
-                key = keys[principal]
-                auth = {"Authorization": f"Bearer {key}"}
-                say(f"\n{principal} ({key}: {what})")
-                say(f"  {'':<19}{'directly from LiteLLM':<{WIDTH}}  through the sidecar")
-                direct = summary(client.get(url + "/v1/models", headers=auth))
-                for policy, (sidecar_url, _) in sidecars.items():
-                    row(
-                        f"models, {policy}",
-                        direct,
-                        summary(client.get(sidecar_url + "/v1/models", headers=auth)),
-                    )
-                chat_url = sidecars["free_only"][0] + "/v1/chat/completions"
-                for model in ("free-model", "paid-model"):
-                    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-                    left = client.post(url + "/v1/chat/completions", json=body, headers=auth)
-                    right = client.post(chat_url, json=body, headers=auth)
-                    row(f"chat {model}", chat_summary(left), chat_summary(right))
+                show(client, principal, what, keys, url, sidecars, args.verbose)
         say(
-            "\nThe sidecar lists what each key may use (free_only: only the zero-cost models); chats pass "
-            "through untouched, so a spent budget still refuses paid models with LiteLLM's own error."
+            "\nThe sidecar lists what each key may use (free_only: only the zero-cost models) and says why "
+            "in its headers; chats pass through untouched, so a spent budget still refuses paid models "
+            "with LiteLLM's own error."
         )
         if args.keep:
+            pids = " ".join(str(process.pid) for _, process in sidecars.values())
             say(
                 f"\nLeft running (--keep). Try: curl -s {sidecars['all'][0]}/v1/models "
                 f"-H 'Authorization: Bearer {keys['KEY_TEAM_BROKE']}'\n"
-                f"Stop with: {TOOL} down --name {name}; pkill -f litellm-budget-sidecar"
+                f"Stop exactly what this demo started with:\n"
+                f"  kill {pids}; {TOOL} down --state {state} --purge"
             )
             return 0
+    except KeyboardInterrupt:
+        say("\ndemo: interrupted; stopping what it started")
+        return 130
     finally:
         if not args.keep:
             for _, process in sidecars.values():
                 process.terminate()
+            for _, process in sidecars.values():
+                process.wait(timeout=30)
+            # Without --name: this state dir's every instance and its PostgreSQL, all started by this demo.
             subprocess.run(
-                [str(TOOL), "down", "--name", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [str(TOOL), "down", "--state", str(state), "--purge"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
     return 0
+
+
+def show(
+    client: httpx.Client,
+    principal: str,
+    what: str,
+    keys: dict[str, str],
+    url: str,
+    sidecars: dict[str, tuple[str, subprocess.Popen[bytes]]],
+    verbose: bool,
+) -> None:
+    """What one key gets on /v1/models and a free and a paid chat, directly and through the sidecar."""
+    auth = {"Authorization": f"Bearer {keys[principal]}"}
+    asked: list[tuple[str, httpx.Response, httpx.Response]] = []
+    direct = client.get(url + "/v1/models", headers=auth)
+    for policy, (sidecar_url, _) in sidecars.items():
+        asked.append((f"models, {policy}", direct, client.get(sidecar_url + "/v1/models", headers=auth)))
+    chat_url = sidecars["free_only"][0] + "/v1/chat/completions"
+    for model in ("free-model", "paid-model"):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        left = client.post(url + "/v1/chat/completions", json=body, headers=auth)
+        asked.append((f"chat {model}", left, client.post(chat_url, json=body, headers=auth)))
+    say(f"\n{principal} ({what})")
+    if verbose:
+        say(f"  {'':<19}{'directly from LiteLLM':<{WIDTH}}  through the sidecar")
+        for label, left, right in asked:
+            row(label, chat_summary(left), chat_summary(right))
+        return
+    cells = [("", "LiteLLM", "the sidecar", "headers the sidecar added")]
+    cells += [(label, brief(left), brief(right), added(right)) for label, left, right in asked]
+    widths = [max(len(cell[i]) for cell in cells) for i in range(3)]
+    for label, left, right, headers in cells:
+        say(f"  {label:<{widths[0]}}  {left:<{widths[1]}}  {right:<{widths[2]}}  {headers}".rstrip())
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2])
 
 
 def chat_summary(response: httpx.Response) -> str:

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -158,19 +159,60 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(TOOL), *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="session", params=VERSIONS)
-def litellm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteLLM]:
+def progress(config: pytest.Config, text: str) -> None:
+    """One line for a person waiting, shown whatever pytest captures (``-q``, ``-p no:...``)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        print(f"integration: {text}", file=sys.stderr, flush=True)
+        return
+    with capture.global_and_fixture_disabled():
+        print(f"integration: {text}", file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="session")
+def harness_state(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A state dir of the harness's own for this session: everything it starts there - each LiteLLM, its
+    fake provider and the PostgreSQL cluster they share - is stopped at the end of the session, also on a
+    failure or Ctrl-C, and nothing another run started is touched. Its logs are kept when a test failed."""
     reason = _unavailable()
     if reason:
         _cannot_run(reason)
+    state = Path(tempfile.mkdtemp(prefix="sidecar-it-", dir="/tmp"))
+    state.chmod(0o755)  # as root, the harness runs PostgreSQL as user postgres, which must reach it
+    saved = os.environ.get("LITELLM_UPSTREAM_STATE")
+    os.environ["LITELLM_UPSTREAM_STATE"] = str(state)
+    try:
+        yield state
+    finally:
+        failed = request.session.testsfailed
+        stop = _run(["down", "--state", str(state), *([] if failed else ["--purge"])], timeout=300)
+        if saved is None:
+            os.environ.pop("LITELLM_UPSTREAM_STATE", None)
+        else:
+            os.environ["LITELLM_UPSTREAM_STATE"] = saved
+        kept = f"; logs kept in {state}" if failed else ""
+        outcome = "stopped" if stop.returncode == 0 else f"failed to stop ({stop.stderr.strip()[-300:]})"
+        progress(request.config, f"PostgreSQL and every LiteLLM of this run {outcome}{kept}")
+
+
+@pytest.fixture(scope="session", params=VERSIONS)
+def litellm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, harness_state: Path
+) -> Iterator[LiteLLM]:
     version: str = request.param
     name = "sidecar_it_" + version.replace(".", "_")
     started = time.monotonic()
+    progress(
+        request.config, f"starting LiteLLM {version} with PostgreSQL (its first start installs it: 1-2 min)"
+    )
     up = _run(["up", "--version", version, "--name", name], timeout=1200)
     if up.returncode != 0:
         _cannot_run(f"litellm-upstream up --version {version} failed: {up.stderr.strip()[-1500:]}")
     env = _exports(up.stdout)
     seeded_at = time.monotonic()
+    progress(
+        request.config, f"LiteLLM {version} up in {seeded_at - started:.0f} s; seeding its spent budgets"
+    )
     instance: LiteLLM | None = None
     try:
         seed = _run(
@@ -189,6 +231,7 @@ def litellm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         )
         _create_viewer(instance)
         TIMINGS[version] = {"up_s": seeded_at - started, "seed_s": time.monotonic() - seeded_at}
+        progress(request.config, f"LiteLLM {version} seeded in {TIMINGS[version]['seed_s']:.0f} s; testing")
         if os.environ.get("SIDECAR_RECORD_FIXTURES"):
             record.write(version, record.record(version, instance.url, instance.master_key, keys))
         yield instance
@@ -196,6 +239,7 @@ def litellm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         for sidecar in instance.sidecars.values() if instance else ():
             sidecar.stop()
         _run(["down", "--name", name], timeout=120)
+        progress(request.config, f"LiteLLM {version} stopped")
 
 
 def _create_viewer(instance: LiteLLM) -> None:
