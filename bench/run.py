@@ -1,13 +1,14 @@
 """The sidecar's cost next to nginx and a direct connection, measured side by side in one run.
 
 Starts the stub upstream (``bench/stub.py``), nginx as a reverse proxy to it (when installed: keepalive
-upstream, ``proxy_buffering off``) and the sidecar (its console script, one worker), then runs ``wrk`` against
+upstream, ``proxy_buffering off``) and the sidecar (its console script, ``--workers`` of them, default
+one), then runs ``wrk`` against
 each in interleaved rounds: GET ``/v1/models`` (healthy key), POST chat JSON and streamed chat (50 SSE
 chunks), at 1 and 32 connections. Reports requests/s, p50/p99 latency, the sidecar's CPU per request (from
-``/proc/<pid>/task/*/schedstat``), time to the first SSE chunk, the rescue path with warm caches, and the
-sidecar's idle RSS. Prints a table and writes JSON.
+``/proc/<pid>/task/*/schedstat``, its workers included), time to the first SSE chunk, the rescue path with
+warm caches, and the sidecar's idle RSS (all its processes). Prints a table and writes JSON.
 
-    python bench/run.py [--duration 4] [--rounds 3] [--out bench/results.json]
+    python bench/run.py [--duration 4] [--rounds 3] [--workers 1] [--out bench/results.json]
 """
 
 from __future__ import annotations
@@ -62,20 +63,35 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> No
     sys.exit(f"bench: {what} did not start")
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (the sidecar's workers)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                queue += [int(child) for child in task.read_text().split()]
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of ``pid``, in seconds (nanosecond resolution)."""
+    """CPU time of every thread of ``pid`` and its descendants, in seconds (nanosecond resolution)."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
+    for member in family(pid):
+        for task in Path(f"/proc/{member}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+                total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    total = 0.0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def wrk_script(directory: Path, method: str, body: str | None, auth: str) -> Path:
@@ -197,6 +213,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
+    parser.add_argument("--workers", type=int, default=1, help="the sidecar's worker processes (default 1)")
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where to write the JSON results")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -230,10 +247,11 @@ def main() -> int:
             SIDECAR_ADMIN_KEY=MASTER,
             SIDECAR_PORT=str(sidecar.port),
             SIDECAR_LOG_LEVEL="warning",
+            SIDECAR_WORKERS=str(args.workers),
         )
         sidecar.pid = start([str(SIDECAR)], sidecar.port, "sidecar", env)
         targets.append(sidecar)
-        time.sleep(1)
+        time.sleep(1 + args.workers)  # every worker listening
         idle_rss = rss_mb(sidecar.pid)
 
         cells: list[dict[str, object]] = []
@@ -294,7 +312,7 @@ def main() -> int:
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "settings": {"duration_s": args.duration, "rounds": args.rounds},
+        "settings": {"duration_s": args.duration, "rounds": args.rounds, "workers": args.workers},
         "cells": cells,
         "rescue": rescue,
         "first_sse_chunk_ms_p50": {name: statistics.median(v) for name, v in ttfb.items()},

@@ -37,9 +37,9 @@ _OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS, budget_view.ROUTE})
 
 
 class SidecarApp:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, multiprocess: bool = False) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(multiprocess)  # multiprocess: one of several workers (cli.py)
         self.upstream = Upstream(
             settings.upstream_url,
             settings.upstream_host,
@@ -164,5 +164,5 @@ class SidecarApp:
                 return
 
 
-def create_app(settings: Settings) -> SidecarApp:
-    return SidecarApp(settings)
+def create_app(settings: Settings, multiprocess: bool = False) -> SidecarApp:
+    return SidecarApp(settings, multiprocess)

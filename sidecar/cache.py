@@ -22,6 +22,8 @@ class SingleFlightCache(Generic[K, V]):
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
+        self.on_hit: Callable[[], None] = _nothing  # set by ``Metrics.watch_caches``
+        self.on_miss: Callable[[], None] = _nothing
         self._values: dict[K, tuple[float, V]] = {}
         self._loading: dict[K, asyncio.Task[V]] = {}
 
@@ -29,8 +31,10 @@ class SingleFlightCache(Generic[K, V]):
         entry = self._values.get(key)
         if entry is not None and entry[0] > time.monotonic():
             self.hits += 1
+            self.on_hit()
             return entry[1]
         self.misses += 1
+        self.on_miss()
         task = self._loading.get(key)
         if task is None:
             task = asyncio.ensure_future(self._load(key, load))
@@ -43,6 +47,7 @@ class SingleFlightCache(Generic[K, V]):
         entry = self._values.get(key)
         if entry is not None and entry[0] > time.monotonic():
             self.hits += 1
+            self.on_hit()
             return entry[1]
         return None
 
@@ -69,6 +74,10 @@ class SingleFlightCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._values.clear()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _retrieve_exception(task: asyncio.Task[object]) -> None:

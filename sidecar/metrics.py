@@ -2,17 +2,22 @@
 
 Each app has its own registry. On the pass-through only two cheap updates happen per request (a counter
 child looked up by route class and status, and one histogram observation, about 1 µs together); cache
-hits and misses are read from the caches when Prometheus scrapes, not counted on the way.
+hits and misses are counted by the caches themselves (discovery only).
+
+With several workers (``--workers``), each is its own process: the metrics follow prometheus_client's
+multiprocess mode - every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (set by the
+supervisor before the workers start, ``cli.py``) and a scrape, whichever worker answers it, adds up all
+of them (``MultiProcessCollector``). Counters and histograms only: nothing here needs a gauge's
+per-process modes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from sidecar.cache import SingleFlightCache
 
@@ -22,7 +27,8 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool = False) -> None:
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._requests = Counter(
@@ -111,6 +117,8 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self.cache_hits = Counter("sidecar_cache_hits", "Cache hits, by cache.", ["cache"], registry=r)
+        self.cache_misses = Counter("sidecar_cache_misses", "Cache misses, by cache.", ["cache"], registry=r)
         self._request_children: dict[tuple[str, int], Callable[[], None]] = {}
 
     def request(self, route: str, status: int) -> None:
@@ -120,24 +128,13 @@ class Metrics:
         inc()
 
     def watch_caches(self, **caches: SingleFlightCache[Any, Any]) -> None:
-        self.registry.register(_CacheCollector(caches))
+        for name, cache in caches.items():
+            cache.on_hit = self.cache_hits.labels(name).inc
+            cache.on_miss = self.cache_misses.labels(name).inc
 
     def render(self) -> bytes:
+        if self.multiprocess:  # every worker's values, from their files
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)
-
-
-class _CacheCollector(Collector):
-    def __init__(self, caches: Mapping[str, SingleFlightCache[Any, Any]]) -> None:
-        self._caches = caches
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        hits = CounterMetricFamily("sidecar_cache_hits", "Cache hits, by cache.", labels=["cache"])
-        misses = CounterMetricFamily("sidecar_cache_misses", "Cache misses, by cache.", labels=["cache"])
-        for name, cache in self._caches.items():
-            hits.add_metric([name], cache.hits)
-            misses.add_metric([name], cache.misses)
-        yield hits
-        yield misses
-
-    def describe(self) -> Iterator[CounterMetricFamily]:
-        return iter(())

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "info"
 
+    # Worker processes sharing the listening socket; "auto": one per CPU this process may run on. Each
+    # worker has its own caches and connection pools; metrics add up across them.
+    workers: int = Field(default=1, ge=1, le=256)
+
     # Shutdown on SIGTERM/SIGINT: readiness goes false at once; requests are still served for drain_delay
     # seconds (time for a load balancer to stop sending any), then in-flight requests and streams get up to
     # shutdown_timeout seconds to finish before they are cut.
@@ -92,6 +96,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return len(os.sched_getaffinity(0))
+        return value
 
     @field_validator("free_models", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.cli import server_config
+from sidecar.serve import server_config
 from sidecar.settings import Settings, load_settings
 from tests.fake_litellm import KEYS, FakeLiteLLM
 from tests.seeded import credentials, seeded
