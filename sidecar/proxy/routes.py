@@ -43,6 +43,9 @@ _EXACT = {
     b"/cursor/v1/models": RouteKind.CURSOR_MODELS,
 }
 _MODEL_PREFIXES = (b"/v1/models/", b"/models/")
+# For deployments that route discovery apart from inference (deploy/nginx, deploy/kubernetes).
+DISCOVERY_PATHS = frozenset(_EXACT)
+MODEL_PREFIXES = _MODEL_PREFIXES
 
 _HOSTILE = re.compile(rb"//|\\|%2e|%2f|%5c|%00|\x00|(^|/)\.{1,2}(/|$)", re.IGNORECASE)
 
