@@ -2,7 +2,8 @@
 
 Starts the stub upstream (``bench/stub.py``), nginx as a reverse proxy to it (when installed: keepalive
 upstream, ``proxy_buffering off``) and the sidecar (its console script, ``--workers`` of them, default
-one), then runs ``wrk`` against
+one) and, with nginx, the zero-overhead split (``deploy/nginx``: discovery to the sidecar, everything else
+straight to the stub), then runs ``wrk`` against
 each in interleaved rounds: GET ``/v1/models`` (healthy key), POST chat JSON and streamed chat (50 SSE
 chunks), at 1 and 32 connections. Reports requests/s, p50/p99 latency, the sidecar's CPU per request (from
 ``/proc/<pid>/task/*/schedstat``, its workers included), time to the first SSE chunk, the rescue path with
@@ -209,6 +210,35 @@ http {{
     return config
 
 
+def split_config(directory: Path, port: int, stub_port: int, sidecar_port: int) -> Path:
+    """nginx with the shipped ``deploy/nginx`` file: discovery to the sidecar, the rest to the stub."""
+    shipped = (HERE.parent / "deploy" / "nginx" / "litellm-budget-sidecar.conf").read_text()
+    shipped = shipped.replace("server 127.0.0.1:4000;", f"server 127.0.0.1:{stub_port};", 1)
+    shipped = shipped.replace("server 127.0.0.1:4001;", f"server 127.0.0.1:{sidecar_port};", 1)
+    shipped = shipped.replace("listen 8080;", f"listen 127.0.0.1:{port};", 1)
+    split = directory / "split"
+    split.mkdir()
+    (split / "split.conf").write_text(shipped)
+    config = split / "nginx.conf"
+    config.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {split}/nginx.pid;
+error_log {split}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {split}/body;
+    proxy_temp_path {split}/proxy;
+    fastcgi_temp_path {split}/fastcgi;
+    uwsgi_temp_path {split}/uwsgi;
+    scgi_temp_path {split}/scgi;
+    include {split}/split.conf;
+}}
+""")
+    return config
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
@@ -251,6 +281,11 @@ def main() -> int:
         )
         sidecar.pid = start([str(SIDECAR)], sidecar.port, "sidecar", env)
         targets.append(sidecar)
+        if shutil.which("nginx"):
+            split = Target("split", free_port())
+            config = split_config(work, split.port, stub.port, sidecar.port)
+            split.pid = start(["nginx", "-c", str(config), "-p", str(work / "split")], split.port, "split")
+            targets.append(split)
         time.sleep(1 + args.workers)  # every worker listening
         idle_rss = rss_mb(sidecar.pid)
 
@@ -343,9 +378,10 @@ def _print_summary(report: dict[str, object]) -> None:
     assert isinstance(cells, list)
     print(
         "\n| scenario | conns | direct req/s | nginx req/s | sidecar req/s | sidecar/nginx | sidecar/direct "
-        "| p50 direct / nginx / sidecar (ms) | p99 sidecar (ms) | sidecar CPU/req (ms) |"
+        "| p50 direct / nginx / sidecar (ms) | p99 sidecar (ms) | sidecar CPU/req (ms) | split req/s "
+        "| split/nginx |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         m = cell["median"]
         nginx = m.get("nginx")
@@ -357,7 +393,12 @@ def _print_summary(report: dict[str, object]) -> None:
             f"| {cell['scenario']} | {cell['connections']} | {direct['rps']:.0f} | {nginx_rps} "
             f"| {side['rps']:.0f} "
             f"| {ratio_nginx} | {side['rps'] / direct['rps']:.3f} | {direct['p50_ms']:.2f} / {nginx_p50} / "
-            f"{side['p50_ms']:.2f} | {side['p99_ms']:.2f} | {side['cpu_ms_per_request']:.3f} |"
+            f"{side['p50_ms']:.2f} | {side['p99_ms']:.2f} | {side['cpu_ms_per_request']:.3f} "
+            + (
+                f"| {m['split']['rps']:.0f} | {m['split']['rps'] / nginx['rps']:.3f} |"
+                if nginx
+                else "| - | - |"
+            )
         )
     healthy = next(c for c in cells if c["scenario"] == "GET /v1/models" and c["connections"] == 1)["median"]
     print(
