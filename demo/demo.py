@@ -121,6 +121,7 @@ def start_sidecar(
             return url, process
         except httpx.TransportError:
             time.sleep(0.1)
+    process.terminate()
     sys.exit(f"demo: the sidecar did not start, see {logs}")
 
 
@@ -229,7 +230,7 @@ def main() -> int:
 
     name = "sidecar_demo_" + args.version.replace(".", "_")
     state = Path(tempfile.mkdtemp(prefix="sidecar-demo-", dir="/tmp"))
-    state.chmod(0o755)  # as root, the harness runs PostgreSQL as user postgres, which must reach it
+    state.chmod(0o711)  # as root, the harness runs PostgreSQL as user postgres, which must reach into it
     os.environ["LITELLM_UPSTREAM_STATE"] = str(state)  # everything the harness starts lives there
     sidecars: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     stop_on_sigterm()
@@ -282,8 +283,12 @@ def main() -> int:
             for _, process in sidecars.values():
                 process.terminate()
             for _, process in sidecars.values():
-                process.wait(timeout=30)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
             # Without --name: this state dir's every instance and its PostgreSQL, all started by this demo.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             subprocess.run(
                 [str(TOOL), "down", "--state", str(state), "--purge"],
                 stdout=subprocess.DEVNULL,

@@ -19,8 +19,9 @@ The answer, JSON::
   admin-only on every LiteLLM, ``/organization/info`` needs an organisation admin) - for those the caller
   learns only what LiteLLM's refusal already told it (``refused``). LiteLLM up to 1.88 budget-checks its own
   info routes, so a spent caller cannot read them there; the sidecar shows the same levels on every version.
-- ``blocking`` marks the level LiteLLM refuses the caller at now; ``verdict`` judges that refusal against
-  the visible levels only (``BudgetBook.judge_refusal``): nothing of a level the caller may not see.
+- ``blocking`` marks the level LiteLLM refuses the caller at now; ``verdict`` judges that refusal as every
+  other refusal of this caller is judged (``BudgetBook.judge_refusal``, on its whole chain: the phantom
+  grace is shared), but a verdict on a level the caller may not see is reported as ``unknown``.
 - ``usable_models``: what the caller may call now - every model it may access, or only the free ones
   while LiteLLM refuses it (``null`` without an admin credential).
 """
@@ -72,21 +73,25 @@ class BudgetView:
         await send_json(send, 200, json.dumps(report, separators=(",", ":")).encode())
 
     async def _report(self, who: Principal, refusal: Any) -> dict[str, Any]:
-        levels: tuple[Level, ...] = ()
+        everything: tuple[Level, ...] = ()
         usable: list[str] | None = None
         if self._admin is not None and who.virtual_key:
             try:
-                records = await self._admin.budget_records(who.token, None)
-                levels = tuple(level for level in chain(records) if level.scope in _OWN_LEVELS)
+                everything = chain(await self._admin.budget_records(who.token, who.end_user))
                 usable = await self._usable(who.token, free=refusal is not None)
             except LookupFailed as exc:
                 event(log, logging.WARNING, "budget_view_incomplete", reason=str(exc), key=who.label)
+        levels = tuple(level for level in everything if level.scope in _OWN_LEVELS)
         refused = None
         verdict = "within"
         blocking = None
         if refusal is not None:
-            judged = self._budget.judge_refusal(who, refusal, levels)
+            # Judged on the whole chain, as every other refusal of this caller is (the phantom grace is
+            # shared); what the caller may not see is then withheld: its verdict stays unknown.
+            judged = self._budget.judge_refusal(who, refusal, everything)
             verdict, blocking = judged.verdict, judged.level
+            if blocking is not None and blocking.scope not in _OWN_LEVELS:
+                verdict, blocking = "unknown", None
             message = (error_of(refusal) or {}).get("message")
             refused = {
                 "scope": budget_scope(refusal),

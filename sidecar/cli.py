@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from sidecar import doctor, logs
 from sidecar.app import create_app
 from sidecar.logs import event
-from sidecar.serve import listen, serve
+from sidecar.serve import listen, metrics_directory, serve
 from sidecar.settings import Settings, SettingsError, load_settings
 
 
@@ -80,11 +81,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"litellm-budget-sidecar: {exc}", file=sys.stderr)
         return 2
+    metrics_dir = None
+    try:
+        if settings.workers > 1:
+            metrics_dir = metrics_directory()
+    except OSError as exc:
+        where = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "the temp dir"
+        print(
+            f"litellm-budget-sidecar: workers need a writable directory for their metrics "
+            f"(PROMETHEUS_MULTIPROC_DIR): cannot create one in {where}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     if args.check:
+        if metrics_dir is not None:
+            os.rmdir(metrics_dir)
         return asyncio.run(check(settings, warnings))
     try:
         listener = listen(settings.host, settings.port)
     except OSError as exc:
+        if metrics_dir is not None:
+            os.rmdir(metrics_dir)
         reason = exc.strerror or str(exc)
         print(
             f"litellm-budget-sidecar: cannot listen on {settings.host}:{settings.port}: {reason}",
@@ -95,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in warnings:
         event(log, logging.WARNING, "setting_warning", message=warning)
     with listener:
-        serve(settings, listener)
-    return 0
+        return serve(settings, listener, metrics_dir)
 
 
 async def check(settings: Settings, warnings: Sequence[str] = ()) -> int:

@@ -118,19 +118,36 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on bad arguments, with argparse's one line
+    key = ""
     try:
-        key = sys.stdin.readline().strip() if args.key == "-" else args.key.strip()
+        key = (sys.stdin.readline() if args.key == "-" else args.key).strip().removeprefix("\ufeff")
         if not key:
             raise CannotDiagnose("--key is empty")
+        if not _HEADER_SAFE.fullmatch(key):
+            raise CannotDiagnose("--key holds characters no API key has (spaces, control or non-ASCII ones)")
+        if args.end_user is not None and not _HEADER_SAFE.fullmatch(args.end_user):
+            raise CannotDiagnose("--end-user must be printable ASCII without spaces (it is sent in a header)")
         settings = _settings(args)
         if not 0 <= args.settle <= 600:
             raise CannotDiagnose("--settle must be between 0 and 600 seconds")
         diagnosis = asyncio.run(diagnose(settings, key, args.end_user or None, args.settle, _waiting))
     except (CannotDiagnose, SettingsError) as exc:
-        print(f"litellm-budget-sidecar doctor: {exc}", file=sys.stderr)
+        print(f"litellm-budget-sidecar doctor: {_hidden(str(exc), key)}", file=sys.stderr)
         return 2
-    print(json.dumps(diagnosis.as_json(), indent=2) if args.json else render(diagnosis))
+    except Exception as exc:  # noqa: BLE001 - anything unforeseen is "cannot tell", never a verdict's exit
+        print(f"litellm-budget-sidecar doctor: cannot diagnose: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    shown = json.dumps(diagnosis.as_json(), indent=2) if args.json else render(diagnosis)
+    print(_hidden(shown, key))  # LiteLLM's messages are printed as it wrote them, but never the key
     return diagnosis.exit_code
+
+
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space: what an HTTP header value may carry
+
+
+def _hidden(text: str, key: str) -> str:
+    """``text`` with the raw key replaced by its label: LiteLLM's messages may echo what it was sent."""
+    return text.replace(key, f"<key {key_label(key)}>") if key else text
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -203,6 +220,8 @@ async def _diagnose(
     probe = await _ask(caller, PROBE_ROUTE, headers, url)
     body = _json(probe)
     refused = is_budget_error(probe.status_code, body)
+    if probe.status_code >= 500:
+        raise CannotDiagnose(f"LiteLLM failed: {PROBE_ROUTE} answered {_said(probe, body)}")
     if not (refused or probe.status_code == 200 or past_budget_checks(probe.status_code, body)):
         raise CannotDiagnose(f"LiteLLM does not accept this key: {PROBE_ROUTE} answered {_said(probe, body)}")
     token = key_hash(key)

@@ -5,17 +5,23 @@ One process (the default): uvicorn serves the app on a socket bound here first, 
 is one clear line (``listen``). Once listening it logs one ``startup`` line (``announce``).
 
 Several workers: the supervisor binds the socket, then spawns ``workers`` processes that each serve it
-(the kernel spreads connections among them), passes every SIGTERM/SIGINT it gets on to each - each drains
-as a single sidecar does, and a second signal skips the delay there too - and restarts a worker that
-dies, one second later. Each worker has its own caches, connection pools and budget states; its metrics
-go to files in a fresh directory under ``PROMETHEUS_MULTIPROC_DIR`` (the temp dir when unset; a writable
-volume under a read-only root filesystem), and any worker answers a scrape with the sum of all
-(``metrics.py``). The directory is removed when the supervisor ends.
+(the kernel spreads connections among them). On the first SIGTERM/SIGINT it closes its own copy of the
+socket (so that new connections are refused once the workers have closed theirs, not queued) and passes
+every signal on to each worker - each drains as a single sidecar does, and a second signal skips the
+delay there too. It restarts a worker that dies one second later, and stops with exit status 1 when
+workers keep dying right after their start. A worker ends with the supervisor however that ends (Linux's
+parent-death signal), so a killed supervisor leaves no worker holding the port. The settings - the admin
+key among them - reach each worker over the spawn pipe, not in its environment. Each worker has its own
+caches, connection pools and budget states; its metrics go to files in a fresh directory under
+``PROMETHEUS_MULTIPROC_DIR`` (the temp dir when unset; a writable volume under a read-only root
+filesystem), and any worker answers a scrape with the sum of all (``metrics.py``). The directory is
+removed when the supervisor ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import math
@@ -41,17 +47,20 @@ from sidecar.settings import Settings
 
 log = logging.getLogger("sidecar.serve")
 
-# How the supervisor hands the settings to its workers (spawned processes that re-import the sidecar).
-WORKER_SETTINGS = "_SIDECAR_WORKER_SETTINGS"
-RESTART_DELAY = 1.0  # seconds before a worker that died is started again
+RESTART_DELAY = 1.0  # seconds before a worker that died is started again (times the quick deaths in a row)
+QUICK_DEATH = 5.0  # seconds: a worker that dies sooner after its start counts towards a crash loop
+CRASH_LOOP = 5  # quick deaths in a row after which the supervisor stops, exit status 1
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-def serve(settings: Settings, listener: socket.socket) -> None:
-    """Serve on ``listener`` until a signal stops it: in this process, or in ``settings.workers``."""
+def serve(settings: Settings, listener: socket.socket, metrics_dir: str | None = None) -> int:
+    """Serve on ``listener`` until a signal stops it: in this process, or in ``settings.workers`` (then
+    ``metrics_dir`` from ``metrics_directory``). The exit status."""
     if settings.workers > 1:
-        supervise(settings, listener)
-    else:
-        DrainingServer(server_config(settings), settings.drain_delay).run(sockets=[listener])
+        assert metrics_dir is not None
+        return supervise(settings, listener, metrics_dir)
+    DrainingServer(server_config(settings), settings.drain_delay).run(sockets=[listener])
+    return 0
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -122,7 +131,9 @@ async def announce(app: SidecarApp) -> None:
         "startup",
         ready=ready,
         pid=os.getpid(),
-        listen=f"http://{settings.host}:{settings.port}",
+        listen=f"http://[{settings.host}]:{settings.port}"
+        if ":" in settings.host
+        else f"http://{settings.host}:{settings.port}",
         upstream_url=settings.upstream_url,
         policy=settings.policy,
         upstream=upstream,
@@ -151,39 +162,76 @@ def server_config(settings: Settings, app: SidecarApp | None = None) -> uvicorn.
     )
 
 
-def supervise(settings: Settings, listener: socket.socket) -> None:
-    """Run ``settings.workers`` worker processes on ``listener`` until a signal stops them all."""
-    metrics_dir = tempfile.mkdtemp(prefix="sidecar-metrics-", dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+def metrics_directory() -> str:
+    """A fresh directory for the workers' metrics files, under ``PROMETHEUS_MULTIPROC_DIR`` when set (a
+    writable volume under a read-only root filesystem), else the temp dir. Made before the sidecar
+    listens: an unwritable place is one clear line at start (``OSError``), not a crashing worker."""
+    return tempfile.mkdtemp(prefix="sidecar-metrics-", dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def supervise(settings: Settings, listener: socket.socket, metrics_dir: str) -> int:
+    """Run ``settings.workers`` worker processes on ``listener`` until a signal stops them all; 0, or 1
+    when workers kept dying at start (``CRASH_LOOP`` in a row, each within ``QUICK_DEATH`` seconds)."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client as it is imported
     values = settings.model_dump(mode="json")
     if settings.admin_key is not None:
         values["admin_key"] = settings.admin_key.get_secret_value()
-    os.environ.update({"PROMETHEUS_MULTIPROC_DIR": metrics_dir, WORKER_SETTINGS: json.dumps(values)})
+    handed = json.dumps(values)  # over the spawn pipe, not in the environment: the admin key is in it
+    os.environ.pop("SIDECAR_ADMIN_KEY", None)  # nor the workers' inherited environment
     spawn = multiprocessing.get_context("spawn")
     multiprocessing.allow_connection_pickling()  # the socket goes to each worker
-
-    def start() -> BaseProcess:
-        worker = spawn.Process(target=run_worker, args=([listener],), name="sidecar-worker")
-        worker.start()
-        return worker
-
     stopping = threading.Event()
     workers: list[BaseProcess] = []
+    started_at: dict[int, float] = {}
+    signals = {signal.SIGTERM, signal.SIGINT}
+
+    def start() -> BaseProcess:
+        # A signal arriving while a worker is being started waits until it is in ``workers``.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            worker = spawn.Process(target=run_worker, args=(handed, [listener]), name="sidecar-worker")
+            worker.start()
+            workers.append(worker)
+            started_at[id(worker)] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        return worker
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
+        if not stopping.is_set():
+            stopping.set()
+            listener.close()  # new connections are refused now, not queued for workers that are leaving
         for worker in workers:
             if worker.pid is not None and worker.exitcode is None:
                 os.kill(worker.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
+    quick_deaths = 0
     try:
-        workers.extend(start() for _ in range(settings.workers))
+        for _ in range(settings.workers):
+            start()
         event(log, logging.INFO, "workers_started", workers=[w.pid for w in workers])
         while not stopping.wait(0.5):
-            for i, worker in enumerate(workers):
-                if worker.exitcode is not None and not stopping.wait(RESTART_DELAY):
-                    event(log, logging.ERROR, "worker_died", pid=worker.pid, exit_code=worker.exitcode)
-                    workers[i] = start()
+            for worker in [w for w in workers if w.exitcode is not None]:
+                lived = time.monotonic() - started_at.pop(id(worker))
+                quick_deaths = quick_deaths + 1 if lived < QUICK_DEATH else 0
+                event(
+                    log,
+                    logging.ERROR,
+                    "worker_died",
+                    pid=worker.pid,
+                    exit_code=worker.exitcode,
+                    lived_s=round(lived, 1),
+                )
+                workers.remove(worker)
+                if quick_deaths >= CRASH_LOOP:
+                    event(
+                        log, logging.ERROR, "workers_failing", message="workers keep dying at start; stopping"
+                    )
+                    forward(signal.SIGTERM, None)
+                    break
+                if not stopping.wait(RESTART_DELAY * quick_deaths or RESTART_DELAY):
+                    start()
         for worker in workers:
             worker.join()
     finally:
@@ -194,11 +242,26 @@ def supervise(settings: Settings, listener: socket.socket) -> None:
                 worker.kill()
                 worker.join()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 1 if quick_deaths >= CRASH_LOOP else 0
 
 
-def run_worker(sockets: list[socket.socket]) -> None:
-    """One worker process: the settings from the supervisor, the app with multiprocess metrics."""
-    settings = Settings.model_validate(json.loads(os.environ[WORKER_SETTINGS]))
+def run_worker(handed: str, sockets: list[socket.socket]) -> None:
+    """One worker process: the settings from the supervisor, the app with multiprocess metrics. It ends
+    with the supervisor, however that ends (a SIGKILL included): Linux sends it SIGTERM then."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # blocked by ``start``
+    _end_with_parent()
+    settings = Settings.model_validate(json.loads(handed))
     logs.configure(settings.log_level)
     app = create_app(settings, multiprocess=True)
     DrainingServer(server_config(settings, app), settings.drain_delay).run(sockets=sockets)
+
+
+def _end_with_parent() -> None:
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own clean-up still applies
+        return
+    if os.getppid() != parent:  # the supervisor was already gone before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

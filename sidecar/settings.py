@@ -137,9 +137,9 @@ ENVIRONMENT = frozenset({f"SIDECAR_{name.upper()}" for name in Settings.model_fi
 def environment_warnings(environ: Mapping[str, str]) -> list[str]:
     """A line for each ``SIDECAR_*`` variable the sidecar does not read, naming the closest one it does."""
     found = []
-    for name in sorted(environ):
-        if name.startswith("SIDECAR_") and name not in ENVIRONMENT:
-            close = difflib.get_close_matches(name, ENVIRONMENT, n=1, cutoff=0.75)
+    for name in sorted(environ):  # names are read case-insensitively, as pydantic-settings reads them
+        if name.upper().startswith("SIDECAR_") and name.upper() not in ENVIRONMENT:
+            close = difflib.get_close_matches(name.upper(), ENVIRONMENT, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]}?" if close else " (no setting has a name close to it)"
             found.append(f"unknown environment variable {name} is ignored{hint}")
     return found

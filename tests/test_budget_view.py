@@ -3,6 +3,8 @@ what blocks it, the verdict, what it may still call, and nothing LiteLLM would n
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -104,3 +106,23 @@ def test_other_methods_are_refused(fake: FakeLiteLLM, sidecar: SidecarFactory, c
     answer = client.post(sidecar() + VIEW, headers=bearer("KEY_HEALTHY"))
     assert answer.status_code == 405
     assert not fake.seen
+
+
+def test_asking_the_view_does_not_hold_back_a_phantom_at_a_level_the_caller_may_not_see(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+) -> None:
+    """The view judges on the whole chain like every other refusal: polling it must not restart the
+    phantom grace of an organisation's budget, which the caller itself may not see."""
+    fake.use_version("1.88.6")
+    lower(fake, "KEY_ORG_BROKE")
+    url = sidecar(phantom_after=1)
+    paid = {"model": "paid-model", "messages": [{"role": "user", "content": "hi"}]}
+    first = client.post(url + "/v1/chat/completions", headers=bearer("KEY_ORG_BROKE"), json=paid)
+    assert "x-sidecar-budget-phantom" not in first.headers  # within the grace
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        view = client.get(url + VIEW, headers=bearer("KEY_ORG_BROKE")).json()
+        assert (view["verdict"], [lv for lv in view["levels"] if lv["scope"] == "org"]) == ("unknown", [])
+        time.sleep(0.2)
+    later = client.post(url + "/v1/chat/completions", headers=bearer("KEY_ORG_BROKE"), json=paid)
+    assert later.headers["x-sidecar-budget-phantom"] == "true"

@@ -249,3 +249,50 @@ def test_bad_arguments_exit_2_with_argparses_line(
 
 def test_an_empty_key_exits_2(doctor: Any) -> None:
     assert doctor("--key", "  ") == (2, "", "litellm-budget-sidecar doctor: --key is empty\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--key", "sk-with space"],
+            "--key holds characters no API key has (spaces, control or non-ASCII ones)",
+        ),
+        (["--key", "sk-bä"], "--key holds characters no API key has (spaces, control or non-ASCII ones)"),
+        (
+            ["--key", KEYS["KEY_HEALTHY"], "--end-user", "müller@example.de"],
+            "--end-user must be printable ASCII without spaces (it is sent in a header)",
+        ),
+    ],
+)
+def test_a_key_or_end_user_no_header_can_carry_is_one_line_and_exit_2(
+    doctor: Any, args: list[str], said: str
+) -> None:
+    assert doctor(*args) == (2, "", f"litellm-budget-sidecar doctor: {said}\n")
+
+
+def test_a_byte_order_mark_before_a_key_on_stdin_is_dropped(
+    doctor: Any, fake: FakeLiteLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeff" + KEYS["KEY_HEALTHY"] + "\n"))
+    code, out, _ = doctor("--key", "-", "--json")
+    assert (code, json.loads(out)["verdict"]) == (0, "within")
+
+
+def test_a_litellm_error_echoing_the_key_never_prints_it(doctor: Any, fake: FakeLiteLLM) -> None:
+    key = "not-an-sk-key-0123456789"
+    echo = {"error": {"message": f"Virtual Key expected. Received={key}, expected to start with 'sk-'."}}
+    fake.answer("GET", "/cursor/v1/models", 401, echo)
+    code, out, err = doctor("--key", key)
+    assert (code, out) == (2, "")
+    assert key not in err and f"<key {key_label(key)}>" in err
+
+
+def test_a_litellm_failing_with_a_5xx_is_said_as_such(doctor: Any, fake: FakeLiteLLM) -> None:
+    fake.answer("GET", "/cursor/v1/models", 503, {"error": {"message": "database unavailable"}})
+    assert doctor("--key", KEYS["KEY_HEALTHY"]) == (
+        2,
+        "",
+        "litellm-budget-sidecar doctor: LiteLLM failed: /cursor/v1/models answered 503 "
+        "database unavailable\n",
+    )

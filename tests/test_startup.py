@@ -141,3 +141,13 @@ def test_check_against_an_unreachable_litellm_prints_only_its_report(fake: FakeL
     ]
     assert lines[3].startswith("upstream: unreachable") and lines[-1] == "NOT ready"
     assert "" not in lines
+
+
+def test_a_setting_named_in_lower_case_is_read_and_not_called_unknown(
+    fake: FakeLiteLLM, tmp_path: Path
+) -> None:
+    env = {**_env(fake), "SIDECAR_policy": "free_only", "sidecar_polcy": "x"}
+    lines, _ = run_until_announced(env, tmp_path)
+    warnings = [line["message"] for line in lines if line.get("event") == "setting_warning"]
+    assert warnings == ["unknown environment variable sidecar_polcy is ignored; did you mean SIDECAR_POLICY?"]
+    assert startup_line(lines)["policy"] == "free_only"

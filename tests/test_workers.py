@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from sidecar.settings import load_settings
-from tests.fake_litellm import FakeLiteLLM
+from tests.fake_litellm import KEYS, FakeLiteLLM
 from tests.test_operations import _env, closed_port, metric
 
 
@@ -41,11 +42,13 @@ class Workers:
 def workers(fake: FakeLiteLLM, tmp_path: Path) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(count: int = 2, **settings: str) -> Workers:
+    def start(count: int = 2, drop: tuple[str, ...] = (), **settings: str) -> Workers:
         port = closed_port()
         metrics_dir = tmp_path / "metrics"
         metrics_dir.mkdir()
         env = {**_env(fake, port=str(port), workers=str(count), **settings)}
+        for name in drop:
+            del env[name]
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         log = tmp_path / "sidecar.log"
         with log.open("wb") as stderr:
@@ -70,14 +73,86 @@ def test_every_worker_starts_and_says_so(workers: Any) -> None:
     assert all(line["ready"] for line in announced)
 
 
-def test_metrics_add_up_across_workers_whichever_answers_the_scrape(workers: Any) -> None:
+def test_each_worker_serves_and_the_metrics_add_up_whichever_answers_the_scrape(workers: Any) -> None:
     running = workers(2)
-    for _ in range(20):  # a new connection each: the kernel hands them to either worker
-        assert httpx.post(running.url + "/echo", content=b"x", timeout=10).status_code == 200
+    (started,) = running.events("workers_started")
+    for paused in started["workers"]:
+        os.kill(paused, signal.SIGSTOP)  # only the other one can accept now
+        try:
+            for _ in range(10):  # a new connection each
+                assert httpx.post(running.url + "/echo", content=b"x", timeout=10).status_code == 200
+        finally:
+            os.kill(paused, signal.SIGCONT)
     scrapes = [httpx.get(running.url + "/sidecar/metrics", timeout=10).text for _ in range(6)]
-    for text in scrapes:
+    for text in scrapes:  # 10 served by each worker, whichever answers the scrape
         assert metric(text, 'sidecar_requests_total{route="passthrough",status="200"}') == 20
         assert metric(text, "sidecar_passthrough_seconds_count") == 20
+
+
+@pytest.mark.parametrize("given_in", ["environment", "file"])
+def test_the_admin_key_is_not_in_the_workers_environment(workers: Any, tmp_path: Path, given_in: str) -> None:
+    if given_in == "file":
+        config = tmp_path / "sidecar.yaml"
+        config.write_text(f"admin_key: {KEYS['MASTER']}\n")
+        running = workers(2, drop=("SIDECAR_ADMIN_KEY",), config=str(config))
+    else:
+        running = workers(2)
+    (started,) = running.events("workers_started")
+    assert httpx.get(running.url + "/readyz", timeout=5).json()["admin_credential"] == "ok (4 models)"
+    for pid in started["workers"]:
+        assert KEYS["MASTER"].encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def test_after_sigterm_new_connections_are_refused_while_streams_finish(workers: Any) -> None:
+    running = workers(2, shutdown_timeout="10")
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.extend(httpx.get(running.url + "/sse?n=15", timeout=10).content.splitlines())
+    )
+    reader.start()
+    time.sleep(0.3)  # the stream is under way (about 3 s)
+    running.proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    with pytest.raises(httpx.ConnectError):  # refused at once, not queued for workers that are leaving
+        httpx.get(running.url + "/healthz", timeout=5)
+    reader.join(timeout=15)
+    assert [line for line in received if line][-1] == b"data: [DONE]"  # the stream under way finished
+    assert running.proc.wait(timeout=15) == 0
+
+
+def test_a_killed_supervisor_leaves_no_worker_behind(workers: Any) -> None:
+    running = workers(2)
+    (started,) = running.events("workers_started")
+    running.proc.kill()
+    running.proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in started["workers"]):
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        time.sleep(0.05)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(running.url + "/healthz", timeout=2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
+
+
+def test_workers_without_a_writable_metrics_directory_is_one_line_and_exit_2(fake: FakeLiteLLM) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--workers", "2"],
+        env={**_env(fake), "PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "litellm-budget-sidecar: workers need a writable directory for their metrics "
+        "(PROMETHEUS_MULTIPROC_DIR): cannot create one in /nonexistent/metrics: No such file or directory\n"
+    )
 
 
 def test_sigterm_drains_every_worker_and_leaves_no_metrics_files(workers: Any) -> None:

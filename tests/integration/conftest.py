@@ -178,7 +178,7 @@ def harness_state(request: pytest.FixtureRequest) -> Iterator[Path]:
     if reason:
         _cannot_run(reason)
     state = Path(tempfile.mkdtemp(prefix="sidecar-it-", dir="/tmp"))
-    state.chmod(0o755)  # as root, the harness runs PostgreSQL as user postgres, which must reach it
+    state.chmod(0o711)  # as root, the harness runs PostgreSQL as user postgres, which must reach into it
     saved = os.environ.get("LITELLM_UPSTREAM_STATE")
     os.environ["LITELLM_UPSTREAM_STATE"] = str(state)
     try:
