@@ -244,6 +244,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
     parser.add_argument("--workers", type=int, default=1, help="the sidecar's worker processes (default 1)")
+    parser.add_argument(
+        "--fallback",
+        help='the sidecar\'s fallback setting, as JSON (e.g. \'{"*": "m"}\': every chat may fall back)',
+    )
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where to write the JSON results")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -279,6 +283,8 @@ def main() -> int:
             SIDECAR_LOG_LEVEL="warning",
             SIDECAR_WORKERS=str(args.workers),
         )
+        if args.fallback:
+            env["SIDECAR_FALLBACK"] = args.fallback
         sidecar.pid = start([str(SIDECAR)], sidecar.port, "sidecar", env)
         targets.append(sidecar)
         if shutil.which("nginx"):
@@ -347,7 +353,12 @@ def main() -> int:
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "settings": {"duration_s": args.duration, "rounds": args.rounds, "workers": args.workers},
+        "settings": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "workers": args.workers,
+            "fallback": args.fallback,
+        },
         "cells": cells,
         "rescue": rescue,
         "first_sse_chunk_ms_p50": {name: statistics.median(v) for name, v in ttfb.items()},

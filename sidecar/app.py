@@ -21,6 +21,7 @@ import httpx
 from sidecar import budget_view
 from sidecar.budget_view import BudgetView
 from sidecar.discovery import Discovery
+from sidecar.fallback import Fallback
 from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.litellm.budget import BudgetBook
 from sidecar.litellm.budget_errors import BUDGET_STATUSES
@@ -53,6 +54,7 @@ class SidecarApp:
         self.budget: BudgetBook | None = None
         self.discovery: Discovery | None = None  # built at start-up, with the clients
         self.budget_view: BudgetView | None = None
+        self.fallback: Fallback | None = None
         self.draining = False  # set when shutdown begins: readiness goes false first
 
     async def startup(self) -> None:
@@ -80,6 +82,8 @@ class SidecarApp:
             render_ttl=min(settings.catalog_ttl, settings.scope_ttl),
         )
         self.budget_view = BudgetView(self.upstream, self.admin, self.budget)
+        if settings.fallback:
+            self.fallback = Fallback(self.upstream, self.admin, self.metrics, settings.fallback)
         if self.admin is not None:
             self.metrics.watch_caches(
                 views=self.admin.views,
@@ -124,7 +128,11 @@ class SidecarApp:
                 return
             route = match_discovery(scope["method"], raw_path)
             if route is None:
-                await self.upstream.pass_through(scope, receive, send)
+                fallback = self.fallback
+                if fallback is not None and fallback.applies(scope):
+                    await fallback.handle(scope, receive, send)
+                else:
+                    await self.upstream.pass_through(scope, receive, send)
             else:
                 assert self.discovery is not None, "the lifespan start-up did not run"
                 await self.discovery.handle(route, scope, send)

@@ -117,6 +117,14 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self.fallbacks = Counter(
+            "sidecar_fallbacks",
+            "Budget fallbacks, by the fallback rule (a model name or *), the free model and the outcome: "
+            "served (LiteLLM answered the retry), refused (it refused the retry too: the caller got the "
+            "original refusal), not_allowed (the target is not free or not the caller's).",
+            ["from", "to", "outcome"],
+            registry=r,
+        )
         self.cache_hits = Counter("sidecar_cache_hits", "Cache hits, by cache.", ["cache"], registry=r)
         self.cache_misses = Counter("sidecar_cache_misses", "Cache misses, by cache.", ["cache"], registry=r)
         self._request_children: dict[tuple[str, int], Callable[[], None]] = {}

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "info"
 
+    # Opt-in: paid model name (or "*") -> free model. A chat/completion/Responses/Messages request for a
+    # mapped model that LiteLLM refuses for a spent budget is sent again with the free model (fallback.py).
+    # JSON in SIDECAR_FALLBACK, e.g. {"*": "free-model"}.
+    fallback: dict[str, str] = Field(default_factory=dict)
+
     # Worker processes sharing the listening socket; "auto": one per CPU this process may run on. Each
     # worker has its own caches and connection pools; metrics add up across them.
     workers: int = Field(default=1, ge=1, le=256)
@@ -96,6 +101,14 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for paid, free in value.items():
+            if not paid.strip() or not free.strip() or free == "*":
+                raise ValueError('maps model names (or "*") to a free model name, e.g. {"*": "free-model"}')
+        return value
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -427,3 +427,47 @@ def test_a_budget_raised_in_litellm_clears_within_budget_ttl(litellm: LiteLLM) -
     REPORT[f"{litellm.version} reset"] = (
         f"cleared {time.monotonic() - lifted:.1f}s after LiteLLM (budget_ttl 2s)"
     )
+
+
+# Spent principals whose paid chat LiteLLM refuses for their budget (the access-limited keys get a denial).
+FALLING_BACK = [p for p in BROKE if p not in ("KEY_FREE_ONLY", "KEY_GROUP_ONLY")]
+
+
+@pytest.mark.parametrize("principal", FALLING_BACK)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_fallback_answers_a_refused_paid_chat_with_the_free_model(
+    litellm: LiteLLM, principal: str, stream: bool
+) -> None:
+    url = litellm.sidecar("free_only", fallback='{"paid-model": "free-model"}')
+    headers = auth(litellm, principal)
+    free = {"model": "free-model", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    direct_free = httpx.post(litellm.url + "/v1/chat/completions", json=free, headers=headers, timeout=30)
+    client = openai_client(url, litellm, principal)
+    try:
+        if stream:
+            raw = client.chat.completions.with_raw_response.create(
+                model="paid-model", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            chunks = list(raw.parse())
+            model, text = (
+                chunks[0].model,
+                "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+            )
+        else:
+            raw = client.chat.completions.with_raw_response.create(
+                model="paid-model", messages=[{"role": "user", "content": "hi"}]
+            )
+            completion = raw.parse()
+            model, text = completion.model, completion.choices[0].message.content or ""
+        outcome = f"served, model {model!r}"
+    except openai.APIStatusError as exc:
+        raw, outcome = None, f"refused {exc.status_code}"
+        assert is_budget_error(exc.status_code, exc.response.json())  # the original refusal
+    REPORT[f"{litellm.version} fallback {principal} {'sse' if stream else 'json'}"] = outcome
+    if direct_free.status_code == 200:  # LiteLLM lets this spent caller use the free model
+        assert raw is not None, outcome
+        assert raw.headers["x-sidecar-fallback-from"] == "paid-model"
+        assert raw.headers["x-sidecar-fallback-model"] == "free-model"
+        assert text
+    else:
+        assert raw is None, outcome

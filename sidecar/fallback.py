@@ -1,0 +1,236 @@
+"""Opt-in budget fallback: a paid request LiteLLM refuses for a spent budget is sent again with a free model.
+
+Setting ``fallback`` maps a paid model name (or ``*``) to a free one. For a ``POST`` to a chat completion,
+completion, Responses API or Anthropic Messages route whose JSON body (at most ``BODY_LIMIT`` bytes) names
+a mapped model, the request goes to LiteLLM as usual. If LiteLLM refuses it with a budget error
+(``budget_errors.is_budget_error``: not a rate limit, not an access denial) and the target is free in
+LiteLLM's catalog and among the models the caller may access, the same request is sent again with only
+its ``model`` replaced - with the caller's own headers, credential included: LiteLLM enforces access and
+budget on the retry itself, so a fallback can never widen anyone's access. The retry's answer goes back
+with ``x-sidecar-fallback-from`` and ``x-sidecar-fallback-model``, streamed if the request streams (the
+refusal comes before any chunk); if the retry is refused too, the caller gets the original refusal,
+unchanged. Any other answer - and every request that cannot fall back - passes through as it came.
+
+Only requests that may fall back are read whole first; the rest pass through as streams, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sidecar.litellm.admin import AdminLookups, LookupFailed
+from sidecar.litellm.budget import principal_of
+from sidecar.litellm.budget_errors import BUDGET_STATUSES, is_budget_error
+from sidecar.logs import event
+from sidecar.metrics import Metrics
+from sidecar.proxy.upstream import Upstream
+from sidecar.types import Message, Receive, Scope, Send
+
+log = logging.getLogger("sidecar.fallback")
+
+ROUTES = frozenset(
+    {
+        b"/v1/chat/completions",
+        b"/chat/completions",
+        b"/v1/completions",
+        b"/completions",
+        b"/v1/responses",
+        b"/responses",
+        b"/v1/messages",
+    }
+)
+BODY_LIMIT = 1024 * 1024  # bytes: a larger request is passed through without a fallback
+_REFUSAL_LIMIT = 64 * 1024  # bytes of a refusal kept to judge it (LiteLLM's are a few hundred)
+FROM_HEADER = b"x-sidecar-fallback-from"
+MODEL_HEADER = b"x-sidecar-fallback-model"
+
+
+class Fallback:
+    def __init__(
+        self, upstream: Upstream, admin: AdminLookups | None, metrics: Metrics, mapping: Mapping[str, str]
+    ) -> None:
+        self._upstream = upstream
+        self._admin = admin
+        self._metrics = metrics
+        self._mapping = dict(mapping)
+
+    def applies(self, scope: Scope) -> bool:
+        """Whether this request may fall back, on its method and path alone (no body read yet)."""
+        raw_path = scope["raw_path"] or scope["path"].encode()
+        return bool(self._mapping) and scope["method"] == "POST" and raw_path in ROUTES
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        read, body = await _read_up_to(receive, BODY_LIMIT)
+        model, target = self._target(body)
+        if model is None or target is None or model == target:
+            await self._upstream.pass_through(scope, _replay(read, receive), send)
+            return
+        first = _Held(send, self._rule(model))
+        await self._upstream.pass_through(scope, _replay(read, receive), first.send)
+        if not first.held:
+            return  # LiteLLM answered with no budget refusal: it went to the caller as it came
+        if not await self._may_use(scope, first, target):
+            await first.release()
+            return
+        assert body is not None  # a model was read from it
+        retried = json.loads(body)
+        retried["model"] = target
+        again = json.dumps(retried, separators=(",", ":")).encode()
+        retry = _Retry(send, model, target)
+        await self._upstream.pass_through(
+            _with_length(scope, len(again)), _replay_bytes(again, receive), retry.send
+        )
+        outcome = "served" if retry.passed else "refused"
+        self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
+        event(log, logging.INFO, "fallback", outcome=outcome, model=model, target=target, key=_label(scope))
+        if not retry.passed:
+            await first.release()  # the retry was refused too: the caller gets the original refusal
+
+    def _rule(self, model: str) -> str:
+        """The mapping's key that applies to ``model``: the metric's label (never a caller's free text)."""
+        return model if model in self._mapping else "*"
+
+    def _target(self, body: bytes | None) -> tuple[str | None, str | None]:
+        if body is None:
+            return None, None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None, None
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if not isinstance(model, str):
+            return None, None
+        return model, self._mapping.get(model, self._mapping.get("*"))
+
+    async def _may_use(self, scope: Scope, first: _Held, target: str) -> bool:
+        """Only a budget refusal falls back, and only to a free model the caller may access."""
+        if not is_budget_error(first.status, first.json()) or self._admin is None:
+            return False
+        who = principal_of(scope)
+        if who is None or not who.virtual_key:
+            return False
+        try:
+            catalog = await self._admin.catalog()
+            allowed = (await self._admin.scope(who.token)).allowed(catalog)
+        except LookupFailed:
+            return False
+        usable = catalog.is_free(target) and allowed.allows(target)
+        if not usable:
+            self._metrics.fallbacks.labels(first.rule, target, "not_allowed").inc()
+            event(
+                log,
+                logging.WARNING,
+                "fallback_refused",
+                target=target,
+                key=who.label,
+                reason="the target is not free or not among the models this caller may access",
+            )
+        return usable
+
+
+class _Held:
+    """The first answer: passed on as it comes, unless it is a small budget-status answer, which is held
+    back (whole) until it is known whether a fallback replaces it."""
+
+    def __init__(self, send: Send, rule: str) -> None:
+        self._send = send
+        self.rule = rule
+        self.held = False
+        self.status = 0
+        self._start: Message | None = None
+        self._body = bytearray()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] in BUDGET_STATUSES:
+            self.held, self.status, self._start = True, message["status"], message
+            return
+        if self.held and message["type"] == "http.response.body":
+            self._body += message.get("body", b"")
+            if len(self._body) > _REFUSAL_LIMIT:  # no refusal of LiteLLM's: let it go as it came
+                await self.release(more=message.get("more_body", False))
+            return
+        await self._send(message)
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self._body)
+        except ValueError:
+            return None
+
+    async def release(self, more: bool = False) -> None:
+        if self._start is None:
+            return
+        start, self._start, self.held = self._start, None, False
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": bytes(self._body), "more_body": more})
+
+
+class _Retry:
+    """The retry's answer: to the caller, marked, if LiteLLM served it; swallowed if it refused it."""
+
+    def __init__(self, send: Send, model: str, target: str) -> None:
+        self._send = send
+        self._marks = [(FROM_HEADER, model.encode()), (MODEL_HEADER, target.encode())]
+        self.passed: bool | None = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.passed = message["status"] < 400
+            if self.passed:
+                message = {**message, "headers": [*message["headers"], *self._marks]}
+        if self.passed:
+            await self._send(message)
+
+
+async def _read_up_to(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
+    """The request's messages read so far and, if the whole body came within ``limit``, the body."""
+    read: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return read, None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return read, None
+        if not message.get("more_body", False):
+            return read, b"".join(m.get("body", b"") for m in read)
+
+
+def _replay(read: list[Message], receive: Receive) -> Receive:
+    """``receive`` with the messages already read given again first."""
+    pending = list(read)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+def _replay_bytes(body: bytes, receive: Receive) -> Receive:
+    """The retry's request: its new body, then the caller's own ``receive`` (which tells a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    """``scope`` for the retry: its body is new, so its length is stated anew (chunked framing dropped)."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"transfer-encoding")]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
+
+
+def _label(scope: Scope) -> str | None:
+    who = principal_of(scope)
+    return who.label if who is not None else None
