@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--free-models", help="comma-separated model names to treat as free")
     parser.add_argument("--workers", help="worker processes, or auto: one per CPU (default 1)")
     parser.add_argument(
+        "--fallback",
+        metavar="JSON",
+        help='opt-in: paid model (or "*") -> free model, e.g. {"*": "free-model"}',
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="validate the settings, check LiteLLM is reachable and the admin key accepted, then exit",
@@ -67,7 +73,19 @@ def _settings(args: argparse.Namespace, warnings: list[str] | None = None) -> Se
         log_level=args.log_level,
         free_models=args.free_models,
         workers=args.workers,
+        fallback=_json_flag("fallback", args.fallback),
     )
+
+
+def _json_flag(name: str, value: str | None) -> object:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise SettingsError(
+            f'invalid setting \'{name}\' (--{name}): not JSON, e.g. {{"*": "free-model"}}'
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,6 +57,13 @@ class Fallback:
         self._metrics = metrics
         self._mapping = dict(mapping)
 
+    async def unusable_targets(self) -> list[str]:
+        """The targets LiteLLM's catalog does not call free: no request will fall back to them."""
+        if self._admin is None:
+            return sorted(set(self._mapping.values()))
+        catalog = await self._admin.catalog()
+        return sorted({target for target in self._mapping.values() if not catalog.is_free(target)})
+
     def applies(self, scope: Scope) -> bool:
         """Whether this request may fall back, on its method and path alone (no body read yet)."""
         raw_path = scope["raw_path"] or scope["path"].encode()

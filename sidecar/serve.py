@@ -139,6 +139,19 @@ async def announce(app: SidecarApp) -> None:
         upstream=upstream,
         admin_credential=report.get("admin_credential", "not set (every budget verdict unknown)"),
     )
+    if app.fallback is not None and ready:
+        try:
+            unusable = await app.fallback.unusable_targets()
+        except Exception:  # noqa: BLE001 - the start-up line is a courtesy; requests check again
+            return
+        for target in unusable:
+            event(
+                log,
+                logging.WARNING,
+                "setting_warning",
+                message=f"fallback target {target} is not free in LiteLLM's catalog (or there is no admin "
+                "key): no request will fall back to it",
+            )
 
 
 def server_config(settings: Settings, app: SidecarApp | None = None) -> uvicorn.Config:

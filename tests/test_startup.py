@@ -151,3 +151,38 @@ def test_a_setting_named_in_lower_case_is_read_and_not_called_unknown(
     warnings = [line["message"] for line in lines if line.get("event") == "setting_warning"]
     assert warnings == ["unknown environment variable sidecar_polcy is ignored; did you mean SIDECAR_POLICY?"]
     assert startup_line(lines)["policy"] == "free_only"
+
+
+def test_a_fallback_target_the_catalog_does_not_call_free_is_a_warning_at_start(
+    fake: FakeLiteLLM, tmp_path: Path
+) -> None:
+    env = _env(fake, fallback='{"paid-model": "free-model", "*": "paid-model-2"}')
+    lines, _ = run_until_announced(env, tmp_path)  # the warning follows the startup line (cached catalog)
+    warnings = [line["message"] for line in lines if line.get("event") == "setting_warning"]
+    assert warnings == [
+        "fallback target paid-model-2 is not free in LiteLLM's catalog (or there is no admin key): "
+        "no request will fall back to it"
+    ]
+
+
+def test_the_fallback_flag_takes_json_and_says_when_it_is_not(fake: FakeLiteLLM) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--fallback", "{paid: free}", "--check"],
+        env=_env(fake),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "litellm-budget-sidecar: invalid setting 'fallback' (--fallback): not JSON, "
+        'e.g. {"*": "free-model"}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--fallback", '{"*": "free-model"}', "--check"],
+        env=_env(fake),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
