@@ -179,7 +179,8 @@ class Target:
     results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
-def nginx_config(directory: Path, port: int, stub_port: int) -> Path:
+def _nginx(directory: Path, servers: str) -> Path:
+    """An nginx.conf of its own in ``directory`` (pid, logs, temp paths there) around ``servers``."""
     config = directory / "nginx.conf"
     config.write_text(f"""
 worker_processes 1;
@@ -194,7 +195,16 @@ http {{
     fastcgi_temp_path {directory}/fastcgi;
     uwsgi_temp_path {directory}/uwsgi;
     scgi_temp_path {directory}/scgi;
-    upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}
+{servers}
+}}
+""")
+    return config
+
+
+def nginx_config(directory: Path, port: int, stub_port: int) -> Path:
+    return _nginx(
+        directory,
+        f"""    upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -204,10 +214,8 @@ http {{
             proxy_buffering off;
             proxy_request_buffering off;
         }}
-    }}
-}}
-""")
-    return config
+    }}""",
+    )
 
 
 def split_config(directory: Path, port: int, stub_port: int, sidecar_port: int) -> Path:
@@ -219,24 +227,7 @@ def split_config(directory: Path, port: int, stub_port: int, sidecar_port: int) 
     split = directory / "split"
     split.mkdir()
     (split / "split.conf").write_text(shipped)
-    config = split / "nginx.conf"
-    config.write_text(f"""
-worker_processes 1;
-daemon off;
-pid {split}/nginx.pid;
-error_log {split}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {split}/body;
-    proxy_temp_path {split}/proxy;
-    fastcgi_temp_path {split}/fastcgi;
-    uwsgi_temp_path {split}/uwsgi;
-    scgi_temp_path {split}/scgi;
-    include {split}/split.conf;
-}}
-""")
-    return config
+    return _nginx(split, f"    include {split}/split.conf;")
 
 
 def main() -> int:

@@ -34,8 +34,8 @@ from typing import Any
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, past_budget_checks, principal_of
-from sidecar.litellm.budget_errors import budget_scope, error_of, is_budget_error
-from sidecar.litellm.levels import Level, chain, stated
+from sidecar.litellm.budget_errors import is_budget_error
+from sidecar.litellm.levels import Level, chain, refusal_shown
 from sidecar.logs import event
 from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable, send_json
 from sidecar.types import Scope, Send
@@ -92,12 +92,7 @@ class BudgetView:
             verdict, blocking = judged.verdict, judged.level
             if blocking is not None and blocking.scope not in _OWN_LEVELS:
                 verdict, blocking = "unknown", None
-            message = (error_of(refusal) or {}).get("message")
-            refused = {
-                "scope": budget_scope(refusal),
-                "enforced": stated(refusal)[0],
-                "message": message if isinstance(message, str) else None,
-            }
+            refused = refusal_shown(refusal)
         return {
             "verdict": verdict,
             "refused": refused,
@@ -107,8 +102,7 @@ class BudgetView:
 
     async def _usable(self, token: str, free: bool) -> list[str]:
         assert self._admin is not None
-        catalog = await self._admin.catalog()
-        access = (await self._admin.scope(token)).allowed(catalog)
+        catalog, access = await self._admin.access(token)
         return [name for name in catalog.names if access.allows(name) and (not free or catalog.is_free(name))]
 
 

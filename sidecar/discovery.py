@@ -278,9 +278,7 @@ class Discovery:
 
     async def _visible(self, token: str) -> Callable[[str], bool]:
         assert self._admin is not None
-        scope = await self._admin.scope(token)
-        catalog = await self._admin.catalog()
-        access = scope.allowed(catalog)
+        catalog, access = await self._admin.access(token)
         if self._policy == "free_only":
             return lambda name: catalog.is_free(name) and access.allows(name)
         return access.allows

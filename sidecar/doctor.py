@@ -44,9 +44,9 @@ import httpx
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.litellm.budget import PROBE_ROUTE, past_budget_checks
-from sidecar.litellm.budget_errors import budget_scope, error_of, is_budget_error
+from sidecar.litellm.budget_errors import error_of, is_budget_error
 from sidecar.litellm.credentials import key_hash, key_label
-from sidecar.litellm.levels import Level, Verdict, chain, judge, stated
+from sidecar.litellm.levels import Level, Verdict, chain, judge, refusal_shown
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, load_settings
 
@@ -227,8 +227,7 @@ async def _diagnose(
     token = key_hash(key)
     try:
         levels = chain(await admin.budget_records(token, end_user))
-        catalog = await admin.catalog()
-        access = (await admin.scope(token)).allowed(catalog)
+        catalog, access = await admin.access(token)
     except LookupFailed as exc:
         if exc.status in (401, 403):
             raise CannotDiagnose(f"LiteLLM refuses the admin key: {exc}") from None
@@ -253,18 +252,10 @@ async def _diagnose(
             )
         else:
             verdict, reason = "within", "LiteLLM serves the key and its records show no spent budget"
-    message = (error_of(body) or {}).get("message") if refused else None
     diagnosis = Diagnosis(
         litellm={"url": url, "version": version},
         key={"label": key_label(key), "token": token, "end_user": end_user},
-        refused=None
-        if not refused
-        else {
-            "status": probe.status_code,
-            "scope": budget_scope(body),
-            "enforced": stated(body)[0],
-            "message": message if isinstance(message, str) else None,
-        },
+        refused={"status": probe.status_code, **refusal_shown(body)} if refused else None,
         levels=[level.shown(level == blocking) for level in levels],
         verdict=verdict,
         reason=reason,

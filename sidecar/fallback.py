@@ -120,8 +120,7 @@ class Fallback:
         if who is None or not who.virtual_key:
             return False
         try:
-            catalog = await self._admin.catalog()
-            allowed = (await self._admin.scope(who.token)).allowed(catalog)
+            catalog, allowed = await self._admin.access(who.token)
         except LookupFailed:
             return False
         usable = catalog.is_free(target) and allowed.allows(target)

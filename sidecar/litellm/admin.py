@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from sidecar.cache import SingleFlightCache
-from sidecar.litellm.access import Scope, scope_from_admin_answers
+from sidecar.litellm.access import Access, Scope, scope_from_admin_answers
 from sidecar.litellm.catalog import ModelCatalog
 from sidecar.metrics import Metrics
 
@@ -154,6 +154,13 @@ class AdminLookups:
             return scope_from_admin_answers(key_info, team_info, user_info)
 
         return await self.scopes.get(token_hash, load)
+
+    async def access(self, token_hash: str) -> tuple[ModelCatalog, Access]:
+        """The catalog and which of its models the key may access: what discovery, the budget view, the
+        doctor and the fallback all ask (cached, as ``scope`` and ``catalog`` are)."""
+        scope = await self.scope(token_hash)
+        catalog = await self.catalog()
+        return catalog, scope.allowed(catalog)
 
     async def _record(self, path: str, param: str, value: str) -> Any:
         return await self.records.get((path, value), lambda: self._get(path, ((param, value),)))

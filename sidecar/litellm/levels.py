@@ -75,6 +75,17 @@ class Level:
         }
 
 
+def refusal_shown(body: Any) -> dict[str, Any]:
+    """A budget refusal as the budget view and ``doctor`` show it: the level it names, the spend it states
+    (LiteLLM's counter) and its message."""
+    message = (error_of(body) or {}).get("message")
+    return {
+        "scope": budget_scope(body),
+        "enforced": stated(body)[0],
+        "message": message if isinstance(message, str) else None,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What a budget refusal says: ``spent``, ``phantom`` or ``unknown``, for the level that refused."""
