@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ DISCOVERY = (
 )
 ANTHROPIC = {"anthropic-version": "2023-06-01"}
 CHATS = (("paid-model", False), ("paid-model", True), ("free-model", False), ("free-model", True))
+# The other routes a fallback covers, asked for the paid model by the spent principals only: LiteLLM
+# refuses those before it calls its provider, which in the harness serves chat completions alone (a call
+# it cannot serve would put the model's deployment in LiteLLM's cooldown for the tests that follow).
+REFUSED_ONLY = frozenset({"KEY_HEALTHY", "KEY_END_USER_CALLER", "MASTER"})
+OTHER_ROUTES = (
+    ("/v1/responses", {"input": "hi"}, "authorization"),
+    ("/v1/completions", {"prompt": "hi"}, "authorization"),
+    ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}, "x-api-key"),
+)
 
 
 def _entry(
@@ -74,9 +84,50 @@ def _entry(
     return entry
 
 
+# The seeded principals whose own key made the call that spent their budget, and the records of the
+# levels that call was charged to.
+SPENDERS = (
+    "KEY_TEAM_BROKE",
+    "KEY_KEY_BROKE",
+    "KEY_USER_BROKE",
+    "KEY_MEMBER_BROKE",
+    "KEY_WINDOW_BROKE",
+    "KEY_ORG_BROKE",
+    "KEY_END_USER_CALLER",
+)
+CHARGED = {
+    "/team/info?team_id=team-broke": "team_info",
+    "/user/info?user_id=user-broke": "user_info",
+    "/customer/info?end_user_id=end-user-broke": None,
+}
+
+
+def _wait_for_spend(client: httpx.Client, master_key: str, keys: dict[str, str], timeout: float = 60) -> None:
+    """LiteLLM writes spend to Postgres in batches (every 1-6 s here), so right after ``seed`` its records
+    may not show the seeded spend yet: wait until every one does, so the recording is of a settled state."""
+    records = {
+        f"/key/info?key={hashlib.sha256(keys[p].encode()).hexdigest()}": "info" for p in SPENDERS if p in keys
+    }
+    records.update(CHARGED)
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = []
+        for target, field in records.items():
+            answer = client.get(target, headers={"Authorization": f"Bearer {master_key}"})
+            body = answer.json() if answer.status_code == 200 else {}
+            if not ((body.get(field) if field else body) or {}).get("spend"):
+                pending.append(target)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"LiteLLM never wrote the seeded spend of {pending}")
+        time.sleep(1)
+
+
 def record(version: str, url: str, master_key: str, keys: dict[str, str]) -> list[dict[str, Any]]:
     entries = []
     with httpx.Client(base_url=url, timeout=60) as client:
+        _wait_for_spend(client, master_key, keys)
 
         def ask(principal: str, key: str, target: str, extra: dict[str, str] | None = None) -> None:
             headers = {"Authorization": f"Bearer {key}", **(extra or {})}
@@ -113,6 +164,18 @@ def record(version: str, url: str, master_key: str, keys: dict[str, str]) -> lis
                     "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **end_user}
                 )
                 entries.append(_entry(version, principal, response, end_user, body))
+            if principal not in REFUSED_ONLY:
+                for path, fields, carrier in OTHER_ROUTES:
+                    for stream in (False, True):
+                        body = {"model": "paid-model", **fields, "stream": stream}
+                        sent = dict(end_user)
+                        if carrier == "x-api-key":  # as the anthropic client sends it
+                            sent.update({"x-api-key": key, **ANTHROPIC})
+                        else:
+                            sent["Authorization"] = f"Bearer {key}"
+                        response = client.post(path, json=body, headers=sent)
+                        shown = {k: v for k, v in sent.items() if k not in ("Authorization", "x-api-key")}
+                        entries.append(_entry(version, principal, response, shown, body))
             if principal == "MASTER":
                 continue
             if end_user:
