@@ -41,9 +41,38 @@ def test_each_version_has_budget_errors_and_other_errors_in_its_recording(versio
     assert {e["status"] for e in other_errors} >= {401}
 
 
-def test_max_budget_limit_without_budget_type_is_a_budget_error() -> None:
-    body = {"error": {"message": "Max budget limit reached.", "type": "None", "param": "None", "code": "429"}}
+# LiteLLM 1.88.6's user budget check, which also refuses free models: verbatim from /v1/chat/completions
+# and /v1/responses, and (with the status before it) from /v1/completions and /v1/messages.
+@pytest.mark.parametrize("message", ["Max budget limit reached.", "429: Max budget limit reached."])
+def test_max_budget_limit_without_budget_type_is_a_budget_error(message: str) -> None:
+    body = {"error": {"message": message, "type": "None", "param": "None", "code": "429"}}
     assert is_budget_error(429, body)
+
+
+def test_an_access_denial_quoting_a_model_name_that_reads_like_a_budget_is_not_one() -> None:
+    """LiteLLM's 403 quotes the model the caller asked for; a caller may name it anything."""
+    recorded = next(
+        e["body"]
+        for e in load_recordings("1.110.2")
+        if e["principal"] == "KEY_FREE_ONLY" and e["status"] == 403 and "paid-model" in json.dumps(e["body"])
+    )
+    crafted = json.loads(
+        json.dumps(recorded).replace("paid-model", "ExceededBudget: End User=bob over budget")
+    )
+    assert "ExceededBudget: End User=bob" in crafted["error"]["message"]
+    assert not is_budget_error(403, crafted)
+
+
+def test_a_refusal_in_anthropics_shape_is_told_by_litellms_own_error_type() -> None:
+    """LiteLLM 1.110's ``/v1/messages`` answers in Anthropic's shape and keeps its own type aside, so a
+    change of wording alone does not hide a budget refusal there."""
+    error = {"type": "invalid_request_error", "message": "Spend limit reached for this key"}
+    assert not is_budget_error(422, {"type": "error", "error": error})
+    assert is_budget_error(
+        422, {"type": "error", "error": {**error, "litellm_error_type": "budget_exceeded"}}
+    )
+    throttled = {**error, "message": "Rate limit reached", "litellm_error_type": "rate_limit_error"}
+    assert not is_budget_error(429, {"type": "error", "error": throttled})
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,13 @@
 
 LiteLLM signals a spent budget (key, key window, team, team member, user, end user or organisation) with an
 error answer whose status changed across versions: 400 up to 1.84, 429 from 1.85 to 1.100, 422 from 1.106;
-a few paths use 403. The body is always ``{"error": {"message": ..., "type": ..., ...}}``. Most carry
-``type == "budget_exceeded"``; some (1.88's user check, "Max budget limit reached.") carry ``"None"``, so
-the message is matched too, against LiteLLM's own wording. Anything else - a 401 for a bad key, a 403
-"access denied", a 5xx, a body that is not JSON - is *not* a budget error and is passed through untouched.
+a few paths use 403. The body is ``{"error": {"message": ..., "type": ..., ...}}``; on the Anthropic route
+``/v1/messages`` LiteLLM 1.110 gives it Anthropic's shape, ``{"type": "error", "error": {"type":
+"invalid_request_error", "message": ..., "litellm_error_type": "budget_exceeded"}}``. Most carry
+``budget_exceeded`` in ``type`` (or ``litellm_error_type``); some (1.88's user check, "Max budget limit
+reached.") carry ``"None"``, so the message is matched too, against LiteLLM's own wording. Anything
+else - a 401 for a bad key, a 403 "access denied", a 5xx, a body that is not JSON - is *not* a budget
+error and is passed through untouched.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from typing import Any
 
 BUDGET_STATUSES = frozenset({400, 403, 422, 429})
 
+# How LiteLLM's own budget messages begin (every version from 1.83 to 1.110), after the "429: " that some
+# routes put before an HTTPException's detail (1.88's /v1/completions and /v1/messages: "429: Max budget
+# limit reached."). Matched at the start only: an access denial's message quotes the caller's model name,
+# which may say anything.
 _BUDGET_MESSAGES = re.compile(
-    r"Budget has been exceeded!|ExceededBudget:|over budget|Max budget limit reached\.",
-    re.IGNORECASE,
+    r"\s*(?:\d{3}: )?(?:Budget has been exceeded!|ExceededBudget:|Max budget limit reached\.)"
 )
 
 # Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=..").
@@ -55,10 +61,10 @@ def is_budget_error(status: int, body: Any) -> bool:
     error = error_of(body)
     if error is None:
         return False
-    if error.get("type") == "budget_exceeded":
+    if "budget_exceeded" in (error.get("type"), error.get("litellm_error_type")):
         return True
     message = error.get("message")
-    return isinstance(message, str) and _BUDGET_MESSAGES.search(message) is not None
+    return isinstance(message, str) and _BUDGET_MESSAGES.match(message) is not None
 
 
 def _message(body: Any) -> str:
