@@ -23,7 +23,7 @@ from typing import Any
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import principal_of
-from sidecar.litellm.budget_errors import BUDGET_STATUSES, is_budget_error
+from sidecar.litellm.budget_errors import BUDGET_STATUSES, error_of, is_budget_error
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.upstream import Upstream
@@ -44,6 +44,7 @@ ROUTES = frozenset(
 )
 BODY_LIMIT = 1024 * 1024  # bytes: a larger request is passed through without a fallback
 _REFUSAL_LIMIT = 64 * 1024  # bytes of a refusal kept to judge it (LiteLLM's are a few hundred)
+_SHOWN_LIMIT = 128  # characters of a caller's model name shown in a header or a log line
 FROM_HEADER = b"x-sidecar-fallback-from"
 MODEL_HEADER = b"x-sidecar-fallback-model"
 
@@ -72,29 +73,57 @@ class Fallback:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         read, body = await _read_up_to(receive, BODY_LIMIT)
         model, target = self._target(body)
-        if model is None or target is None or model == target:
+        if body is None or model is None or target is None or model == target:
             await self._upstream.pass_through(scope, _replay(read, receive), send)
             return
+        del read  # the body is held once, as one piece, while the first answer lasts
         first = _Held(send, self._rule(model))
-        await self._upstream.pass_through(scope, _replay(read, receive), first.send)
+        await self._upstream.pass_through(scope, _replay_bytes(body, receive), first.send)
         if not first.held:
             return  # LiteLLM answered with no budget refusal: it went to the caller as it came
         if not await self._may_use(scope, first, target):
             await first.release()
             return
-        assert body is not None  # a model was read from it
         retried = json.loads(body)
         retried["model"] = target
         again = json.dumps(retried, separators=(",", ":")).encode()
-        retry = _Retry(send, model, target)
-        await self._upstream.pass_through(
-            _with_length(scope, len(again)), _replay_bytes(again, receive), retry.send
-        )
-        outcome = "served" if retry.passed else "refused"
-        self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
-        event(log, logging.INFO, "fallback", outcome=outcome, model=model, target=target, key=_label(scope))
+        del body, retried
+        retry = _Retry(send, self._shown(model), target)
+        try:
+            await self._upstream.pass_through(
+                _with_length(scope, len(again)), _replay_bytes(again, receive), retry.send
+            )
+        finally:
+            self._count(scope, model, target, retry)
         if not retry.passed:
             await first.release()  # the retry was refused too: the caller gets the original refusal
+
+    def _count(self, scope: Scope, model: str, target: str, retry: _Retry) -> None:
+        """The metric and log line of one retry, however it ended."""
+        # "abandoned": no answer came, because the caller went away or LiteLLM could not be reached.
+        outcome = "abandoned" if retry.status is None else "served" if retry.passed else "refused"
+        self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
+        refused = retry.status is not None and not retry.passed
+        event(
+            log,
+            logging.INFO,
+            "fallback",
+            outcome=outcome,
+            model=model[:_SHOWN_LIMIT],
+            target=target,
+            key=_label(scope),
+            # Why a refused fallback failed: LiteLLM refused the free model for budget too, or its answer
+            # was another error (e.g. the target's provider does not serve this route).
+            retry_status=retry.status,
+            retry_budget_refusal=is_budget_error(retry.status or 0, retry.json()) if refused else None,
+            retry_error=_error_type(retry.json()) if refused else None,
+        )
+
+    def _shown(self, model: str) -> str:
+        """The model named in ``x-sidecar-fallback-from``: the caller's, when it is a short printable
+        ASCII name; otherwise the rule that matched it (``*``), never text a header cannot carry."""
+        fits = len(model) <= _SHOWN_LIMIT and model.isascii() and model.isprintable()
+        return model if fits else self._rule(model)
 
     def _rule(self, model: str) -> str:
         """The mapping's key that applies to ``model``: the metric's label (never a caller's free text)."""
@@ -105,7 +134,7 @@ class Fallback:
             return None, None
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
             return None, None
         model = parsed.get("model") if isinstance(parsed, dict) else None
         if not isinstance(model, str):
@@ -161,10 +190,7 @@ class _Held:
         await self._send(message)
 
     def json(self) -> Any:
-        try:
-            return json.loads(self._body)
-        except ValueError:
-            return None
+        return _parsed(self._body)
 
     async def release(self, more: bool = False) -> None:
         if self._start is None:
@@ -175,20 +201,43 @@ class _Held:
 
 
 class _Retry:
-    """The retry's answer: to the caller, marked, if LiteLLM served it; swallowed if it refused it."""
+    """The retry's answer: to the caller, marked, if LiteLLM served it; swallowed (its start kept, to be
+    judged) if it refused it."""
 
     def __init__(self, send: Send, model: str, target: str) -> None:
         self._send = send
         self._marks = [(FROM_HEADER, model.encode()), (MODEL_HEADER, target.encode())]
         self.passed: bool | None = None
+        self.status: int | None = None
+        self._refusal = bytearray()
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            self.status = message["status"]
             self.passed = message["status"] < 400
             if self.passed:
                 message = {**message, "headers": [*message["headers"], *self._marks]}
         if self.passed:
             await self._send(message)
+        elif message["type"] == "http.response.body" and len(self._refusal) <= _REFUSAL_LIMIT:
+            self._refusal += message.get("body", b"")
+
+    def json(self) -> Any:
+        return _parsed(self._refusal)
+
+
+def _error_type(body: Any) -> str | None:
+    """The ``type`` LiteLLM gave an error answer (its own ``litellm_error_type`` in Anthropic's shape)."""
+    error = error_of(body) or {}
+    kind = error.get("litellm_error_type") or error.get("type")
+    return kind[:64] if isinstance(kind, str) else None
+
+
+def _parsed(body: bytes | bytearray) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 async def _read_up_to(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:

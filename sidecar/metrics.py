@@ -121,7 +121,8 @@ class Metrics:
             "sidecar_fallbacks",
             "Budget fallbacks, by the fallback rule (a model name or *), the free model and the outcome: "
             "served (LiteLLM answered the retry), refused (it refused the retry too: the caller got the "
-            "original refusal), not_allowed (the target is not free or not the caller's).",
+            "original refusal), not_allowed (the target is not free or not the caller's), abandoned (the "
+            "retry got no answer).",
             ["from", "to", "outcome"],
             registry=r,
         )

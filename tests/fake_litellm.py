@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import inspect
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -83,7 +84,7 @@ Reply = tuple[int, list[tuple[str, str]], bytes]
 class FakeLiteLLM:
     version: str = "1.88.6"
     seen: list[Seen] = field(default_factory=list)
-    overrides: dict[tuple[str, str], Callable[[Seen], Reply]] = field(default_factory=dict)
+    overrides: dict[tuple[str, str], Callable[[Seen], Reply | Awaitable[Reply]]] = field(default_factory=dict)
     delay: float = 0.0
     events: list[str] = field(default_factory=list)
     # (principal, method, target [+ "#model" for a POST] [+ "@end user" it names], anthropic) -> entry
@@ -136,7 +137,7 @@ class FakeLiteLLM:
 
     def recorded(self, seen: Seen) -> Reply | None:
         key = (seen.header("authorization") or "").removeprefix("Bearer ").strip()
-        principal = PRINCIPAL_OF.get(key)
+        principal = PRINCIPAL_OF.get(key or (seen.header("x-api-key") or "").strip())
         if principal is None:
             return None
         anthropic = seen.header("anthropic-version") is not None
@@ -145,7 +146,7 @@ class FakeLiteLLM:
         if seen.method == "POST":
             try:
                 target += _body_tag(json.loads(seen.body or b"{}"))
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
         if end_user is not None:
             target += f"@{end_user}"
@@ -197,6 +198,8 @@ class FakeLiteLLM:
             return
         override = self.overrides.get((seen.method, seen.target)) or self.overrides.get((seen.method, "*"))
         reply = override(seen) if override else self._builtin(path, seen) or self.recorded(seen)
+        if inspect.isawaitable(reply):  # an override that takes its time
+            reply = await reply
         if reply is None:
             reply = (404, [("content-type", "application/json")], b'{"detail":"Not Found"}')
         status, reply_headers, payload = reply

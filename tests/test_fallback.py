@@ -4,15 +4,21 @@ when that is refused too or not allowed, with LiteLLM's original refusal, byte f
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from typing import Any
 
+import anthropic
 import httpx
+import openai
 import pytest
 
 from sidecar.settings import SettingsError, load_settings
 from tests.conftest import SidecarFactory, bearer
-from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM
+from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, Reply, Seen, load_recordings
+from tests.seeded import seeded
 from tests.test_operations import metric
 from tests.test_verdicts import PAID_CHAT, PAID_STREAM, PAYING, recorded_chat
 
@@ -122,3 +128,300 @@ def test_the_setting_comes_as_json_from_the_environment_and_is_checked(
     monkeypatch.setenv("SIDECAR_FALLBACK", '{"paid-model": "*"}')
     with pytest.raises(SettingsError, match="fallback"):
         load_settings(None, policy="blocked")
+
+
+# What a free model's provider answers on the other routes. The harness's provider serves chat only, so
+# LiteLLM's own served answers on these routes could not be recorded; these follow OpenAI's Responses and
+# Anthropic's Messages references, as the official clients parse them.
+def _responses_answer(status: str, text: str) -> dict[str, Any]:
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1796292704,
+        "model": "free-model",
+        "status": status,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+        if text
+        else [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+    }
+
+
+def _sse(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+RESPONSES_SSE = _sse(
+    [
+        {"type": "response.created", "sequence_number": 0, "response": _responses_answer("in_progress", "")},
+        {
+            "type": "response.output_text.delta",
+            "sequence_number": 1,
+            "item_id": "msg_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "Hello from the free model",
+            "logprobs": [],
+        },
+        {
+            "type": "response.completed",
+            "sequence_number": 2,
+            "response": _responses_answer("completed", "Hello from the free model"),
+        },
+    ]
+)
+MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "free-model",
+    "content": [{"type": "text", "text": "Hello from the free model"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 1, "output_tokens": 5},
+}
+MESSAGES_SSE = _sse(
+    [
+        {"type": "message_start", "message": {**MESSAGE, "content": [], "stop_reason": None}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "Hello from the free model"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 5},
+        },
+        {"type": "message_stop"},
+    ]
+)
+SERVED = {
+    ("/v1/responses", False): (
+        "application/json",
+        json.dumps(_responses_answer("completed", "Hello from the free model")).encode(),
+    ),
+    ("/v1/responses", True): ("text/event-stream", RESPONSES_SSE),
+    ("/v1/messages", False): ("application/json", json.dumps(MESSAGE).encode()),
+    ("/v1/messages", True): ("text/event-stream", MESSAGES_SSE),
+}
+
+
+def serve_free_model(fake: FakeLiteLLM, path: str) -> None:
+    """``path`` answers ``free-model`` as its provider would; any other model as LiteLLM recorded."""
+
+    def reply(seen: Seen) -> Reply:
+        body = json.loads(seen.body)
+        if body["model"] != "free-model":
+            recorded = fake.recorded(seen)
+            assert recorded is not None, seen
+            return recorded
+        content_type, payload = SERVED[(path, bool(body.get("stream")))]
+        return 200, [("content-type", content_type)], payload
+
+    fake.overrides[("POST", path)] = reply
+
+
+def ask_responses(url: str, principal: str, stream: bool) -> tuple[Any, str, str]:
+    key, headers = _split(principal)
+    with openai.OpenAI(base_url=url + "/v1", api_key=key, default_headers=headers, max_retries=0) as client:
+        raw = client.responses.with_raw_response.create(model="paid-model", input="hi", stream=stream)
+        if stream:
+            done = [e for e in raw.parse() if e.type == "response.completed"]
+            return raw, done[0].response.model, done[0].response.output_text
+        response = raw.parse()
+        return raw, response.model, response.output_text
+
+
+def ask_messages(url: str, principal: str, stream: bool) -> tuple[Any, str, str]:
+    key, headers = _split(principal)
+    with anthropic.Anthropic(base_url=url, api_key=key, default_headers=headers, max_retries=0) as client:
+        raw = client.messages.with_raw_response.create(  # type: ignore[call-overload]
+            model="paid-model", max_tokens=16, messages=[{"role": "user", "content": "hi"}], stream=stream
+        )
+        if stream:
+            events = list(raw.parse())
+            text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+            return raw, next(e.message.model for e in events if e.type == "message_start"), text
+        message = raw.parse()
+        return raw, message.model, "".join(b.text for b in message.content if b.type == "text")
+
+
+def _split(principal: str) -> tuple[str, dict[str, str]]:
+    headers = bearer(principal)
+    return headers.pop("Authorization").removeprefix("Bearer "), headers
+
+
+# Callers LiteLLM lets use the free model on each version (their recorded free chat was served).
+def _served_free(version: str) -> list[str]:
+    fake = FakeLiteLLM()
+    fake.use_version(version)
+    return [p for p in PAYING if seeded(p, version) and recorded_chat(fake, p, FREE_CHAT)[0] == 200]
+
+
+CASES = [(v, p) for v in VERSIONS for p in _served_free(v)]
+
+
+@pytest.mark.parametrize(("version", "principal"), CASES)
+@pytest.mark.parametrize(("path", "ask"), [("/v1/responses", ask_responses), ("/v1/messages", ask_messages)])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_responses_and_messages_fall_back_through_the_official_clients(
+    fake: FakeLiteLLM,
+    sidecar: SidecarFactory,
+    version: str,
+    principal: str,
+    path: str,
+    ask: Any,
+    stream: bool,
+) -> None:
+    fake.use_version(version)
+    serve_free_model(fake, path)
+    url = sidecar(policy="free_only", fallback=RULE)
+    raw, model, text = ask(url, principal, stream)
+    assert (model, text) == ("free-model", "Hello from the free model")
+    assert raw.headers["x-sidecar-fallback-from"] == "paid-model"
+    assert raw.headers["x-sidecar-fallback-model"] == "free-model"
+    first, retry = [s for s in fake.seen if s.method == "POST"]
+    assert json.loads(retry.body) == {**json.loads(first.body), "model": "free-model"}
+    credential = "x-api-key" if path == "/v1/messages" else "authorization"
+    assert retry.header(credential) == first.header(credential)  # the caller's own key, as it sent it
+    assert KEYS["MASTER"] not in str(retry.headers)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_refusal_in_anthropics_shape_falls_back_too(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, version: str
+) -> None:
+    fake.use_version(version)
+    serve_free_model(fake, "/v1/messages")
+    url = sidecar(policy="free_only", fallback=RULE)
+    (refusal,) = [
+        e["body"]
+        for e in load_recordings(version)
+        if e["principal"] == "KEY_TEAM_BROKE"
+        and e["request"] == "POST /v1/messages"
+        and not e["request_body"]["stream"]
+    ]
+    assert (refusal.get("type") == "error") is (
+        version == "1.110.2"
+    )  # LiteLLM 1.110 answers as Anthropic does
+    raw, model, _ = ask_messages(url, "KEY_TEAM_BROKE", stream=False)
+    assert model == "free-model" and raw.headers["x-sidecar-fallback-model"] == "free-model"
+
+
+def test_a_retry_that_fails_for_another_reason_gives_the_original_refusal_and_says_why(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As on the harness, whose provider has no /v1/responses: LiteLLM lets the retry past its budget
+    check, then answers its provider's 404. The caller gets LiteLLM's budget refusal, unchanged."""
+    fake.use_version("1.110.2")
+    url = sidecar(policy="free_only", fallback=RULE)
+    paid = {"model": "paid-model", "input": "hi", "stream": False}
+    refusal = client.post(fake.url + "/v1/responses", headers=bearer("KEY_TEAM_BROKE"), json=paid)  # type: ignore[attr-defined]
+    assert refusal.status_code == 422
+    fake.reset()
+    fake.overrides[("POST", "/v1/responses")] = lambda seen: (
+        fake.recorded(seen)
+        if json.loads(seen.body)["model"] == "paid-model"
+        else (
+            404,
+            [("content-type", "application/json")],
+            b'{"error":{"message":"no route POST /v1/responses","type":"invalid_request_error"}}',
+        )
+    )
+    with caplog.at_level(logging.INFO, logger="sidecar.fallback"):
+        answer = client.post(url + "/v1/responses", headers=bearer("KEY_TEAM_BROKE"), json=paid)
+    assert (answer.status_code, answer.content) == (refusal.status_code, refusal.content)
+    assert "x-sidecar-fallback-model" not in answer.headers
+    (line,) = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "fallback"]
+    said = (line["outcome"], line["retry_status"], line["retry_budget_refusal"], line["retry_error"])
+    assert said == ("refused", 404, False, "invalid_request_error")
+    text = client.get(url + "/sidecar/metrics").text
+    assert metric(text, 'sidecar_fallbacks_total{from="paid-model",outcome="refused",to="free-model"}') == 1
+
+
+def test_a_retry_refused_for_budget_too_is_logged_as_such(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.use_version("1.88.6")  # LiteLLM 1.88 refuses a spent user even the free models
+    url = sidecar(policy="free_only", fallback=RULE)
+    with caplog.at_level(logging.INFO, logger="sidecar.fallback"):
+        answer = chat(client, url, "KEY_USER_BROKE", PAID_CHAT)
+    assert (answer.status_code, answer.content) == recorded_chat(fake, "KEY_USER_BROKE", PAID_CHAT)
+    (line,) = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "fallback"]
+    said = (line["outcome"], line["retry_status"], line["retry_budget_refusal"])
+    assert said == ("refused", 429, True)
+
+
+def test_a_body_nested_deeper_than_python_parses_passes_through(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+) -> None:
+    fake.use_version("1.110.2")
+    url = sidecar(fallback={"*": "free-model"})
+    deep = b"[" * 100_000 + b"]" * 100_000
+    answer = client.post(url + "/v1/chat/completions", headers=bearer("KEY_TEAM_BROKE"), content=deep)
+    assert answer.status_code == 404  # the stand-in's own answer: LiteLLM got the request as it came
+    (seen,) = [s for s in fake.seen if s.method == "POST"]
+    assert seen.body == deep
+
+
+def test_a_model_name_no_header_can_carry_is_shown_as_its_rule(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+) -> None:
+    fake.use_version("1.110.2")
+    refusal = recorded_chat(fake, "KEY_TEAM_BROKE", PAID_CHAT)
+    odd = "paid\r\nx-injected: 1 \u00e9" + "m" * 500
+
+    def reply(seen: Seen) -> Reply:
+        if json.loads(seen.body)["model"] == "free-model":
+            return 200, [("content-type", "application/json")], b'{"model":"free-model"}'
+        return refusal[0], [("content-type", "application/json")], refusal[1]
+
+    fake.overrides[("POST", "/v1/chat/completions")] = reply
+    url = sidecar(fallback={"*": "free-model"})
+    answer = chat(client, url, "KEY_TEAM_BROKE", {**PAID_CHAT, "model": odd})
+    assert answer.json() == {"model": "free-model"}
+    assert answer.headers["x-sidecar-fallback-from"] == "*"
+    assert "x-injected" not in answer.headers
+
+
+def test_a_caller_that_leaves_during_the_retry_is_counted_as_abandoned(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.use_version("1.110.2")
+    refusal = recorded_chat(fake, "KEY_TEAM_BROKE", PAID_CHAT)
+
+    async def refuse_then_stall(seen: Seen) -> Reply:
+        if json.loads(seen.body)["model"] == "free-model":
+            await asyncio.sleep(2)  # the retry is slow to answer
+        return refusal[0], [("content-type", "application/json")], refusal[1]
+
+    fake.overrides[("POST", "/v1/chat/completions")] = refuse_then_stall
+    url = sidecar(fallback={"*": "free-model"})
+    with caplog.at_level(logging.INFO, logger="sidecar.fallback"):
+        with httpx.Client(timeout=0.5) as impatient, pytest.raises(httpx.ReadTimeout):
+            chat(impatient, url, "KEY_TEAM_BROKE", PAID_CHAT)
+        sample = 'sidecar_fallbacks_total{from="*",outcome="abandoned",to="free-model"}'
+        for _ in range(50):  # the sidecar sees the caller gone within a fraction of a second
+            if sample in client.get(url + "/sidecar/metrics").text:
+                break
+            time.sleep(0.05)
+        assert metric(client.get(url + "/sidecar/metrics").text, sample) == 1
+    (line,) = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "fallback"]
+    assert (line["outcome"], line["retry_status"]) == ("abandoned", None)
+    assert [json.loads(s.body)["model"] for s in fake.seen if s.method == "POST"] == [
+        "paid-model",
+        "free-model",
+    ]
