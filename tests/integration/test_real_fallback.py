@@ -1,0 +1,227 @@
+"""The opt-in budget fallback (``fallback``) in front of real LiteLLM, with the official clients.
+
+Each seeded spent principal asks for ``paid-model``, which LiteLLM refuses for its budget, through a
+sidecar with ``fallback: {paid-model: free-model}``: by chat completion, completion and Responses (the
+``openai`` client) and Anthropic Messages (the ``anthropic`` client), JSON and SSE.
+
+The harness's provider serves chat completions only. LiteLLM sends a Responses call - and, for its
+OpenAI-provider models, a Messages call too - to the provider's ``/v1/responses``, and a completion to its
+``/v1/completions``, which it answers 404, on every version here. So on those routes the retry, once
+LiteLLM has let it past its access and budget checks, fails at the provider, and the caller gets the
+original refusal (a fallback that fails gives that back); the sidecar's ``fallback`` log line says which
+happened. A failing call puts the model's only deployment in LiteLLM's cooldown for 5 s, so those tests
+run after the chat ones and wait it out before the module ends.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import REPORT, LiteLLM
+from tests.integration.test_real_litellm import direct_is_budget_error, openai_client
+from tests.seeded import BROKE, credentials
+
+pytestmark = pytest.mark.integration
+
+RULE = '{"paid-model": "free-model"}'
+# Spent principals whose paid request LiteLLM refuses for their budget (the access-limited keys get a
+# denial, which never falls back).
+FALLING_BACK = [p for p in BROKE if p not in ("KEY_FREE_ONLY", "KEY_GROUP_ONLY")]
+HI = [{"role": "user", "content": "hi"}]
+
+
+def caller(litellm: LiteLLM, principal: str) -> tuple[str, dict[str, str]]:
+    """The principal's key, and the other headers it sends (the end user it names)."""
+    headers = credentials(principal, litellm.keys)
+    return headers.pop("Authorization").removeprefix("Bearer "), headers
+
+
+def anthropic_client(base: str, litellm: LiteLLM, principal: str) -> anthropic.Anthropic:
+    key, headers = caller(litellm, principal)
+    return anthropic.Anthropic(base_url=base, api_key=key, default_headers=headers, max_retries=0)
+
+
+def direct(litellm: LiteLLM, principal: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    """The same request straight to LiteLLM, as the route's client sends it."""
+    key, headers = caller(litellm, principal)
+    if path == "/v1/messages":
+        headers.update({"x-api-key": key, "anthropic-version": "2023-06-01"})
+    else:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.post(litellm.url + path, json=body, headers=headers, timeout=30)
+
+
+# Each route: its path, the request body beyond model and stream, and how its official client sends it
+# and reads (model, text) from the answer: (raw response, model field, text).
+Asked = tuple[Any, str, str]
+
+
+def ask_chat(client: openai.OpenAI, model: str, stream: bool) -> Asked:
+    create = client.chat.completions.with_raw_response.create
+    if stream:
+        raw = create(model=model, messages=HI, stream=True)
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return raw, chunks[0].model, text
+    raw = create(model=model, messages=HI)
+    completion = raw.parse()
+    return raw, completion.model, completion.choices[0].message.content or ""
+
+
+def ask_completion(client: openai.OpenAI, model: str, stream: bool) -> Asked:
+    create = client.completions.with_raw_response.create
+    raw = create(model=model, prompt="hi", stream=stream)
+    if stream:
+        chunks = list(raw.parse())
+        return raw, chunks[0].model, "".join(c.choices[0].text for c in chunks if c.choices)
+    completion = raw.parse()
+    return raw, completion.model, completion.choices[0].text
+
+
+def ask_responses(client: openai.OpenAI, model: str, stream: bool) -> Asked:
+    create = client.responses.with_raw_response.create
+    raw = create(model=model, input="hi", stream=stream)
+    if stream:
+        done = [e for e in raw.parse() if e.type == "response.completed"]
+        return raw, done[0].response.model, done[0].response.output_text
+    response = raw.parse()
+    return raw, response.model, response.output_text
+
+
+def ask_messages(client: anthropic.Anthropic, model: str, stream: bool) -> Asked:
+    create = client.messages.with_raw_response.create
+    raw = create(model=model, max_tokens=16, messages=HI, stream=stream)  # type: ignore[call-overload]
+    if stream:
+        events = list(raw.parse())
+        started = [e for e in events if e.type == "message_start"]
+        text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+        return raw, started[0].message.model, text
+    message = raw.parse()
+    return raw, message.model, "".join(b.text for b in message.content if b.type == "text")
+
+
+ROUTES: dict[str, tuple[str, dict[str, Any], Callable[..., Asked]]] = {
+    "chat": ("/v1/chat/completions", {"messages": HI}, ask_chat),
+    "completion": ("/v1/completions", {"prompt": "hi"}, ask_completion),
+    "responses": ("/v1/responses", {"input": "hi"}, ask_responses),
+    "messages": ("/v1/messages", {"max_tokens": 16, "messages": HI}, ask_messages),
+}
+API_ERRORS = (openai.APIStatusError, anthropic.APIStatusError)
+
+
+def wait_out_cooldown(litellm: LiteLLM) -> None:
+    """Until LiteLLM serves ``free-model`` again: a retry that failed at the provider put its only
+    deployment in LiteLLM's cooldown (5 s), whose 429 some routes give before their budget checks."""
+    chat = {"model": "free-model", "messages": HI}
+    master = {"Authorization": f"Bearer {litellm.master_key}"}
+    deadline = time.monotonic() + 30
+    while httpx.post(litellm.url + "/v1/chat/completions", json=chat, headers=master).status_code != 200:
+        assert time.monotonic() < deadline, "free-model stayed in LiteLLM's cooldown"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def cooled(litellm: LiteLLM) -> Iterator[None]:
+    """At the end, LiteLLM's cooldown of ``free-model`` waited out, for the tests that follow."""
+    yield
+    wait_out_cooldown(litellm)
+
+
+def test_a_free_model_outside_the_callers_scope_is_never_tried(litellm: LiteLLM) -> None:
+    """A spent key that may call only ``paid-model``: the free model is not its to use, so the sidecar
+    does not retry, and the caller gets LiteLLM's refusal as it came."""
+    key = f"sk-paid-only-{uuid.uuid4().hex[:16]}"
+    admin = {"Authorization": f"Bearer {litellm.master_key}"}
+    made = httpx.post(
+        litellm.url + "/key/generate",
+        json={"key": key, "models": ["paid-model"], "max_budget": 0.01},
+        headers=admin,
+    )
+    assert made.status_code == 200, made.text
+    caller = {"Authorization": f"Bearer {key}"}
+    chat = {"model": "paid-model", "messages": HI}
+    deadline = time.monotonic() + 60
+    while not direct_is_budget_error(
+        paid := httpx.post(litellm.url + "/v1/chat/completions", json=chat, headers=caller, timeout=30)
+    ):  # its first call spends 0.02 of its 0.01
+        assert time.monotonic() < deadline, "LiteLLM never refused the spent key"
+        time.sleep(0.5)
+    url = litellm.sidecar("free_only", fallback=RULE)
+    answer = httpx.post(url + "/v1/chat/completions", json=chat, headers=caller, timeout=30)
+    assert (answer.status_code, answer.content) == (paid.status_code, paid.content)
+    assert "x-sidecar-fallback-model" not in answer.headers
+    refused = [line for line in litellm.sidecar_log(url) if line.get("event") == "fallback_refused"]
+    assert refused and refused[-1]["target"] == "free-model"
+    metrics = httpx.get(url + "/sidecar/metrics").text
+    assert 'sidecar_fallbacks_total{from="paid-model",outcome="not_allowed",to="free-model"}' in metrics
+    REPORT[f"{litellm.version} fallback outside the caller's scope"] = (
+        f"not tried: original {paid.status_code}"
+    )
+
+
+def fallbacks(litellm: LiteLLM, url: str) -> list[dict[str, Any]]:
+    return [line for line in litellm.sidecar_log(url) if line.get("event") == "fallback"]
+
+
+def next_fallback(litellm: LiteLLM, url: str, before: int) -> dict[str, Any]:
+    """The ``fallback`` line after the first ``before``: written once the answer is sent, so it may come
+    a moment after the client has read the end of a stream."""
+    deadline = time.monotonic() + 10
+    while len(lines := fallbacks(litellm, url)) <= before:
+        assert time.monotonic() < deadline, "the sidecar logged no fallback line"
+        time.sleep(0.05)
+    assert len(lines) == before + 1, lines[before:]
+    return lines[before]
+
+
+@pytest.mark.parametrize("principal", FALLING_BACK)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("route", list(ROUTES))  # chat first: the others leave free-model cooling down
+def test_a_refused_paid_request_falls_back_to_the_free_model(
+    litellm: LiteLLM, cooled: None, route: str, principal: str, stream: bool
+) -> None:
+    path, fields, ask = ROUTES[route]
+    paid = direct(litellm, principal, path, {"model": "paid-model", **fields, "stream": stream})
+    assert direct_is_budget_error(paid), (paid.status_code, paid.text)
+    # Whether LiteLLM lets this spent caller use the free model at all. Asked by chat, which its provider
+    # serves; a cooldown answer (429, not a budget refusal) comes after LiteLLM's budget check too.
+    free = direct(litellm, principal, "/v1/chat/completions", {"model": "free-model", "messages": HI})
+    allowed = not direct_is_budget_error(free)
+    if not allowed and route != "chat":
+        wait_out_cooldown(litellm)  # so that the retry meets LiteLLM's budget check, not the cooldown
+    url = litellm.sidecar("free_only", fallback=RULE)
+    before = len(fallbacks(litellm, url))
+    try:
+        with (anthropic_client if route == "messages" else openai_client)(url, litellm, principal) as client:
+            raw, model, text = ask(client, "paid-model", stream)
+    except API_ERRORS as exc:
+        raw = None
+        assert (exc.status_code, exc.response.content) == (paid.status_code, paid.content)  # the original
+    line = next_fallback(litellm, url, before)
+    assert (line["model"], line["target"]) == ("paid-model", "free-model")
+    if raw is not None:
+        outcome = f"served, model {model!r}"
+        assert line["outcome"] == "served"
+        assert raw.headers["x-sidecar-fallback-from"] == "paid-model"
+        assert raw.headers["x-sidecar-fallback-model"] == "free-model"
+        assert model == "free-model" and text
+    elif line["retry_budget_refusal"]:
+        outcome = f"retry refused for budget ({line['retry_status']}): original {paid.status_code}"
+    else:
+        failed = f"{line['retry_status']} {line['retry_error']}"
+        outcome = f"retry admitted, failed {failed}: original {paid.status_code}"
+    REPORT[f"{litellm.version} fallback {route} {principal} {'sse' if stream else 'json'}"] = outcome
+    if allowed:  # LiteLLM lets this caller use the free model: the retry passed its checks
+        assert raw is not None or not line["retry_budget_refusal"], outcome
+        if route == "chat":
+            assert raw is not None, outcome  # the provider serves chat: the free model's answer
+    else:  # e.g. LiteLLM 1.88 refuses a spent user even free models: the original refusal
+        assert raw is None and line["retry_budget_refusal"], outcome
