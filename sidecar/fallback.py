@@ -103,7 +103,8 @@ class Fallback:
         # "abandoned": no answer came, because the caller went away or LiteLLM could not be reached.
         outcome = "abandoned" if retry.status is None else "served" if retry.passed else "refused"
         self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
-        refused = retry.status is not None and not retry.passed
+        refused = outcome == "refused"
+        refusal = retry.json() if refused else None  # parsed once, for both fields below
         event(
             log,
             logging.INFO,
@@ -115,8 +116,8 @@ class Fallback:
             # Why a refused fallback failed: LiteLLM refused the free model for budget too, or its answer
             # was another error (e.g. the target's provider does not serve this route).
             retry_status=retry.status,
-            retry_budget_refusal=is_budget_error(retry.status or 0, retry.json()) if refused else None,
-            retry_error=_error_type(retry.json()) if refused else None,
+            retry_budget_refusal=is_budget_error(retry.status or 0, refusal) if refused else None,
+            retry_error=_error_type(refusal),
         )
 
     def _shown(self, model: str) -> str:
@@ -207,14 +208,17 @@ class _Retry:
     def __init__(self, send: Send, model: str, target: str) -> None:
         self._send = send
         self._marks = [(FROM_HEADER, model.encode()), (MODEL_HEADER, target.encode())]
-        self.passed: bool | None = None
         self.status: int | None = None
         self._refusal = bytearray()
+
+    @property
+    def passed(self) -> bool:
+        """LiteLLM served the retry (no answer yet, or an error answer: it did not)."""
+        return self.status is not None and self.status < 400
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            self.passed = message["status"] < 400
             if self.passed:
                 message = {**message, "headers": [*message["headers"], *self._marks]}
         if self.passed:

@@ -10,14 +10,14 @@ import logging
 import time
 from typing import Any
 
-import anthropic
 import httpx
-import openai
 import pytest
 
 from sidecar.settings import SettingsError, load_settings
+from tests import official_clients as official
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, Reply, Seen, load_recordings
+from tests.official_clients import Asked, anthropic_for, openai_for
 from tests.seeded import seeded
 from tests.test_operations import metric
 from tests.test_verdicts import PAID_CHAT, PAID_STREAM, PAYING, recorded_chat
@@ -234,34 +234,14 @@ def serve_free_model(fake: FakeLiteLLM, path: str) -> None:
     fake.overrides[("POST", path)] = reply
 
 
-def ask_responses(url: str, principal: str, stream: bool) -> tuple[Any, str, str]:
-    key, headers = _split(principal)
-    with openai.OpenAI(base_url=url + "/v1", api_key=key, default_headers=headers, max_retries=0) as client:
-        raw = client.responses.with_raw_response.create(model="paid-model", input="hi", stream=stream)
-        if stream:
-            done = [e for e in raw.parse() if e.type == "response.completed"]
-            return raw, done[0].response.model, done[0].response.output_text
-        response = raw.parse()
-        return raw, response.model, response.output_text
+def ask_responses(url: str, principal: str, stream: bool) -> Asked:
+    with openai_for(url, bearer(principal)) as client:
+        return official.ask_responses(client, "paid-model", stream)
 
 
-def ask_messages(url: str, principal: str, stream: bool) -> tuple[Any, str, str]:
-    key, headers = _split(principal)
-    with anthropic.Anthropic(base_url=url, api_key=key, default_headers=headers, max_retries=0) as client:
-        raw = client.messages.with_raw_response.create(  # type: ignore[call-overload]
-            model="paid-model", max_tokens=16, messages=[{"role": "user", "content": "hi"}], stream=stream
-        )
-        if stream:
-            events = list(raw.parse())
-            text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
-            return raw, next(e.message.model for e in events if e.type == "message_start"), text
-        message = raw.parse()
-        return raw, message.model, "".join(b.text for b in message.content if b.type == "text")
-
-
-def _split(principal: str) -> tuple[str, dict[str, str]]:
-    headers = bearer(principal)
-    return headers.pop("Authorization").removeprefix("Bearer "), headers
+def ask_messages(url: str, principal: str, stream: bool) -> Asked:
+    with anthropic_for(url, bearer(principal)) as client:
+        return official.ask_messages(client, "paid-model", stream)
 
 
 # Callers LiteLLM lets use the free model on each version (their recorded free chat was served).

@@ -55,10 +55,19 @@ CHATS = (("paid-model", False), ("paid-model", True), ("free-model", False), ("f
 # it cannot serve would put the model's deployment in LiteLLM's cooldown for the tests that follow).
 REFUSED_ONLY = frozenset({"KEY_HEALTHY", "KEY_END_USER_CALLER", "MASTER"})
 OTHER_ROUTES = (
-    ("/v1/responses", {"input": "hi"}, "authorization"),
-    ("/v1/completions", {"prompt": "hi"}, "authorization"),
-    ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}, "x-api-key"),
+    ("/v1/responses", {"input": "hi"}),
+    ("/v1/completions", {"prompt": "hi"}),
+    ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
 )
+KEY_HEADERS = ("Authorization", "x-api-key")
+
+
+def as_client_sends(path: str, key: str, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` with ``key`` where the route's official client puts it: the anthropic client's
+    ``x-api-key`` and ``anthropic-version`` on ``/v1/messages``, a bearer token elsewhere."""
+    if path == "/v1/messages":
+        return {**headers, "x-api-key": key, **ANTHROPIC}
+    return {**headers, "Authorization": f"Bearer {key}"}
 
 
 def _entry(
@@ -165,16 +174,12 @@ def record(version: str, url: str, master_key: str, keys: dict[str, str]) -> lis
                 )
                 entries.append(_entry(version, principal, response, end_user, body))
             if principal not in REFUSED_ONLY:
-                for path, fields, carrier in OTHER_ROUTES:
+                for path, fields in OTHER_ROUTES:
                     for stream in (False, True):
                         body = {"model": "paid-model", **fields, "stream": stream}
-                        sent = dict(end_user)
-                        if carrier == "x-api-key":  # as the anthropic client sends it
-                            sent.update({"x-api-key": key, **ANTHROPIC})
-                        else:
-                            sent["Authorization"] = f"Bearer {key}"
+                        sent = as_client_sends(path, key, end_user)
                         response = client.post(path, json=body, headers=sent)
-                        shown = {k: v for k, v in sent.items() if k not in ("Authorization", "x-api-key")}
+                        shown = {k: v for k, v in sent.items() if k not in KEY_HEADERS}
                         entries.append(_entry(version, principal, response, shown, body))
             if principal == "MASTER":
                 continue

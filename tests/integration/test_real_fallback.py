@@ -26,7 +26,19 @@ import openai
 import pytest
 
 from tests.integration.conftest import REPORT, LiteLLM
-from tests.integration.test_real_litellm import direct_is_budget_error, openai_client
+from tests.integration.record import as_client_sends
+from tests.integration.test_real_litellm import direct_is_budget_error
+from tests.official_clients import (
+    HI,
+    Asked,
+    anthropic_for,
+    ask_chat,
+    ask_completion,
+    ask_messages,
+    ask_responses,
+    key_and_rest,
+    openai_for,
+)
 from tests.seeded import BROKE, credentials
 
 pytestmark = pytest.mark.integration
@@ -35,77 +47,12 @@ RULE = '{"paid-model": "free-model"}'
 # Spent principals whose paid request LiteLLM refuses for their budget (the access-limited keys get a
 # denial, which never falls back).
 FALLING_BACK = [p for p in BROKE if p not in ("KEY_FREE_ONLY", "KEY_GROUP_ONLY")]
-HI = [{"role": "user", "content": "hi"}]
-
-
-def caller(litellm: LiteLLM, principal: str) -> tuple[str, dict[str, str]]:
-    """The principal's key, and the other headers it sends (the end user it names)."""
-    headers = credentials(principal, litellm.keys)
-    return headers.pop("Authorization").removeprefix("Bearer "), headers
-
-
-def anthropic_client(base: str, litellm: LiteLLM, principal: str) -> anthropic.Anthropic:
-    key, headers = caller(litellm, principal)
-    return anthropic.Anthropic(base_url=base, api_key=key, default_headers=headers, max_retries=0)
 
 
 def direct(litellm: LiteLLM, principal: str, path: str, body: dict[str, Any]) -> httpx.Response:
     """The same request straight to LiteLLM, as the route's client sends it."""
-    key, headers = caller(litellm, principal)
-    if path == "/v1/messages":
-        headers.update({"x-api-key": key, "anthropic-version": "2023-06-01"})
-    else:
-        headers["Authorization"] = f"Bearer {key}"
-    return httpx.post(litellm.url + path, json=body, headers=headers, timeout=30)
-
-
-# Each route: its path, the request body beyond model and stream, and how its official client sends it
-# and reads (model, text) from the answer: (raw response, model field, text).
-Asked = tuple[Any, str, str]
-
-
-def ask_chat(client: openai.OpenAI, model: str, stream: bool) -> Asked:
-    create = client.chat.completions.with_raw_response.create
-    if stream:
-        raw = create(model=model, messages=HI, stream=True)
-        chunks = list(raw.parse())
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        return raw, chunks[0].model, text
-    raw = create(model=model, messages=HI)
-    completion = raw.parse()
-    return raw, completion.model, completion.choices[0].message.content or ""
-
-
-def ask_completion(client: openai.OpenAI, model: str, stream: bool) -> Asked:
-    create = client.completions.with_raw_response.create
-    raw = create(model=model, prompt="hi", stream=stream)
-    if stream:
-        chunks = list(raw.parse())
-        return raw, chunks[0].model, "".join(c.choices[0].text for c in chunks if c.choices)
-    completion = raw.parse()
-    return raw, completion.model, completion.choices[0].text
-
-
-def ask_responses(client: openai.OpenAI, model: str, stream: bool) -> Asked:
-    create = client.responses.with_raw_response.create
-    raw = create(model=model, input="hi", stream=stream)
-    if stream:
-        done = [e for e in raw.parse() if e.type == "response.completed"]
-        return raw, done[0].response.model, done[0].response.output_text
-    response = raw.parse()
-    return raw, response.model, response.output_text
-
-
-def ask_messages(client: anthropic.Anthropic, model: str, stream: bool) -> Asked:
-    create = client.messages.with_raw_response.create
-    raw = create(model=model, max_tokens=16, messages=HI, stream=stream)  # type: ignore[call-overload]
-    if stream:
-        events = list(raw.parse())
-        started = [e for e in events if e.type == "message_start"]
-        text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
-        return raw, started[0].message.model, text
-    message = raw.parse()
-    return raw, message.model, "".join(b.text for b in message.content if b.type == "text")
+    key, headers = key_and_rest(credentials(principal, litellm.keys))
+    return httpx.post(litellm.url + path, json=body, headers=as_client_sends(path, key, headers), timeout=30)
 
 
 ROUTES: dict[str, tuple[str, dict[str, Any], Callable[..., Asked]]] = {
@@ -200,7 +147,8 @@ def test_a_refused_paid_request_falls_back_to_the_free_model(
     url = litellm.sidecar("free_only", fallback=RULE)
     before = len(fallbacks(litellm, url))
     try:
-        with (anthropic_client if route == "messages" else openai_client)(url, litellm, principal) as client:
+        made = anthropic_for if route == "messages" else openai_for
+        with made(url, credentials(principal, litellm.keys)) as client:
             raw, model, text = ask(client, "paid-model", stream)
     except API_ERRORS as exc:
         raw = None

@@ -28,6 +28,7 @@ from sidecar.litellm.budget_errors import is_budget_error
 from sidecar.litellm.credentials import key_hash
 from sidecar.metrics import Metrics
 from tests.integration.conftest import REPORT, VIEWER_KEY, LiteLLM
+from tests.official_clients import ask_chat, openai_for
 from tests.seeded import (
     ACCESS,
     ALL_MODELS,
@@ -50,9 +51,7 @@ def auth(litellm: LiteLLM, principal: str) -> dict[str, str]:
 
 def openai_client(base: str, litellm: LiteLLM, principal: str) -> openai.OpenAI:
     """The official client as an application configures it: its key, and the end user it names."""
-    headers = auth(litellm, principal)
-    key = headers.pop("Authorization").removeprefix("Bearer ")
-    return openai.OpenAI(base_url=base + "/v1", api_key=key, default_headers=headers, max_retries=0)
+    return openai_for(base, auth(litellm, principal))
 
 
 def direct_is_budget_error(response: httpx.Response) -> bool:
@@ -182,13 +181,8 @@ def test_healthy_key_is_identical_with_and_without_sidecar(litellm: LiteLLM, rou
 
 
 def _chat(client: openai.OpenAI, model: str, stream: bool) -> tuple[int, str]:
-    messages = [{"role": "user", "content": "hi"}]
     try:
-        if stream:
-            chunks = client.chat.completions.create(model=model, messages=messages, stream=True)  # type: ignore[arg-type]
-            return 200, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        reply = client.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
-        return 200, reply.choices[0].message.content or ""
+        return 200, ask_chat(client, model, stream)[2]
     except openai.APIStatusError as error:
         return error.status_code, error.response.text
 
