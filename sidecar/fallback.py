@@ -100,7 +100,8 @@ class Fallback:
 
     def _count(self, scope: Scope, model: str, target: str, retry: _Retry) -> None:
         """The metric and log line of one retry, however it ended."""
-        # "abandoned": no answer came, because the caller went away or LiteLLM could not be reached.
+        # "abandoned": the caller went away before the retry was answered. LiteLLM unreachable or too slow
+        # is "refused": its answer is then the sidecar's own 502 or 504 (retry_error "upstream_error").
         outcome = "abandoned" if retry.status is None else "served" if retry.passed else "refused"
         self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
         refused = outcome == "refused"

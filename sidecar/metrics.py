@@ -122,7 +122,7 @@ class Metrics:
             "Budget fallbacks, by the fallback rule (a model name or *), the free model and the outcome: "
             "served (LiteLLM answered the retry), refused (it refused the retry too: the caller got the "
             "original refusal), not_allowed (the target is not free or not the caller's), abandoned (the "
-            "retry got no answer).",
+            "caller left before the retry was answered).",
             ["from", "to", "outcome"],
             registry=r,
         )

@@ -405,3 +405,25 @@ def test_a_caller_that_leaves_during_the_retry_is_counted_as_abandoned(
         "paid-model",
         "free-model",
     ]
+
+
+def test_a_retry_litellm_does_not_answer_in_time_is_refused_with_the_original_answer(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not "abandoned": the caller is still there, and gets LiteLLM's budget refusal as it came."""
+    fake.use_version("1.110.2")
+    refusal = recorded_chat(fake, "KEY_TEAM_BROKE", PAID_CHAT)
+
+    async def refuse_then_stall(seen: Seen) -> Reply:
+        if json.loads(seen.body)["model"] == "free-model":
+            await asyncio.sleep(2)  # longer than the sidecar's read_timeout
+        return refusal[0], [("content-type", "application/json")], refusal[1]
+
+    fake.overrides[("POST", "/v1/chat/completions")] = refuse_then_stall
+    url = sidecar(fallback={"*": "free-model"}, read_timeout=0.5)
+    with caplog.at_level(logging.INFO, logger="sidecar.fallback"):
+        answer = chat(client, url, "KEY_TEAM_BROKE", PAID_CHAT)
+    assert (answer.status_code, answer.content) == refusal
+    (line,) = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "fallback"]
+    said = (line["outcome"], line["retry_status"], line["retry_budget_refusal"], line["retry_error"])
+    assert said == ("refused", 504, False, "upstream_error")
