@@ -377,18 +377,25 @@ def test_a_model_name_no_header_can_carry_is_shown_as_its_rule(
     assert "x-injected" not in answer.headers
 
 
-def test_a_caller_that_leaves_during_the_retry_is_counted_as_abandoned(
-    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
-) -> None:
+def stall_the_retry(fake: FakeLiteLLM) -> tuple[int, bytes]:
+    """LiteLLM 1.110.2 refuses KEY_TEAM_BROKE's paid chat as recorded, and answers the retry with the free
+    model only after 2 s (with the same refusal). Returns the refusal."""
     fake.use_version("1.110.2")
     refusal = recorded_chat(fake, "KEY_TEAM_BROKE", PAID_CHAT)
 
     async def refuse_then_stall(seen: Seen) -> Reply:
         if json.loads(seen.body)["model"] == "free-model":
-            await asyncio.sleep(2)  # the retry is slow to answer
+            await asyncio.sleep(2)
         return refusal[0], [("content-type", "application/json")], refusal[1]
 
     fake.overrides[("POST", "/v1/chat/completions")] = refuse_then_stall
+    return refusal
+
+
+def test_a_caller_that_leaves_during_the_retry_is_counted_as_abandoned(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    stall_the_retry(fake)
     url = sidecar(fallback={"*": "free-model"})
     with caplog.at_level(logging.INFO, logger="sidecar.fallback"):
         with httpx.Client(timeout=0.5) as impatient, pytest.raises(httpx.ReadTimeout):
@@ -411,16 +418,8 @@ def test_a_retry_litellm_does_not_answer_in_time_is_refused_with_the_original_an
     fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not "abandoned": the caller is still there, and gets LiteLLM's budget refusal as it came."""
-    fake.use_version("1.110.2")
-    refusal = recorded_chat(fake, "KEY_TEAM_BROKE", PAID_CHAT)
-
-    async def refuse_then_stall(seen: Seen) -> Reply:
-        if json.loads(seen.body)["model"] == "free-model":
-            await asyncio.sleep(2)  # longer than the sidecar's read_timeout
-        return refusal[0], [("content-type", "application/json")], refusal[1]
-
-    fake.overrides[("POST", "/v1/chat/completions")] = refuse_then_stall
-    url = sidecar(fallback={"*": "free-model"}, read_timeout=0.5)
+    refusal = stall_the_retry(fake)
+    url = sidecar(fallback={"*": "free-model"}, read_timeout=0.5)  # shorter than the stall
     with caplog.at_level(logging.INFO, logger="sidecar.fallback"):
         answer = chat(client, url, "KEY_TEAM_BROKE", PAID_CHAT)
     assert (answer.status_code, answer.content) == refusal
