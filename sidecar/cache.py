@@ -1,38 +1,98 @@
-"""A small time-limited cache whose concurrent misses share one load (single flight).
+"""Bounded, time-limited caches: ``Recent``, and on top of it ``SingleFlightCache`` whose concurrent misses
+share one load (single flight).
 
-Used for the admin's views of the proxy and for each key's access scope. Keys are hashes, never raw
-credentials. A failed load is not cached: every waiter of that load gets the error, the next call tries
-again. The load runs in its own task, so a caller that goes away does not cancel it for the others.
+``SingleFlightCache`` holds the admin's views of the proxy, each key's access scope, budget records, budget
+states and rendered discovery answers. Keys are hashes, never raw credentials. A failed load is not cached:
+every waiter of that load gets the error, the next call tries again. The load runs in its own task, so a
+caller that goes away does not cancel it for the others.
+
+Both are least-recently-used: at most ``max_entries`` entries; a read moves an entry to the back, a store into
+a full cache drops the one at the front. Store, hit and eviction touch one entry each (O(1)), whatever the
+size. An expired entry is dropped when a read meets it; one never read again leaves when it reaches the front.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+D = TypeVar("D")
+
+
+class Recent(Generic[K, V]):
+    """At most ``max_entries`` values, each kept until its own ``until`` (``time.monotonic()``); when full,
+    a new key drops the least recently used (put or read) entry."""
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def put(self, key: K, value: V, until: float) -> None:
+        entries = self._entries
+        if key in entries:
+            entries.move_to_end(key)
+        elif len(entries) >= self.max_entries:
+            entries.popitem(last=False)
+        entries[key] = (until, value)
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+    def get(self, key: K, default: object = None) -> object:
+        """The value for ``key`` if it has not expired (and it becomes the most recently used), else
+        ``default``; an expired entry is dropped."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return default
+        if entry[0] <= time.monotonic():
+            del self._entries[key]
+            return default
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def pop(self, key: K) -> V | None:
+        """Remove ``key``; its value if it had one that had not expired."""
+        entry = self._entries.pop(key, None)
+        return None if entry is None or entry[0] <= time.monotonic() else entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included: never more than ``max_entries``."""
+        return len(self._entries)
 
 
 class SingleFlightCache(Generic[K, V]):
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
-        self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
         self.on_hit: Callable[[], None] = _nothing  # set by ``Metrics.watch_caches``
         self.on_miss: Callable[[], None] = _nothing
-        self._values: dict[K, tuple[float, V]] = {}
+        self._values: Recent[K, V] = Recent(max_entries)
+        # One task per key being loaded: bounded by the loads in flight, each removed when it ends.
         self._loading: dict[K, asyncio.Task[V]] = {}
 
+    @property
+    def max_entries(self) -> int:
+        return self._values.max_entries
+
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
-        entry = self._values.get(key)
-        if entry is not None and entry[0] > time.monotonic():
+        value = self._values.get(key, _Missing.MISSING)
+        if value is not _Missing.MISSING:
             self.hits += 1
             self.on_hit()
-            return entry[1]
+            return value
         self.misses += 1
         self.on_miss()
         task = self._loading.get(key)
@@ -44,36 +104,34 @@ class SingleFlightCache(Generic[K, V]):
 
     def peek(self, key: K) -> V | None:
         """The fresh value for ``key`` without loading it (counted as a hit when there is one)."""
-        entry = self._values.get(key)
-        if entry is not None and entry[0] > time.monotonic():
-            self.hits += 1
-            self.on_hit()
-            return entry[1]
-        return None
+        value = self._values.get(key, _Missing.MISSING)
+        if value is _Missing.MISSING:
+            return None
+        self.hits += 1
+        self.on_hit()
+        return value
 
     def forget(self, key: K) -> None:
-        self._values.pop(key, None)
+        self._values.pop(key)
 
     async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
             value = await load()
             if self.ttl > 0:
-                self._store(key, value)
+                self._values.put(key, value, time.monotonic() + self.ttl)
             return value
         finally:
             self._loading.pop(key, None)
 
-    def _store(self, key: K, value: V) -> None:
-        now = time.monotonic()
-        if len(self._values) >= self.max_entries:
-            self._values = {k: e for k, e in self._values.items() if e[0] > now}
-            while len(self._values) >= self.max_entries:
-                del self._values[next(iter(self._values))]
-        self._values.pop(key, None)
-        self._values[key] = (now + self.ttl, value)
-
     def clear(self) -> None:
         self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class _Missing(enum.Enum):
+    MISSING = enum.auto()
 
 
 def _nothing() -> None:
