@@ -22,11 +22,11 @@ from sidecar import budget_view
 from sidecar.budget_view import BudgetView
 from sidecar.discovery import Discovery
 from sidecar.fallback import Fallback
-from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
+from sidecar.litellm.admin import AdminLookups, LookupBound, LookupFailed, admin_http_client
 from sidecar.litellm.budget import BudgetBook
 from sidecar.litellm.budget_errors import BUDGET_STATUSES
 from sidecar.metrics import CONTENT_TYPE, Metrics
-from sidecar.proxy.routes import match_discovery
+from sidecar.proxy.routes import carries_body, match_discovery
 from sidecar.proxy.upstream import Upstream, UpstreamUnavailable, send_json
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
@@ -70,6 +70,7 @@ class SidecarApp:
                 self.metrics,
                 settings.free_models,
                 settings.budget_ttl,
+                LookupBound(settings.admin_lookup_rate, settings.admin_lookup_concurrency),
             )
         self.budget = BudgetBook(self.admin, settings.budget_ttl, self.metrics, settings.phantom_after)
         self.discovery = Discovery(
@@ -127,7 +128,7 @@ class SidecarApp:
                 await self._own_route(raw_path, scope, send)
                 return
             route = match_discovery(scope["method"], raw_path)
-            if route is None:
+            if route is None or carries_body(scope["headers"]):
                 fallback = self.fallback
                 if fallback is not None and fallback.applies(scope):
                     await fallback.handle(scope, receive, send)
@@ -135,7 +136,7 @@ class SidecarApp:
                     await self.upstream.pass_through(scope, receive, send)
             else:
                 assert self.discovery is not None, "the lifespan start-up did not run"
-                await self.discovery.handle(route, scope, send)
+                await self.discovery.handle(route, scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":

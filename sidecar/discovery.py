@@ -1,7 +1,10 @@
 """Model discovery that means the same on every LiteLLM, whoever's budget is spent.
 
-1. The caller's request goes to LiteLLM with the caller's own headers. Meanwhile, unless it is already
-   known, the caller's budget state is established (``litellm/budget.py``). A caller within budget gets
+1. The caller's request goes to LiteLLM with the caller's own headers (never its framing: the request
+   the sidecar builds has no body). Unless it is already known, the caller's budget state is established
+   (``litellm/budget.py``): alongside the request for a credential LiteLLM admitted lately, after
+   LiteLLM's answer for one it has not (so a made-up key costs LiteLLM exactly the one request it would
+   cost without the sidecar, and nothing at all when LiteLLM refuses it). A caller within budget gets
    LiteLLM's answer unchanged: status, headers, body.
 2. For a caller over budget the policy decides, whether LiteLLM refused the call (up to 1.108 it refuses
    some routes to some levels) or answered it (1.109 and later answer them all):
@@ -39,10 +42,11 @@ from urllib.parse import parse_qsl
 from sidecar.cache import SingleFlightCache
 from sidecar.litellm import shapes
 from sidecar.litellm.access import ScopeUnknown
-from sidecar.litellm.admin import AdminLookups, LookupFailed, View
+from sidecar.litellm.admin import AdminLookups, LookupFailed, LookupShed, View
 from sidecar.litellm.budget import (
     NO_ADMIN,
     NOT_A_VIRTUAL_KEY,
+    NOT_ADMITTED_STATUSES,
     BudgetBook,
     BudgetState,
     Principal,
@@ -57,9 +61,9 @@ from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.forwarding import reply_headers
 from sidecar.proxy.routes import DiscoveryRoute, RouteKind
-from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable
+from sidecar.proxy.upstream import Answer, CallerWatch, Upstream, UpstreamUnavailable
 from sidecar.settings import Policy
-from sidecar.types import RawHeaders, Scope, Send
+from sidecar.types import RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.discovery")
 
@@ -70,7 +74,12 @@ _ERROR_LIMIT = 64 * 1024
 # still counted and logged, the refusal goes on without the phantom mark.
 _VERDICT_WAIT = 2.0
 PHANTOM = (b"x-sidecar-budget-phantom", b"true")
-_FAIL_REASONS = {ScopeUnknown: "scope_unknown", LookupFailed: "lookup_failed", shapes.BadQuery: "bad_query"}
+_FAIL_REASONS = {
+    ScopeUnknown: "scope_unknown",
+    LookupFailed: "lookup_failed",
+    LookupShed: "lookup_shed",
+    shapes.BadQuery: "bad_query",
+}
 # The field that names the model in each entry of LiteLLM's own answer, per route it is filtered on.
 _NAMED_BY = {RouteKind.MODEL_INFO: "model_name", RouteKind.MODEL_GROUP_INFO: "model_group"}
 
@@ -98,11 +107,25 @@ class Discovery:
         self._retrieve_from_list = retrieve_from_list
         self._judging: set[asyncio.Future[Verdict | None]] = set()  # verdicts outliving their refusal
 
-    async def handle(self, route: DiscoveryRoute, scope: Scope, send: Send) -> None:
+    async def handle(self, route: DiscoveryRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one discovery request. A caller that leaves before its answer is ready stops the work
+        done for it (its upstream requests are closed within ``CallerWatch``'s grace), as on the
+        pass-through; look-ups shared with other callers go on for them."""
+        leaving = _Leaving()
+        watch = CallerWatch(receive, leaving)
+        watch.arm()
         try:
             answer = await self._answer(route, scope)
         except UpstreamUnavailable as exc:
             answer = _json_answer(exc.status, exc.body(), [])
+        except asyncio.CancelledError:
+            if not leaving.left:
+                raise
+            leaving.uncancel()
+            self._metrics.abandoned.inc()
+            return
+        finally:
+            watch.stop()
         self._metrics.request("discovery", answer.status)
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         body = b"" if scope["method"] == "HEAD" else answer.body
@@ -141,11 +164,12 @@ class Discovery:
             return _listed(asked, route, from_list)
         state = self._budget.cached(who)
         pending = None
-        if state is None and route.kind is not RouteKind.CURSOR_MODELS:
+        if state is None and route.kind is not RouteKind.CURSOR_MODELS and self._budget.admitted(who):
+            # A credential LiteLLM admitted lately: its probe goes alongside its request.
             pending = asyncio.ensure_future(self._budget.state(who, self._probe(scope)))
         try:
             asked = await self._upstream.fetch(scope, path, query)
-        except UpstreamUnavailable:
+        except BaseException:  # LiteLLM unreachable, or the caller left
             if pending is not None:
                 pending.cancel()
             raise
@@ -154,17 +178,21 @@ class Discovery:
         if refusal is not None:
             verdict = await self._budget.refused(who, asked.status, refusal, route.kind.value)
         if state is None:
-            if pending is None:  # /cursor/v1/models: the caller's own answer is the probe
-                state = await self._budget.state(who, _as_probe(asked))
-            else:
+            if pending is not None:
                 state = await pending
+            elif route.kind is RouteKind.CURSOR_MODELS:  # the caller's own answer is the probe
+                state = await self._budget.state(who, _as_probe(asked))
+            elif refusal is None and asked.status in NOT_ADMITTED_STATUSES:
+                state = self._budget.not_admitted(who)  # a credential LiteLLM refuses: nothing to learn
+            else:  # first seen, and admitted: the probe after LiteLLM's answer, never for a stranger
+                state = await self._budget.state(who, self._probe(scope))
         if refusal is not None:
             spent = budget_scope(refusal, unnamed=UNNAMED)
             if spent == UNNAMED:  # LiteLLM <= 1.88 for a key's and a team member's budget
                 named = verdict.scope if verdict is not None else "unknown"
                 spent = named if named != "unknown" else state.scope if state.over else "key"
             return await self._rescue(route, scope, who, asked, spent, phantom=_phantom(verdict))
-        if not state.known:
+        if not state.known and state.admitted:
             self._metrics.budget_unknown.inc()
             event(log, logging.WARNING, "budget_unknown", reason=state.reason, **_caller(scope, route))
         if not state.over or asked.status != 200:
@@ -301,6 +329,25 @@ class Discovery:
         if kind is RouteKind.MODEL_INFO_V2:
             return 200, shapes.model_info_page(await self._admin.view(View.MODEL_INFO_V2), visible, query)
         return 200, shapes.model_group_info(await self._admin.view(View.MODEL_GROUP_INFO), visible, query)
+
+
+class _Leaving:
+    """Cancels the discovery task of a caller that went away, and remembers that it did."""
+
+    __slots__ = ("_task", "left")
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self.left = False
+
+    def cancel(self) -> None:
+        if self._task is not None and not self.left:
+            self.left = True
+            self._task.cancel()
+
+    def uncancel(self) -> None:
+        if self._task is not None:
+            self._task.uncancel()
 
 
 def _refusal(answer: Answer) -> Any:

@@ -111,6 +111,12 @@ class Metrics:
             ["path", "reason"],
             registry=r,
         )
+        self.admin_lookups_shed = Counter(
+            "sidecar_admin_lookups_shed",
+            "Per-caller admin look-ups not made because the global bound (admin_lookup_rate, "
+            "admin_lookup_concurrency) was reached: those callers got LiteLLM's own answer.",
+            registry=r,
+        )
         self.passthrough_seconds = Histogram(
             "sidecar_passthrough_seconds",
             "Pass-through time until LiteLLM's response headers arrived.",

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
     admin_timeout: float = Field(default=10.0, gt=0)
+    # A global bound on the admin look-ups made for callers (/key/info, /team/info, /user/info,
+    # /customer/info, /organization/info): at most admin_lookup_rate a second on average (bursts of as
+    # many) and admin_lookup_concurrency at once. Past it, a caller gets LiteLLM's own answer; however
+    # many callers come, LiteLLM's admin API and its database see no more than this from the sidecar.
+    admin_lookup_rate: float = Field(default=50.0, gt=0)
+    admin_lookup_concurrency: int = Field(default=10, ge=1)
 
     # Model names the operator declares free in addition to those priced at 0 in LiteLLM's config.
     free_models: Annotated[tuple[str, ...], NoDecode] = ()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sidecar.litellm.budget_errors import UNNAMED, budget_scope, is_budget_error, spent_end_user
+from sidecar.litellm.budget_errors import UNNAMED, budget_scope, is_budget_error
 from tests.fake_litellm import VERSIONS, all_recordings, load_recordings
 
 RECORDED = all_recordings()
@@ -120,11 +120,3 @@ def test_a_message_naming_no_principal_is_told_apart_when_asked() -> None:
     body = {"error": {"message": "Budget has been exceeded! Current cost: 0.02, Max budget: 0.01"}}
     assert budget_scope(body) == "key"
     assert budget_scope(body, unnamed=UNNAMED) == UNNAMED
-
-
-def test_the_end_user_a_refusal_names() -> None:
-    body = {
-        "error": {"message": "ExceededBudget: End User=end-user-broke over budget. Spend=0.02, Budget=0.01"}
-    }
-    assert spent_end_user(body) == "end-user-broke"
-    assert spent_end_user({"error": {"message": "ExceededBudget: User=u over budget."}}) is None

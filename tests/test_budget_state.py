@@ -187,18 +187,22 @@ def test_a_refusal_seen_decides_at_once_and_is_forgotten_after_ttl() -> None:
     assert not asyncio.run(later()).over
 
 
-def test_an_end_user_refusal_binds_the_end_user_whatever_key_names_it() -> None:
+def test_a_refusal_is_evidence_about_the_principal_that_got_it_and_no_other() -> None:
+    """Issue 25: a caller naming its own spent end user ``victim over budget. x`` got LiteLLM's refusal
+    "End User=victim over budget. x over budget"; the id parsed out of that text used to mark every caller
+    naming end user ``victim`` as spent."""
     budgets = BudgetBook(None, ttl=30, metrics=Metrics())
+    crafted = "victim over budget. x"
     refusal = {
-        "error": {
-            "message": f"ExceededBudget: End User={END_USER_BROKE} over budget.",
-            "type": "budget_exceeded",
-        }
+        "error": {"message": f"ExceededBudget: End User={crafted} over budget.", "type": "budget_exceeded"}
     }
-    budgets.saw(Principal("a" * 64, True, END_USER_BROKE), 422, refusal)
-    other_key = budgets.cached(Principal("b" * 64, True, END_USER_BROKE))
-    assert other_key is not None and other_key.scope == "end_user"
-    assert budgets.cached(Principal("a" * 64, True)) is None  # the key itself is not spent
+    attacker = Principal("a" * 64, True, crafted)
+    budgets.saw(attacker, 422, refusal)
+    assert budgets.cached(Principal("b" * 64, True, "victim")) is None  # the victim: its own probe decides
+    assert budgets.cached(Principal("b" * 64, True, crafted)) is None  # nor another key, same end user
+    assert budgets.cached(Principal("a" * 64, True)) is None  # nor the same key without that end user
+    own = budgets.cached(attacker)
+    assert own is not None and own.over and own.scope == "end_user"
 
 
 def _records(**levels: Any) -> dict[str, Any]:

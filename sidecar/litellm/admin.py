@@ -25,11 +25,13 @@ import httpx
 from sidecar.cache import SingleFlightCache
 from sidecar.litellm.access import Access, Scope, scope_from_admin_answers
 from sidecar.litellm.catalog import ModelCatalog
+from sidecar.logs import event
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.litellm.admin")
 
 ANTHROPIC_VERSION = "2023-06-01"
+_SHED_LOG_EVERY = 10.0  # seconds between two admin_lookups_shed log lines
 V2_PAGE_SIZE = "100000"  # one page holding every deployment; LiteLLM sets no upper bound
 
 
@@ -39,6 +41,41 @@ class LookupFailed(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+SHED = "admin look-ups are at their bound (admin_lookup_rate, admin_lookup_concurrency): not asked"
+
+
+class LookupShed(LookupFailed):
+    """A per-caller look-up not made: the global bound on admin look-ups was reached."""
+
+
+class LookupBound:
+    """The global bound on per-caller admin look-ups: a token bucket of ``rate`` a second (holding at most
+    ``rate``) and at most ``concurrency`` in flight. ``take`` never waits: a look-up over the bound is
+    not queued but shed, so a flood of callers turns into LiteLLM's own answers, not a backlog."""
+
+    __slots__ = ("_last", "_tokens", "concurrency", "in_flight", "rate")
+
+    def __init__(self, rate: float, concurrency: int) -> None:
+        self.rate = rate
+        self.concurrency = concurrency
+        self.in_flight = 0
+        self._tokens = max(rate, 1.0)
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(max(self.rate, 1.0), self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.in_flight >= self.concurrency or self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        self.in_flight += 1
+        return True
+
+    def give_back(self) -> None:
+        self.in_flight -= 1
 
 
 class View(enum.Enum):
@@ -80,10 +117,14 @@ class AdminLookups:
         metrics: Metrics,
         extra_free: tuple[str, ...] = (),
         budget_ttl: float = 10.0,
+        bound: LookupBound | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._extra_free = extra_free
+        self._bound = bound if bound is not None else LookupBound(50.0, 10)
+        self._shed_since_logged = 0
+        self._shed_logged_at = -_SHED_LOG_EVERY
         self.views: SingleFlightCache[View | str, Any] = SingleFlightCache(catalog_ttl)
         self.scopes: SingleFlightCache[str, Scope] = SingleFlightCache(scope_ttl)
         # Budget records change with every paid call: kept only as long as budget states are.
@@ -163,7 +204,34 @@ class AdminLookups:
         return catalog, scope.allowed(catalog)
 
     async def _record(self, path: str, param: str, value: str) -> Any:
-        return await self.records.get((path, value), lambda: self._get(path, ((param, value),)))
+        return await self.records.get((path, value), lambda: self._bounded(path, ((param, value),)))
+
+    async def _bounded(self, path: str, params: tuple[tuple[str, str], ...]) -> Any:
+        """A per-caller look-up, within the global bound (``LookupBound``) or shed."""
+        if not self._bound.take():
+            raise self._shed(path)
+        try:
+            return await self._get(path, params)
+        finally:
+            self._bound.give_back()
+
+    def _shed(self, path: str) -> LookupShed:
+        """Counted; logged at most once every ``_SHED_LOG_EVERY`` seconds, with how many since."""
+        self._metrics.admin_lookups_shed.inc()
+        self._shed_since_logged += 1
+        now = time.monotonic()
+        if now - self._shed_logged_at >= _SHED_LOG_EVERY:
+            event(
+                log,
+                logging.WARNING,
+                "admin_lookups_shed",
+                path=path,
+                shed=self._shed_since_logged,
+                rate=self._bound.rate,
+                concurrency=self._bound.concurrency,
+            )
+            self._shed_logged_at, self._shed_since_logged = now, 0
+        return LookupShed(SHED)
 
     async def budget_records(self, token: str | None, end_user: str | None) -> dict[str, Any]:
         """The admin answers that hold one principal's budget chain (cached for ``budget_ttl``).

@@ -12,13 +12,21 @@ Three sources say whether it is over budget:
   the key's ``max_budget`` and budget windows, its team's, its team membership's, its user's, the end
   user's and the organisation's ``spend`` against ``max_budget``, with their reset times.
 - **seen**: a budget refusal LiteLLM sent this caller on any route, discovery or a passed-through
-  inference call, within the last ``ttl`` seconds: over budget now, before the database shows it.
+  inference call, within the last ``ttl`` seconds: over budget now, before the database shows it. It is
+  evidence about this principal only (its credential and the end user it named): nothing parsed out of a
+  message's text (an end-user id, a team name) ever becomes the key of another caller's state, so no caller
+  can word its own refusal to mark someone else as spent.
 
 How they are weighed: LiteLLM's refusal says *whether* - what it enforces is what the caller meets on a
 paid call - and the chain says *which level* and *when it resets*.
 
 1. A refusal seen within ``ttl`` decides at once (over budget, at the level it names).
 2. Else the probe: within budget there is within budget, with no admin look-up (the cheap, common case).
+   A probe LiteLLM refuses as unauthenticated (401/403 that is not a budget error: a wrong or revoked key)
+   ends the work for that caller: no admin look-up, no warning, no source failure, cached for ``ttl``
+   (``NOT_ADMITTED``) - a flood of made-up keys costs LiteLLM's admin API nothing. Discovery sends the
+   probe only for a credential LiteLLM has admitted before (``admitted``); a caller it has never admitted
+   gets LiteLLM's answer first, and the probe only if that answer admits it.
 3. Over budget there: the chain is read too, to name the level where the message names none (a key's or a
    team member's budget up to 1.88: "Current cost: ...") and for reset times, and the refusal is judged
    against it (``levels.judge``: ``spent``, ``phantom``, ``unknown``). The caller stays over budget either
@@ -47,9 +55,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sidecar.cache import SingleFlightCache
-from sidecar.litellm.admin import AdminLookups, LookupFailed
-from sidecar.litellm.budget_errors import UNNAMED, budget_scope, is_budget_error, spent_end_user
+from sidecar.cache import Recent, SingleFlightCache
+from sidecar.litellm.admin import SHED, AdminLookups, LookupFailed
+from sidecar.litellm.budget_errors import UNNAMED, budget_scope, is_budget_error
 from sidecar.litellm.credentials import caller_key, end_user_of, key_hash, key_label
 from sidecar.litellm.levels import Level, Verdict, chain, judge, stated
 from sidecar.logs import event
@@ -108,6 +116,11 @@ class BudgetState:
         return self.verdict is not None and self.verdict.verdict == "phantom"
 
     @property
+    def admitted(self) -> bool:
+        """False when LiteLLM refused the credential itself: not a budget question, nothing to warn of."""
+        return self.reason != NOT_ADMITTED
+
+    @property
     def over(self) -> bool:
         return bool(self.spent)
 
@@ -122,7 +135,11 @@ class BudgetState:
 PROBE_ROUTE = "/cursor/v1/models"
 NO_ADMIN = "no admin credential configured"
 NOT_A_VIRTUAL_KEY = "the credential is not a LiteLLM virtual key (JWT or other auth)"
-_EXPECTED = frozenset({NO_ADMIN, NOT_A_VIRTUAL_KEY})  # how the sidecar is set up, not a failure
+NOT_ADMITTED = "LiteLLM does not admit the credential"
+_NOT_ADMITTED = BudgetState(known=False, reason=NOT_ADMITTED)
+_ADMITTED_FOR = 3600.0  # seconds a credential LiteLLM admitted is probed alongside, not after, its request
+# How the sidecar is set up, or a bound it keeps (counted on its own): not a failure of the source.
+_EXPECTED = frozenset({NO_ADMIN, NOT_A_VIRTUAL_KEY, SHED})
 _LOG_EVERY = 60.0
 _FORGET = 300.0  # a disagreement not seen again for this long starts over
 Probe = Callable[[], Awaitable[tuple[int, Any]]]
@@ -134,23 +151,29 @@ class BudgetBook:
     """Budget states per principal: cached, single flight, refusals seen on the way recorded at once."""
 
     def __init__(
-        self, admin: AdminLookups | None, ttl: float, metrics: Metrics, phantom_after: float = 30.0
+        self,
+        admin: AdminLookups | None,
+        ttl: float,
+        metrics: Metrics,
+        phantom_after: float = 30.0,
+        max_entries: int = 10_000,
     ) -> None:
         self._admin = admin
         self._metrics = metrics
         self.ttl = ttl
         self.phantom_after = phantom_after
-        self.states: SingleFlightCache[Principal, BudgetState] = SingleFlightCache(ttl)
-        # Refusals seen: per credential (its own levels), per end user (theirs, whatever key names them).
-        self._seen_keys: dict[str, tuple[float, Spent, Verdict | None]] = {}
-        self._seen_end_users: dict[str, tuple[float, Spent, Verdict | None]] = {}
+        self.states: SingleFlightCache[Principal, BudgetState] = SingleFlightCache(ttl, max_entries)
+        # Refusals seen, per principal: evidence about that caller alone.
+        self._seen: Recent[Principal, tuple[Spent, Verdict | None]] = Recent(max_entries)
+        # Credentials LiteLLM admitted lately (their tokens): probed alongside their requests.
+        self._admitted: Recent[str, bool] = Recent(max_entries * 10)
         # Since when a principal's refusal at a level is not borne out by the records: (first, last seen).
-        self._disagreeing: dict[tuple[str, str | None, str], tuple[float, float]] = {}
-        self._logged: dict[tuple[str, str], float] = {}
+        self._disagreeing: Recent[tuple[str, str | None, str], tuple[float, float]] = Recent(max_entries)
+        self._logged: dict[tuple[str, str], float] = {}  # (source, reason): bounded by the reasons
 
     def cached(self, who: Principal) -> BudgetState | None:
         """The state if it is known without a round trip (a refusal seen, or a fresh cache entry)."""
-        seen = self._seen(who)
+        seen = self._seen_by(who)
         if seen and not _unnamed(seen):
             return _seen_state(seen)
         known = self.states.peek(who)
@@ -160,11 +183,25 @@ class BudgetBook:
         """The principal's state; ``probe`` asks LiteLLM's enforced state with the caller's headers.
 
         A refusal seen within ``ttl`` answers at once, unless it names no level: then the chain does."""
-        seen = self._seen(who)
+        seen = self._seen_by(who)
         if seen and not _unnamed(seen):
             return _seen_state(seen)
         known = await self.states.get(who, lambda: self._establish(who, probe))
         return _with_seen(known, seen)
+
+    def admitted(self, who: Principal) -> bool:
+        """Whether LiteLLM admitted this credential lately (a probe or a request of its answered past
+        authentication): its probe may then go alongside its request instead of after LiteLLM's answer."""
+        return self._admitted.get(who.token) is not None
+
+    def admit(self, who: Principal) -> None:
+        """LiteLLM answered this credential past its authentication."""
+        self._admitted.put(who.token, True, time.monotonic() + _ADMITTED_FOR)
+
+    def not_admitted(self, who: Principal) -> BudgetState:
+        """LiteLLM refused the credential itself: nothing more to learn, and nothing to look up."""
+        self._admitted.pop(who.token)
+        return _NOT_ADMITTED
 
     def saw(
         self, who: Principal | None, status: int, body: Any, verdict: Verdict | None = None
@@ -173,13 +210,10 @@ class BudgetBook:
         if not is_budget_error(status, body):
             return None
         spent = Spent(budget_scope(body, unnamed=UNNAMED), "seen")
-        until = time.monotonic() + self.ttl
-        end_user = spent_end_user(body)
-        if spent.scope == "end_user" and end_user is not None:
-            self._remember(self._seen_end_users, end_user, (until, spent, verdict))
-        elif who is not None:
-            self._remember(self._seen_keys, who.token, (until, spent, verdict))
         if who is not None:
+            if self.ttl > 0:
+                self._seen.put(who, (spent, verdict), time.monotonic() + self.ttl)
+            self.admit(who)
             self.states.forget(who)
         return spent
 
@@ -216,14 +250,12 @@ class BudgetBook:
         key = (who.token, who.end_user, verdict.scope)
         now = time.monotonic()
         if verdict.verdict != "phantom":
-            self._disagreeing.pop(key, None)
+            self._disagreeing.pop(key)
             return verdict
-        first, last = self._disagreeing.get(key, (now, now))
+        first, last = self._disagreeing.get(key) or (now, now)
         if now - last > _FORGET:
             first = now
-        if key not in self._disagreeing and len(self._disagreeing) >= self.states.max_entries:
-            self._disagreeing.pop(next(iter(self._disagreeing)))
-        self._disagreeing[key] = (first, now)
+        self._disagreeing.put(key, (first, now), now + _FORGET)
         if now - first < self.phantom_after:
             return Verdict(
                 "unknown",
@@ -235,31 +267,9 @@ class BudgetBook:
             )
         return verdict
 
-    def _remember(
-        self,
-        seen: dict[str, tuple[float, Spent, Verdict | None]],
-        key: str,
-        entry: tuple[float, Spent, Verdict | None],
-    ) -> None:
-        if self.ttl <= 0:
-            return
-        if key not in seen and len(seen) >= self.states.max_entries:
-            now = time.monotonic()
-            for stale in [k for k, (t, *_) in seen.items() if t <= now] or [next(iter(seen))]:
-                del seen[stale]
-        seen[key] = entry
-
-    def _seen(self, who: Principal) -> Seen:
-        now = time.monotonic()
-        found = []
-        for seen, key in ((self._seen_keys, who.token), (self._seen_end_users, who.end_user)):
-            entry = seen.get(key) if key is not None else None
-            if entry is not None:
-                if entry[0] > now:
-                    found.append(entry[1:])
-                else:
-                    del seen[key]  # type: ignore[arg-type]
-        return tuple(found)
+    def _seen_by(self, who: Principal) -> Seen:
+        entry = self._seen.get(who)
+        return () if entry is None else (entry,)
 
     async def enforced(self, probe: Probe) -> tuple[Spent, ...]:
         """LiteLLM's enforced state: the level its budget error on the probe route names, if any."""
@@ -271,6 +281,8 @@ class BudgetBook:
             return (Spent(budget_scope(body, unnamed=UNNAMED), "enforced"),), body
         if status == 200 or past_budget_checks(status, body):
             return (), None  # past LiteLLM's budget checks
+        if status in NOT_ADMITTED_STATUSES:
+            raise _NotAdmitted
         raise SourceFailed(f"{PROBE_ROUTE} answered {status}")
 
     async def recorded(self, who: Principal) -> tuple[Spent, ...]:
@@ -291,7 +303,12 @@ class BudgetBook:
         return chain(records)
 
     async def _establish(self, who: Principal, probe: Probe) -> BudgetState:
-        reading = await self._source("enforced", self._enforced(probe))
+        try:
+            reading = await self._source("enforced", self._enforced(probe))
+        except _NotAdmitted:
+            return self.not_admitted(who)  # cached for ``ttl`` like any state: the negative cache
+        if not isinstance(reading, str):
+            self.admit(who)
         if not isinstance(reading, str) and reading[0] == ():
             return BudgetState()  # within budget as LiteLLM enforces it: no admin look-up
         levels = await self._source("recorded", self.levels(who))
@@ -317,6 +334,15 @@ class BudgetBook:
                 self._logged[(name, reason)] = now
                 event(log, logging.WARNING, "budget_source_failed", source=name, reason=reason)
         return reason
+
+
+class _NotAdmitted(Exception):
+    """The probe's answer refuses the credential itself."""
+
+
+# What LiteLLM answers a credential it does not admit (a wrong, expired or blocked key), when the body is not
+# a budget error.
+NOT_ADMITTED_STATUSES = frozenset({401, 403})
 
 
 def _unjudged(body: Any, reason: str) -> Verdict:

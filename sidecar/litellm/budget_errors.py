@@ -42,7 +42,6 @@ _SCOPE_NAMES = {
 }
 # LiteLLM <= 1.88 names no principal for a key's own budget nor for a team member's: "Current cost: ..."
 UNNAMED = "unnamed"
-_END_USER = re.compile(r"End User=(\S+) over budget")
 
 
 def error_of(body: Any) -> dict[str, Any] | None:
@@ -80,9 +79,3 @@ def budget_scope(body: Any, unnamed: str = "key") -> str:
     if match is None:
         return "unknown"
     return _SCOPE_NAMES.get(match.group(1), unnamed)
-
-
-def spent_end_user(body: Any) -> str | None:
-    """The end user an ``End User=... over budget`` refusal names."""
-    match = _END_USER.search(_message(body))
-    return match.group(1) if match else None

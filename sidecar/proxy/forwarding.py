@@ -6,6 +6,12 @@ cross the proxy in either direction. ``Host`` becomes the upstream's, the caller
 ``X-Forwarded-Host``; the caller's address is appended to ``X-Forwarded-For``; ``X-Forwarded-Proto`` and
 ``X-Forwarded-Host`` set by a load balancer in front are kept. Everything else, the caller's credential
 included, is forwarded as sent: the sidecar adds no credential of its own on this path, ever.
+
+A request the sidecar builds itself on a caller's behalf (the discovery forward, the budget probe, the budget
+view's call: ``built_request_headers``) carries no body, so it says so: the caller's framing
+(``Content-Length``, ``Expect``; ``Transfer-Encoding`` is hop-by-hop anyway) never goes with it. Copied, a
+declared body that is never sent would leave LiteLLM waiting for it, or an upstream that does not wait
+would read the next request on that connection as the missing body.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 _REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for"}
+_FRAMING = frozenset({b"content-length", b"expect"})  # a request's body, never that of a request we build
 _REPLACED_IN_REPLY = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
 
 
@@ -72,6 +79,11 @@ def upstream_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
     if not has_host and host:
         out.append((b"x-forwarded-host", host))
     return out
+
+
+def built_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
+    """The caller's headers for a body-less request the sidecar builds on its behalf: no framing."""
+    return [(n, v) for n, v in upstream_request_headers(scope, upstream_host) if n not in _FRAMING]
 
 
 def downstream_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -11,7 +11,9 @@ re-frames it; trailer fields are dropped, as a proxy may).
 The rules it keeps, the ones httpcore and h11 keep:
 
 - **Reuse only at a clean message boundary.** A connection goes back to the pool only when the parser
-  stands exactly at the end of one complete answer, the whole request was sent, both sides keep the
+  stands exactly at the end of one complete answer, the whole request was sent by the framing its own head
+  declares (``Content-Length`` or chunked; a head that declares a body it does not carry never leaves its
+  connection reusable), both sides keep the
   connection alive and no byte came after the answer. Anything else closes it: bytes after the end of an
   answer (in the same read or later), bytes arriving while it sits idle, an answer cut short or abandoned,
   an answer to HEAD (the parser cannot be told it has no body), an early answer during an upload. Nothing
@@ -303,6 +305,31 @@ class _Connection(asyncio.Protocol):
         return self.complete and self.request_sent and not self.closed and not self._body
 
 
+_CHUNKED = -1
+
+
+def _declared_length(head: bytes) -> int:
+    """The body length a request head declares: its ``Content-Length``, ``_CHUNKED``, or 0 for none."""
+    lowered = head.lower()
+    if b"\r\ntransfer-encoding:" in lowered:
+        return _CHUNKED
+    at = lowered.find(b"\r\ncontent-length:")
+    if at < 0:
+        return 0
+    value = lowered[at + 17 : lowered.find(b"\r\n", at + 17)]
+    try:
+        return int(value)
+    except ValueError:
+        return -2  # matches nothing that was sent: the connection is never reused
+
+
+def _whole(declared: int, sent: int, chunked: bool) -> bool:
+    """Whether a request went out whole by the framing its own head declared. One that did not (a length
+    declared and not sent, a chunked body sent raw) leaves the upstream reading the next request on that
+    connection as the rest of this one: such a connection is never reused."""
+    return declared == _CHUNKED if chunked else declared == sent
+
+
 def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout("upstream did not answer in time"))
@@ -466,11 +493,13 @@ class ConnectionPool:
         assert transport is not None
         if connection.closed or transport.is_closing():
             raise _Stale("upstream closed the connection before the request was sent")
+        declared = _declared_length(head)
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
-            connection.request_sent = True
+            connection.request_sent = _whole(declared, len(body) if body else 0, chunked)
             return
         transport.write(head)
+        sent = 0
         async for part in body:
             if connection.headers_done:
                 return  # an early answer (413, 401, ...): it is the answer; the rest is not sent
@@ -478,11 +507,12 @@ class ConnectionPool:
                 connection.raise_error()
                 raise UpstreamClosed("upstream closed the connection while the request body was sent")
             if part:
+                sent += len(part)
                 transport.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
                 await connection.drain()
         if chunked:
             transport.write(b"0\r\n\r\n")
-        connection.request_sent = True
+        connection.request_sent = _whole(declared, sent, chunked)
 
     def _put(self, connection: _Connection) -> None:
         connection.in_use = False

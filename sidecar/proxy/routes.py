@@ -6,6 +6,12 @@ backslash or a NUL makes the request *not* discovery, so it is passed through to
 caller's own credential. That way no caller-chosen path can be turned into a look-up the sidecar makes
 with its admin credential; those look-ups use fixed URLs built in ``admin.py``. Model ids may contain
 ``/`` (``/v1/models/openai/gpt-4o``): everything after the prefix is the id.
+
+A ``GET`` or ``HEAD`` that carries a body (``Content-Length`` other than 0, or any ``Transfer-Encoding``)
+is not discovery either (``carries_body``): it is passed through whole, body included, as any other
+request, and the caller gets LiteLLM's own answer. No client library sends one; what such a request means
+is LiteLLM's to say, and discovery's answers are built from requests that carry no body (a body declared on
+them and never sent would leave the upstream waiting for it, or reading the next request as it).
 """
 
 from __future__ import annotations
@@ -70,3 +76,11 @@ def match_discovery(method: str, raw_path: bytes) -> DiscoveryRoute | None:
                 return None
             return DiscoveryRoute(RouteKind.MODEL, model_id)
     return None
+
+
+def carries_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's head announces a body (ASGI servers give header names lower-cased)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False

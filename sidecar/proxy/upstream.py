@@ -20,12 +20,12 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sidecar.logs import event
 from sidecar.metrics import Metrics
-from sidecar.proxy.forwarding import downstream_headers, upstream_request_headers
+from sidecar.proxy.forwarding import built_request_headers, downstream_headers, upstream_request_headers
 from sidecar.proxy.http1 import (
     Cancel,
     Cancelled,
@@ -48,6 +48,10 @@ _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a dis
 NOTICE_LIMIT = 64 * 1024
 # Shown a passed-through answer (scope, status, body); returns headers to add where it still can.
 Observer = Callable[[Scope, int, bytes], Awaitable[RawHeaders]]
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
 
 
 class UpstreamUnavailable(Exception):
@@ -189,8 +193,9 @@ class Upstream:
         return error
 
     async def fetch(self, scope: Scope, raw_path: bytes, query: bytes) -> Answer:
-        """GET ``raw_path`` with the caller's own headers; the whole answer, buffered."""
-        headers = upstream_request_headers(scope, self.host)
+        """GET ``raw_path`` with the caller's own headers (no framing: it has no body); the whole answer,
+        buffered."""
+        headers = built_request_headers(scope, self.host)
         response = await self._request("GET", raw_path, headers, query)
         try:
             body = await response.read()
@@ -212,13 +217,13 @@ class Upstream:
     async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward one request as is and stream the answer back.
 
-        Once the whole request is read, the caller is watched (``_CallerWatch``): if it goes away, the
+        Once the whole request is read, the caller is watched (``CallerWatch``): if it goes away, the
         upstream connection is closed within ``_GRACE`` seconds, whether the answer's headers have come
         or it is streaming (a model still generating stops being billed for a caller no one waits for)."""
         started = time.perf_counter()
         headers = upstream_request_headers(scope, self.host)
         cancel = Cancel()
-        watch = _CallerWatch(receive, cancel)
+        watch = CallerWatch(receive, cancel)
         body = _RequestBody(receive, watch.arm)
         try:
             data = await body.first()
@@ -255,7 +260,7 @@ class Upstream:
             watch.stop()
             response.release()
 
-    async def _stream_down(self, scope: Scope, response: Response, send: Send, watch: _CallerWatch) -> None:
+    async def _stream_down(self, scope: Scope, response: Response, send: Send, watch: CallerWatch) -> None:
         headers = downstream_headers(response.headers)
         if response.status in (204, 304):  # no body follows; a length would make the server wait for one
             headers = [(name, value) for name, value in headers if name != b"content-length"]
@@ -294,7 +299,7 @@ class Upstream:
             raise
 
     async def _annotated(
-        self, scope: Scope, response: Response, headers: RawHeaders, send: Send, watch: _CallerWatch
+        self, scope: Scope, response: Response, headers: RawHeaders, send: Send, watch: CallerWatch
     ) -> None:
         """A small noticed answer: read whole, shown to the observer, sent with the headers it adds."""
         try:
@@ -329,8 +334,9 @@ def _declared_length(headers: RawHeaders) -> int:
     return NOTICE_LIMIT + 1
 
 
-class _CallerWatch:
-    """Waits, in a task of its own, for the caller to disconnect, and then cancels the exchange.
+class CallerWatch:
+    """Waits, in a task of its own, for the caller to disconnect, and then cancels the exchange
+    (``cancel``: a :class:`Cancel`, or anything with a ``cancel()``, such as discovery's task).
 
     Armed once the request body is read (``receive`` is free then), stopped once the upstream's answer
     is complete or abandoned. The task starts only when the exchange outlives ``_GRACE`` seconds: most
@@ -341,7 +347,7 @@ class _CallerWatch:
 
     __slots__ = ("_cancel", "_receive", "_task", "_timer")
 
-    def __init__(self, receive: Receive, cancel: Cancel) -> None:
+    def __init__(self, receive: Receive, cancel: Cancel | Cancellable) -> None:
         self._receive = receive
         self._cancel = cancel
         self._timer: asyncio.TimerHandle | None = None
