@@ -11,7 +11,17 @@ with ``x-sidecar-fallback-from`` and ``x-sidecar-fallback-model``, streamed if t
 refusal comes before any chunk); if the retry is refused too, the caller gets the original refusal,
 unchanged. Any other answer - and every request that cannot fall back - passes through as it came.
 
-Only requests that may fall back are read whole first; the rest pass through as streams, untouched.
+The body is parsed only after a budget refusal. A ``POST`` to one of those routes with a body of at most
+``BODY_LIMIT`` bytes is read whole and sent as those bytes, unparsed, whatever model it names (with a
+specific mapping, a request for an unmapped model is held like the others: it no longer streams through).
+Its answer is held back only if its status is one a budget refusal has, and then only up to
+``_REFUSAL_LIMIT``. Only a budget refusal, for a caller with a virtual key, gets the body parsed: once,
+with ``json.loads``, for its ``model``, the mapping and the retry's body. A body LiteLLM serves thus costs no
+parse however it is built; a crafted 1 MiB body (many small keys) costs some 20-30 ms of the event loop's
+CPU to parse and as much again to write as the retry, paid only by a caller LiteLLM has just refused for
+budget. A request whose model is not mapped, or whose body is not a JSON object with a string ``model``,
+gets LiteLLM's answer unchanged: no retry, no metric, no log line. A larger body, and every other request,
+passes through as a stream, untouched.
 """
 
 from __future__ import annotations
@@ -19,10 +29,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
-from sidecar.litellm.budget import principal_of
+from sidecar.litellm.budget import Principal, principal_of
 from sidecar.litellm.budget_errors import BUDGET_STATUSES, error_of, is_budget_error
 from sidecar.logs import event
 from sidecar.metrics import Metrics
@@ -71,32 +81,52 @@ class Fallback:
         return bool(self._mapping) and scope["method"] == "POST" and raw_path in ROUTES
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the request as the bytes it came in, and look inside them only if LiteLLM refuses it for
+        budget: a body LiteLLM serves, however it is built, costs no parse on the event loop."""
         read, body = await _read_up_to(receive, BODY_LIMIT)
-        model, target = self._target(body)
-        if body is None or model is None or target is None or model == target:
+        if body is None:  # larger than BODY_LIMIT, or the caller left while sending it
             await self._upstream.pass_through(scope, _replay(read, receive), send)
             return
         del read  # the body is held once, as one piece, while the first answer lasts
-        first = _Held(send, self._rule(model))
+        first = _Held(send)
         await self._upstream.pass_through(scope, _replay_bytes(body, receive), first.send)
         if not first.held:
             return  # LiteLLM answered with no budget refusal: it went to the caller as it came
-        if not await self._may_use(scope, first, target):
+        plan = await self._plan(scope, first, body)
+        del body
+        if plan is None:
             await first.release()
             return
-        retried = json.loads(body)
-        retried["model"] = target
-        again = json.dumps(retried, separators=(",", ":")).encode()
-        del body, retried
-        retry = _Retry(send, self._shown(model), target)
+        retry = _Retry(send, self._shown(plan.model), plan.target)
         try:
             await self._upstream.pass_through(
-                _with_length(scope, len(again)), _replay_bytes(again, receive), retry.send
+                _with_length(scope, len(plan.body)), _replay_bytes(plan.body, receive), retry.send
             )
         finally:
-            self._count(scope, model, target, retry)
+            self._count(scope, plan.model, plan.target, retry)
         if not retry.passed:
             await first.release()  # the retry was refused too: the caller gets the original refusal
+
+    async def _plan(self, scope: Scope, first: _Held, body: bytes) -> _Plan | None:
+        """The retry for a first answer that is a budget refusal, if the request may fall back.
+
+        What needs no parse is checked first; the body is parsed only then, once, for its model and for
+        the retry's body."""
+        admin = self._admin
+        if not is_budget_error(first.status, first.json()) or admin is None:
+            return None
+        who = principal_of(scope)
+        if who is None or not who.virtual_key:
+            return None
+        request = _request_of(body)
+        model = request.get("model") if request is not None else None
+        if request is None or not isinstance(model, str):
+            return None
+        target = self._mapping.get(model, self._mapping.get("*"))
+        if target is None or target == model or not await self._may_use(admin, who, model, target):
+            return None
+        request["model"] = target
+        return _Plan(model, target, json.dumps(request, separators=(",", ":")).encode())
 
     def _count(self, scope: Scope, model: str, target: str, retry: _Retry) -> None:
         """The metric and log line of one retry, however it ended."""
@@ -131,32 +161,15 @@ class Fallback:
         """The mapping's key that applies to ``model``: the metric's label (never a caller's free text)."""
         return model if model in self._mapping else "*"
 
-    def _target(self, body: bytes | None) -> tuple[str | None, str | None]:
-        if body is None:
-            return None, None
+    async def _may_use(self, admin: AdminLookups, who: Principal, model: str, target: str) -> bool:
+        """Only to a free model the caller may access: LiteLLM's catalog and the caller's access say."""
         try:
-            parsed = json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
-            return None, None
-        model = parsed.get("model") if isinstance(parsed, dict) else None
-        if not isinstance(model, str):
-            return None, None
-        return model, self._mapping.get(model, self._mapping.get("*"))
-
-    async def _may_use(self, scope: Scope, first: _Held, target: str) -> bool:
-        """Only a budget refusal falls back, and only to a free model the caller may access."""
-        if not is_budget_error(first.status, first.json()) or self._admin is None:
-            return False
-        who = principal_of(scope)
-        if who is None or not who.virtual_key:
-            return False
-        try:
-            catalog, allowed = await self._admin.access(who.token)
+            catalog, allowed = await admin.access(who.token)
         except LookupFailed:
             return False
         usable = catalog.is_free(target) and allowed.allows(target)
         if not usable:
-            self._metrics.fallbacks.labels(first.rule, target, "not_allowed").inc()
+            self._metrics.fallbacks.labels(self._rule(model), target, "not_allowed").inc()
             event(
                 log,
                 logging.WARNING,
@@ -168,13 +181,20 @@ class Fallback:
         return usable
 
 
+class _Plan(NamedTuple):
+    """A retry: the caller's model, the free model that replaces it, and the request's new body."""
+
+    model: str
+    target: str
+    body: bytes
+
+
 class _Held:
     """The first answer: passed on as it comes, unless it is a small budget-status answer, which is held
     back (whole) until it is known whether a fallback replaces it."""
 
-    def __init__(self, send: Send, rule: str) -> None:
+    def __init__(self, send: Send) -> None:
         self._send = send
-        self.rule = rule
         self.held = False
         self.status = 0
         self._start: Message | None = None
@@ -238,10 +258,17 @@ def _error_type(body: Any) -> str | None:
     return kind[:64] if isinstance(kind, str) else None
 
 
+def _request_of(body: bytes) -> dict[str, Any] | None:
+    """The request's JSON object, or None if the body is not one."""
+    request = _parsed(body)
+    return request if isinstance(request, dict) else None
+
+
 def _parsed(body: bytes | bytearray) -> Any:
+    """``body`` as JSON, or None: a caller's or LiteLLM's bytes may be anything."""
     try:
         return json.loads(body)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
         return None
 
 

@@ -8,11 +8,14 @@ import asyncio
 import json
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from sidecar import fallback
+from sidecar.fallback import BODY_LIMIT
 from sidecar.settings import SettingsError, load_settings
 from tests import official_clients as official
 from tests.conftest import SidecarFactory, bearer
@@ -426,3 +429,115 @@ def test_a_retry_litellm_does_not_answer_in_time_is_refused_with_the_original_an
     (line,) = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "fallback"]
     said = (line["outcome"], line["retry_status"], line["retry_budget_refusal"], line["retry_error"])
     assert said == ("refused", 504, False, "upstream_error")
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every text the fallback parses as JSON (a request's body or an answer's), as it parses it."""
+    texts: list[bytes] = []
+
+    def loads(text: bytes | bytearray) -> Any:
+        texts.append(bytes(text))
+        return json.loads(text)
+
+    monkeypatch.setattr(fallback, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+    return texts
+
+
+def many_keys(model: str) -> bytes:
+    """A JSON request just under ``BODY_LIMIT`` built to be slow to parse: a small key per few bytes."""
+    keys, size, head = [], 0, f'{{"model":"{model}","messages":[],'
+    while size < BODY_LIMIT - len(head) - 16:
+        keys.append(f'"k{len(keys)}":0')
+        size += len(keys[-1]) + 1
+    return (head + ",".join(keys) + "}").encode()
+
+
+NOT_JSON = b"\x00not json\xff" * (BODY_LIMIT // 16)
+DEEP = b"[" * (BODY_LIMIT // 2) + b"]" * (BODY_LIMIT // 2)  # exactly BODY_LIMIT bytes
+CRAFTED = {"many keys": many_keys("paid-model"), "not json": NOT_JSON, "deep": DEEP}
+
+
+@pytest.mark.parametrize("rule", [{"*": "free-model"}, RULE], ids=["star", "paid-model"])
+@pytest.mark.parametrize("body", list(CRAFTED.values()), ids=list(CRAFTED))
+def test_a_body_litellm_serves_goes_as_it_came_and_is_never_parsed(
+    fake: FakeLiteLLM,
+    sidecar: SidecarFactory,
+    client: httpx.Client,
+    parsed: list[bytes],
+    rule: dict[str, str],
+    body: bytes,
+) -> None:
+    """Parsing waits for a budget refusal: a body of up to 1 MiB LiteLLM answers 200 costs no parse,
+    however it is built (a crafted one cost some 20 ms of the event loop's CPU when it was parsed first)."""
+    assert len(body) <= BODY_LIMIT
+    served = b'{"id":"chatcmpl-1","model":"paid-model"}'
+    fake.overrides[("POST", "/v1/chat/completions")] = lambda _seen: (
+        200,
+        [("content-type", "application/json")],
+        served,
+    )
+    url = sidecar(fallback=rule)
+    answer = client.post(url + "/v1/chat/completions", headers=bearer("KEY_TEAM_BROKE"), content=body)
+    assert (answer.status_code, answer.content) == (200, served)
+    assert "x-sidecar-fallback-model" not in answer.headers
+    (seen,) = [s for s in fake.seen if s.method == "POST"]
+    assert seen.body == body  # byte for byte, sent once
+    assert parsed == []
+
+
+def test_a_large_mapped_request_refused_for_budget_is_parsed_once_and_falls_back(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, parsed: list[bytes]
+) -> None:
+    fake.use_version("1.110.2")
+    refusal = recorded_chat(fake, "KEY_TEAM_BROKE", PAID_CHAT)
+
+    def reply(seen: Seen) -> Reply:
+        if json.loads(seen.body)["model"] == "free-model":
+            return 200, [("content-type", "application/json")], b'{"model":"free-model"}'
+        return refusal[0], [("content-type", "application/json")], refusal[1]
+
+    fake.overrides[("POST", "/v1/chat/completions")] = reply
+    url = sidecar(fallback=RULE)
+    body = many_keys("paid-model")
+    answer = client.post(url + "/v1/chat/completions", headers=bearer("KEY_TEAM_BROKE"), content=body)
+    assert answer.json() == {"model": "free-model"}
+    assert answer.headers["x-sidecar-fallback-from"] == "paid-model"
+    first, retry = [s for s in fake.seen if s.method == "POST"]
+    assert first.body == body
+    assert json.loads(retry.body) == {**json.loads(body), "model": "free-model"}
+    assert parsed == [refusal[1], body]  # the refusal, then the request, once: no second parse for the retry
+
+
+@pytest.mark.parametrize(
+    "body",
+    [json.dumps({**PAID_CHAT, "model": "other-model"}).encode(), NOT_JSON, DEEP, b"[]", b'{"model": 1}'],
+    ids=["unmapped", "not json", "deep", "not an object", "no model name"],
+)
+def test_a_budget_refusal_of_a_request_that_cannot_fall_back_is_given_unchanged_and_not_counted(
+    fake: FakeLiteLLM,
+    sidecar: SidecarFactory,
+    client: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+    parsed: list[bytes],
+    body: bytes,
+) -> None:
+    """As when the fallback parsed first: no retry, no ``sidecar_fallbacks_total`` sample, no log line;
+    the body is looked into only once LiteLLM has refused it for budget."""
+    fake.use_version("1.110.2")
+    refusal = recorded_chat(fake, "KEY_TEAM_BROKE", PAID_CHAT)
+    fake.overrides[("POST", "/v1/chat/completions")] = lambda _seen: (
+        refusal[0],
+        [("content-type", "application/json")],
+        refusal[1],
+    )
+    url = sidecar(fallback=RULE)
+    with caplog.at_level(logging.INFO, logger="sidecar.fallback"):
+        answer = client.post(url + "/v1/chat/completions", headers=bearer("KEY_TEAM_BROKE"), content=body)
+    assert (answer.status_code, answer.content) == refusal
+    assert "x-sidecar-fallback-model" not in answer.headers
+    (seen,) = [s for s in fake.seen if s.method == "POST"]
+    assert seen.body == body
+    assert parsed == [refusal[1], body]
+    assert "sidecar_fallbacks_total{" not in client.get(url + "/sidecar/metrics").text
+    assert not [r for r in caplog.records if r.name == "sidecar.fallback"]
