@@ -9,32 +9,43 @@ Its own routes are named so as not to shadow any LiteLLM route and are never pas
 ``/healthz`` (liveness, no upstream call), ``/readyz`` (LiteLLM reachable and, when an admin key is set,
 the admin credential accepted; false as soon as shutdown begins), ``/sidecar/metrics`` (Prometheus) and
 ``/sidecar/v1/budget`` (a caller's own budget, ``budget_view.py``).
+
+``/readyz`` answers anyone, so it is cheap and says little: its checks run at most once every
+``READY_TTL`` seconds however many ask (single flight), and its body is only ``{"status": ...}``. Why it
+is not ready - LiteLLM unreachable, the admin credential refused - goes to the log (a ``readiness`` line
+each time the answer changes) and to ``--check``, never to whoever asks.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from typing import Any
 
 import httpx
 
 from sidecar import budget_view
 from sidecar.budget_view import BudgetView
+from sidecar.cache import SingleFlightCache
 from sidecar.discovery import Discovery
 from sidecar.fallback import Fallback
+from sidecar.litellm import credentials
 from sidecar.litellm.admin import AdminLookups, LookupBound, LookupFailed, admin_http_client
 from sidecar.litellm.budget import BudgetBook
 from sidecar.litellm.budget_errors import BUDGET_STATUSES
+from sidecar.logs import event
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.proxy.routes import carries_body, match_discovery
 from sidecar.proxy.upstream import Upstream, UpstreamUnavailable, send_json
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
 
+log = logging.getLogger("sidecar.app")
+
 HEALTHZ = b"/healthz"
 READYZ = b"/readyz"
 METRICS = b"/sidecar/metrics"
 _OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS, budget_view.ROUTE})
+READY_TTL = 1.0  # seconds a readiness answer is reused
 
 
 class SidecarApp:
@@ -56,9 +67,12 @@ class SidecarApp:
         self.budget_view: BudgetView | None = None
         self.fallback: Fallback | None = None
         self.draining = False  # set when shutdown begins: readiness goes false first
+        self._ready: SingleFlightCache[str, bool] = SingleFlightCache(READY_TTL, max_entries=1)
+        self._ready_said: dict[str, Any] | None = None  # the last report logged
 
     async def startup(self) -> None:
         settings = self.settings
+        credentials.configure(settings.end_user_headers)
         if settings.admin_key is not None:  # under ``blocked`` too: refusals are judged on every policy
             self._admin_client = admin_http_client(
                 settings.upstream_url, settings.admin_key.get_secret_value(), settings.admin_timeout
@@ -107,18 +121,36 @@ class SidecarApp:
         if self.draining:
             return False, {"status": "draining"}
         checks: dict[str, Any] = {}
+        reachable = True
         try:
             status = await self.upstream.probe(b"/health/liveliness")
             checks["upstream"] = "ok" if status == 200 else f"/health/liveliness answered {status}"
         except UpstreamUnavailable as exc:
             checks["upstream"] = f"unreachable ({exc.detail or exc})"
-        if self.admin is not None:
+            reachable = False
+        if self.admin is not None and not reachable:
+            checks["admin_credential"] = "unknown (LiteLLM is unreachable)"
+        elif self.admin is not None:
             try:
                 checks["admin_credential"] = f"ok ({len((await self.admin.catalog()).names)} models)"
             except LookupFailed as exc:
                 checks["admin_credential"] = f"refused or failed: {exc}"
         ready = all(value.startswith("ok") for value in checks.values())
         return ready, {"status": "ready" if ready else "not ready", **checks}
+
+    async def _readyz(self) -> tuple[int, bytes]:
+        """``/readyz``: the cached readiness, its reasons logged when they change, never answered."""
+        if self.draining:
+            return 503, b'{"status":"draining"}'
+        ready = await self._ready.get("ready", self._check_and_log)
+        return (200, b'{"status":"ready"}') if ready else (503, b'{"status":"not ready"}')
+
+    async def _check_and_log(self) -> bool:
+        ready, report = await self.readiness()
+        if report != self._ready_said:
+            self._ready_said = report
+            event(log, logging.INFO if ready else logging.WARNING, "readiness", ready=ready, **report)
+        return ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -149,8 +181,7 @@ class SidecarApp:
         elif raw_path == HEALTHZ:
             await send_json(send, 200, b'{"status":"ok"}')
         elif raw_path == READYZ:
-            ready, report = await self.readiness()
-            await send_json(send, 200 if ready else 503, json.dumps(report).encode())
+            await send_json(send, *await self._readyz())
         else:
             body = self.metrics.render()
             headers = [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode())]

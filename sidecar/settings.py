@@ -69,6 +69,10 @@ class Settings(BaseSettings):
 
     # Model names the operator declares free in addition to those priced at 0 in LiteLLM's config.
     free_models: Annotated[tuple[str, ...], NoDecode] = ()
+    # The headers LiteLLM's general_settings.user_header_mappings (role "customer") or user_header_name name,
+    # in that order: LiteLLM reads the end user from them after x-litellm-customer-id and
+    # x-litellm-end-user-id, and so must the sidecar, or all end users of one key share one budget state.
+    end_user_headers: Annotated[tuple[str, ...], NoDecode] = ()
     # Answer /v1/models/{id} from the caller's own model list (LiteLLM refuses it to ordinary keys).
     retrieve_from_list: bool = True
 
@@ -123,7 +127,7 @@ class Settings(BaseSettings):
             return len(os.sched_getaffinity(0))
         return value
 
-    @field_validator("free_models", mode="before")
+    @field_validator("free_models", "end_user_headers", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

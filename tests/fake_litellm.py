@@ -137,9 +137,10 @@ class FakeLiteLLM:
 
     def recorded(self, seen: Seen) -> Reply | None:
         key = (seen.header("authorization") or "").removeprefix("Bearer ").strip()
-        principal = PRINCIPAL_OF.get(key or (seen.header("x-api-key") or "").strip())
+        presented = key or (seen.header("x-api-key") or "").strip()
+        principal = PRINCIPAL_OF.get(presented)
         if principal is None:
-            return None
+            return _not_admitted(presented) if presented else None
         anthropic = seen.header("anthropic-version") is not None
         target = seen.target
         end_user = seen.header(END_USER_HEADER)
@@ -266,6 +267,24 @@ class FakeLiteLLM:
                 gzip.compress(b'{"compressed": true}'),
             )
         return None
+
+
+def _not_admitted(key: str) -> Reply:
+    """LiteLLM's answer to a credential it does not know (1.110.2's wording; the key shown masked)."""
+    message = (
+        f"Authentication Error, Invalid proxy server token passed. Received API Key = sk-...{key[-4:]}, "
+        f"Key Hash (Token) ={hashlib.sha256(key.encode()).hexdigest()}. Unable to find token in cache or "
+        "`LiteLLM_VerificationTokenTable`"
+        if key.startswith("sk-")
+        else "Authentication Error, LiteLLM Virtual Key expected. Received=*****, expected to start with 'sk-'."
+    )
+    error = {
+        "message": message,
+        "type": "auth_error",
+        "param": "None",
+        "code": "401",
+    }
+    return 401, [("content-type", "application/json")], json.dumps({"error": error}).encode()
 
 
 def _body_tag(body: Any) -> str:

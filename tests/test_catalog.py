@@ -88,7 +88,7 @@ def test_secrets_never_leave_in_a_public_deployment() -> None:
     shown = public_deployment(entry)
     assert SECRET not in json.dumps(shown)
     assert shown["litellm_params"]["input_cost_per_token"] == 0.001
-    assert shown["litellm_params"]["nested"] == {"region": "eu"}
+    assert "nested" not in shown["litellm_params"]  # not on the allowlist, whatever it holds
     assert "access_via_team_ids" not in shown["model_info"]
     assert "direct_access" not in shown["model_info"]
     assert entry["litellm_params"]["api_key"] == SECRET  # the cached original is untouched
@@ -99,3 +99,63 @@ def test_secrets_never_leave_in_a_public_deployment() -> None:
 )
 def test_prices_and_plain_settings_are_not_secrets(name: str) -> None:
     assert not is_secret_param(name)
+
+
+def test_what_a_name_matcher_let_through_is_not_on_the_allowlist() -> None:
+    """Issue 25: ``authorization``, ``apikey``, ``watsonx_apikey``, ``passphrase``, ``aws_external_id`` and
+    credentials inside ``api_base`` passed the secret-name matcher into rescued /model/info answers."""
+    entry = dep(
+        "m",
+        authorization=SECRET,
+        apikey=SECRET,
+        watsonx_apikey=SECRET,
+        passphrase=SECRET,
+        aws_external_id=SECRET,
+        litellm_credential_name=SECRET,
+        api_base=f"https://user:{SECRET}@llm.example/v1?api-key={SECRET}#{SECRET}",
+        api_version="2024-10-21",
+        rpm=60,
+    )
+    entry[SECRET] = SECRET  # an entry field LiteLLM does not have
+    entry["model_info"].update(
+        {
+            "notes": f"sk-{SECRET}",  # a value that is a key, under a harmless name
+            "webhook": f"https://hook:{SECRET}@example.test/x",
+            "custom": {"passphrase_hint": f"Bearer {SECRET}", "jwt": "eyJhbGciOi.eyJzdWIi.sig"},
+            "access_groups": ["free-group"],
+            "input_cost_per_token": 0.0,
+        }
+    )
+    shown = public_deployment(entry)
+    assert SECRET not in json.dumps(shown) and "eyJ" not in json.dumps(shown)
+    assert set(shown) == {"model_name", "litellm_params", "model_info"}
+    assert shown["litellm_params"] == {
+        "model": "openai/x",
+        "api_base": "https://llm.example/v1",
+        "api_version": "2024-10-21",
+        "rpm": 60,
+    }
+    assert shown["model_info"]["webhook"] == "https://example.test/x"
+    assert shown["model_info"]["access_groups"] == ["free-group"]
+    assert shown["model_info"]["custom"] == {}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_rescued_entry_has_the_fields_litellm_shows_an_ordinary_key(version: str) -> None:
+    """The admin's /model/info entries, as rescued, against LiteLLM's own answer to an ordinary key with
+    the same models (recorded): the same fields per entry, at every level."""
+    recorded = load_recordings(version)
+    admin = next(
+        e["body"] for e in recorded if e["principal"] == "MASTER" and e["request"] == "GET /model/info"
+    )
+    own = next(
+        e["body"] for e in recorded if e["principal"] == "KEY_HEALTHY" and e["request"] == "GET /model/info"
+    )
+    theirs = {d["model_info"]["id"]: d for d in own["data"]}
+    for entry in admin["data"]:
+        shown = public_deployment(entry)
+        twin = theirs[entry["model_info"]["id"]]
+        assert set(shown) == set(twin)
+        assert set(shown["litellm_params"]) == set(twin["litellm_params"])
+        assert set(shown["model_info"]) <= set(twin["model_info"])
+        assert set(twin["model_info"]) - set(shown["model_info"]) <= {"access_via_team_ids", "direct_access"}

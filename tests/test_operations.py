@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -28,35 +29,76 @@ def closed_port() -> int:
         return port
 
 
+def readiness_logged(caplog: pytest.LogCaptureFixture) -> dict[str, object]:
+    """The last ``readiness`` log line: where /readyz's reasons go."""
+    lines = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "readiness"]
+    assert lines, "no readiness line was logged"
+    return lines[-1]
+
+
+@pytest.fixture
+def info_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.INFO):
+        yield caplog
+
+
 class TestReadiness:
     def test_ready_when_litellm_answers_and_the_admin_key_is_accepted(
-        self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+        self,
+        fake: FakeLiteLLM,
+        sidecar: SidecarFactory,
+        client: httpx.Client,
+        info_logs: pytest.LogCaptureFixture,
     ) -> None:
         answer = client.get(sidecar() + "/readyz")
         assert answer.status_code == 200
-        assert answer.json() == {"status": "ready", "upstream": "ok", "admin_credential": "ok (4 models)"}
+        assert answer.json() == {"status": "ready"}
+        assert readiness_logged(info_logs)["admin_credential"] == "ok (4 models)"
 
     def test_not_ready_when_litellm_is_unreachable(
-        self, sidecar: SidecarFactory, client: httpx.Client
+        self, sidecar: SidecarFactory, client: httpx.Client, info_logs: pytest.LogCaptureFixture
     ) -> None:
         answer = client.get(sidecar(upstream_url=f"http://127.0.0.1:{closed_port()}") + "/readyz")
-        assert answer.status_code == 503
-        assert answer.json()["upstream"].startswith("unreachable")
+        assert (answer.status_code, answer.json()) == (503, {"status": "not ready"})
+        logged = readiness_logged(info_logs)
+        assert str(logged["upstream"]).startswith("unreachable")
+        # not "ok (4 models)" from a cache, nor a refusal: the admin credential cannot be told apart
+        assert logged["admin_credential"] == "unknown (LiteLLM is unreachable)"
 
-    def test_not_ready_when_the_admin_key_is_refused(
-        self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+    def test_not_ready_when_the_admin_key_is_refused_and_strangers_are_not_told_why(
+        self,
+        fake: FakeLiteLLM,
+        sidecar: SidecarFactory,
+        client: httpx.Client,
+        info_logs: pytest.LogCaptureFixture,
     ) -> None:
         fake.answer("GET", "/model/info", 401, {"error": {"message": "Invalid proxy server token passed."}})
         answer = client.get(sidecar() + "/readyz")
-        assert answer.status_code == 503
-        assert answer.json()["admin_credential"] == "refused or failed: /model/info answered 401"
-        assert KEYS["MASTER"] not in answer.text
+        assert (answer.status_code, answer.json()) == (503, {"status": "not ready"})
+        assert "admin" not in answer.text and KEYS["MASTER"] not in answer.text
+        assert (
+            readiness_logged(info_logs)["admin_credential"] == "refused or failed: /model/info answered 401"
+        )
+        assert KEYS["MASTER"] not in info_logs.text
 
     def test_blocked_policy_needs_no_admin_key(
         self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
     ) -> None:
         answer = client.get(sidecar(policy="blocked", admin_key=None) + "/readyz")
-        assert answer.json() == {"status": "ready", "upstream": "ok"}
+        assert answer.json() == {"status": "ready"}
+
+    def test_a_flood_of_readiness_probes_costs_litellm_one_check_a_second(
+        self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
+    ) -> None:
+        url = sidecar()
+        started = time.monotonic()
+        answers = [client.get(url + "/readyz").status_code for _ in range(50)]
+        elapsed = time.monotonic() - started
+        assert answers == [200] * 50
+        asked = [s.target for s in fake.seen if s.target in ("/health/liveliness", "/model/info")]
+        # one liveliness check per started second (and the catalog, cached for catalog_ttl)
+        assert asked.count("/health/liveliness") <= int(elapsed) + 1 < 50
+        assert asked.count("/model/info") == 1
 
     def test_liveness_readiness_and_metrics_are_never_passed_through(
         self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
@@ -98,10 +140,12 @@ def test_metrics_count_what_happened(
     assert metric(text, 'sidecar_requests_total{route="discovery",status="429"}') == 1
     assert metric(text, 'sidecar_requests_total{route="passthrough",status="200"}') == 1
     assert metric(text, "sidecar_passthrough_seconds_count") == 1
-    # KEY_TEAM_BROKE's budget chain, verdict and scope share one; KEY_KEY_BROKE's fails three times
-    # (chain, the refusal's verdict, scope: a failure is not cached)
-    assert metric(text, 'sidecar_admin_lookup_seconds_count{path="/key/info"}') == 4
-    assert metric(text, 'sidecar_budget_source_failures_total{source="recorded"}') == 2
+    # KEY_TEAM_BROKE's budget chain, verdict and scope share one; KEY_KEY_BROKE's fails twice (the
+    # refusal's verdict, scope: a failure is not cached). A caller the sidecar has not seen admitted is not
+    # probed alongside its first request: LiteLLM's refusal of it names its level, so no probe at all.
+    assert metric(text, 'sidecar_admin_lookup_seconds_count{path="/key/info"}') == 3
+    assert metric(text, 'sidecar_budget_source_failures_total{source="recorded"}') == 1
+    assert metric(text, "sidecar_admin_lookups_shed_total") == 0
     assert metric(text, 'sidecar_cache_misses_total{cache="scopes"}') == 2  # one look-up per key
     assert metric(text, 'sidecar_cache_hits_total{cache="rendered"}') == 1  # the repeated rescue's bytes
     assert metric(text, 'sidecar_cache_misses_total{cache="rendered"}') == 2

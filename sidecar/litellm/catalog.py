@@ -9,8 +9,10 @@ Free means free for sure: every deployment of the name has ``input_cost_per_toke
 ``output_cost_per_token`` explicitly configured as 0 in ``litellm_params`` and no per-second price. A price
 LiteLLM does not know is reported as 0.0 by ``/model_group/info``, so that route is never trusted for it.
 
-Answers built from the admin's view are stripped of secrets (API keys, cloud credentials, tokens, extra
-headers) and of the admin-only fields LiteLLM hides from ordinary keys, before they reach a caller.
+Answers built from the admin's view keep only what LiteLLM shows an ordinary key, minus anything that can
+hold a credential even where LiteLLM's own redaction would show it (``public_deployment``): an allowlist of
+``litellm_params``, no admin-only ``model_info`` fields, no value that looks like a key, no userinfo or
+query in a URL.
 """
 
 from __future__ import annotations
@@ -28,30 +30,104 @@ _SECRET_PARAM = re.compile(
 _ADMIN_ONLY_INFO = frozenset({"access_via_team_ids", "direct_access"})
 _PER_TOKEN = ("input_cost_per_token", "output_cost_per_token")
 _PER_SECOND = ("input_cost_per_second", "output_cost_per_second", "cost_per_second")
+_ENTRY_FIELDS = ("model_name", "litellm_params", "model_info")
+# model_info fields that name the deployment (its id, LiteLLM's cost-map key), not a credential.
+_INFO_IDENTITY = ("id", "key", "db_model")
+# The ``litellm_params`` an answer built from the admin's view may carry: what LiteLLM shows an ordinary key
+# on /model/info and /v2/model/info on 1.83.3 to 1.110.2 (recorded in tests/fixtures; LiteLLM shows every
+# caller the same params, its redaction being role-independent: ``remove_sensitive_info_from_deployment``)
+# that are settings, not credentials; and prices (``*cost_per*``). Anything else - header maps, credential
+# names, provider options an operator added - is left out, whatever its name: an allowlist, not a guess at
+# what a secret is called.
+_SHOWN_PARAMS = frozenset(
+    {
+        "model",
+        "custom_llm_provider",
+        "api_base",
+        "api_version",
+        "base_model",
+        "region_name",
+        "rpm",
+        "tpm",
+        "max_tokens",
+        "timeout",
+        "stream_timeout",
+        "max_retries",
+        "merge_reasoning_content_in_choices",
+        "use_in_pass_through",
+        "use_litellm_proxy",
+        "allow_client_keepalive_override",
+        "use_xai_oauth",
+    }
+)
+# Values that are credentials whatever field holds them: provider key prefixes, bearer/basic schemes,
+# JWTs, PEM blocks.
+_CREDENTIAL_VALUE = re.compile(
+    r"^\s*(?:sk-|sk_|pk-|rk-|AKIA|ASIA|AIza|ghp_|gho_|github_pat_|xox[abprs]-|glpat-|hf_|"
+    r"Bearer\s|Basic\s|eyJ[\w-]+\.[\w-]+\.)|-----BEGIN ",
+)
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@]*@")
 
 
 def is_secret_param(name: str) -> bool:
-    """True for ``litellm_params`` fields that can hold a credential (prices are never secret)."""
+    """True for field names that can hold a credential (prices are never secret)."""
     return "cost" not in name and _SECRET_PARAM.search(name) is not None
 
 
-def _redact(value: Any) -> Any:
+def looks_like_a_credential(value: str) -> bool:
+    return _CREDENTIAL_VALUE.search(value) is not None
+
+
+def _shown_value(value: Any) -> Any:
+    """``value`` as it may be shown, or ``_HIDDEN``: credentials out, URLs without userinfo or query."""
+    if isinstance(value, str):
+        if looks_like_a_credential(value):
+            return _HIDDEN
+        if "://" in value:
+            return _USERINFO.sub(r"\1", value).split("?", 1)[0].split("#", 1)[0]
+        return value
     if isinstance(value, dict):
-        return {k: _redact(v) for k, v in value.items() if not is_secret_param(str(k))}
+        return {
+            k: v
+            for k, raw in value.items()
+            if not is_secret_param(str(k)) and (v := _shown_value(raw)) is not _HIDDEN
+        }
     if isinstance(value, list):
-        return [_redact(v) for v in value]
+        return [v for raw in value if (v := _shown_value(raw)) is not _HIDDEN]
     return value
 
 
+_HIDDEN = object()
+
+
+def _shown_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    shown = {}
+    for name, raw in params.items():
+        if name in _SHOWN_PARAMS or "cost_per" in name:
+            value = _shown_value(raw) if isinstance(raw, str | int | float | bool) or raw is None else _HIDDEN
+            if value is not _HIDDEN:
+                shown[name] = value
+    return shown
+
+
 def public_deployment(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``/model/info`` entry as an ordinary key may see it: no secrets, no admin-only fields."""
-    shown = dict(entry)
+    """A ``/model/info`` entry as an ordinary key may see it: its three fields only; in ``litellm_params``
+    only the allowlisted settings, as scalars; in ``model_info`` (LiteLLM's cost map and the operator's
+    additions, shown to every caller) no admin-only field and nothing that holds or looks like a credential;
+    URLs without userinfo or query."""
+    shown: dict[str, Any] = {name: entry[name] for name in _ENTRY_FIELDS if name in entry}
     params = entry.get("litellm_params")
     if isinstance(params, dict):
-        shown["litellm_params"] = _redact(params)
+        shown["litellm_params"] = _shown_params(params)
     info = entry.get("model_info")
     if isinstance(info, dict):
-        shown["model_info"] = {k: v for k, v in info.items() if k not in _ADMIN_ONLY_INFO}
+        identity = {
+            k: v for k in _INFO_IDENTITY if isinstance(v := info.get(k), str) and _shown_value(v) == v
+        }
+        rest = _shown_value({k: v for k, v in info.items() if k not in _ADMIN_ONLY_INFO})
+        shown["model_info"] = {
+            k: identity[k] if k in identity else rest[k] for k in info if k in identity or k in rest
+        }
     return shown
 
 

@@ -1,35 +1,86 @@
-"""How LiteLLM names a caller: where it reads the virtual key, the token it stores, a label safe for logs."""
+"""How LiteLLM names a caller: where it reads the virtual key and the end user, the token it stores, a label
+safe for logs.
+
+The sidecar must read a request exactly as LiteLLM does, or it keeps budget state for a caller LiteLLM does
+not see: the rows below are LiteLLM's own, read from its source on every version in the suite (1.83.3,
+1.88.6, 1.106.2, 1.109.1, 1.110.2; the same order on all five), ``UAKA`` being
+``litellm/proxy/auth/user_api_key_auth.py``:
+
+- **The key** (``get_api_key``: UAKA:394 @1.83.3, :497 @1.88.6, :837 @1.106.2, :1446 @1.109.1, :1509
+  @1.110.2), first source present wins, ``KEY_SOURCES``. ``Authorization`` and ``x-litellm-api-key`` lose a
+  ``Bearer ``/``bearer ``/``Basic `` prefix (case-sensitive); an ``Authorization`` with any other scheme
+  gives LiteLLM an empty key (a 401) and later headers are not tried: the sidecar then sees no credential.
+  The other headers are taken raw. Not followed: ``?key=`` on Gemini ``generateContent`` routes (never
+  discovery), pass-through endpoints' own headers, and ``general_settings.litellm_key_header_name`` (an
+  operator setting the sidecar does not read: a deployment using it is seen as sending no key, so its
+  discovery is LiteLLM's own answer).
+- **The end user** (``get_end_user_id_from_request_body``, ``proxy/auth/auth_utils.py``:770 @1.83.3,
+  :1173 @1.88.6, :1709 @1.106.2, :1961 @1.109.1, :1996 @1.110.2): ``x-litellm-customer-id`` *before*
+  ``x-litellm-end-user-id`` (``STANDARD_CUSTOMER_ID_HEADERS``, ``constants.py``:1257 @1.83.3 ... :1733
+  @1.110.2), then the operator's ``user_header_mappings`` entries with role ``customer`` (or the older
+  ``user_header_name``): the sidecar's ``end_user_headers`` setting names the same headers; then the body's
+  ``user``. A discovery request has no body, but LiteLLM copies the query string into the request data
+  first (``populate_request_with_path_params``), so ``?user=`` names the end user there; then
+  ``safety_identifier``. Blank values are skipped; values are stripped (1.88.6 on).
+"""
 
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import parse_qsl
 
 from sidecar.types import Scope
 
-# Where LiteLLM reads the end user a request is made for, besides the body's ``user`` (read without any
-# configuration on every version from 1.83 to 1.110).
-END_USER_HEADERS = (b"x-litellm-end-user-id", b"x-litellm-customer-id")
+# (header, prefixes LiteLLM strips) in LiteLLM's order; a header given with none of its prefixes is taken
+# raw, except ``authorization`` (``_NO_FALL_THROUGH``).
+_BEARER = ("Bearer ", "bearer ", "Basic ")
+KEY_SOURCES: tuple[tuple[bytes, tuple[str, ...]], ...] = (
+    (b"x-litellm-api-key", _BEARER),  # UAKA:416 @1.83.3, :1531 @1.110.2
+    (b"authorization", _BEARER),  # UAKA:419 @1.83.3, :1534 @1.110.2
+    (b"api-key", ()),  # Azure; UAKA:422 @1.83.3, :1537 @1.110.2
+    (b"x-api-key", ()),  # Anthropic; UAKA:425 @1.83.3, :1540 @1.110.2
+    (b"x-goog-api-key", ()),  # UAKA:428 @1.83.3, :1543 @1.110.2
+    (b"ocp-apim-subscription-key", ()),  # Azure APIM; UAKA:431 @1.83.3, :1546 @1.110.2
+)
+_NO_FALL_THROUGH = b"authorization"  # an unknown scheme there is an empty key, not a reason to look further
+# Where LiteLLM reads the end user a request names, before any operator mapping (constants.py,
+# STANDARD_CUSTOMER_ID_HEADERS: the same order on every version from 1.83 to 1.110).
+END_USER_HEADERS = (b"x-litellm-customer-id", b"x-litellm-end-user-id")
+# Query parameters LiteLLM reads as the end user on a request without a body, in its order.
+_END_USER_PARAMS = ("user", "safety_identifier")
 
-# Where LiteLLM looks for a virtual key, in the order the sidecar trusts them.
-_KEY_HEADERS = (b"x-litellm-api-key", b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key")
+_end_user_headers: tuple[bytes, ...] = END_USER_HEADERS
 
 
-def _first_values(scope: Scope, names: tuple[bytes, ...]) -> list[str]:
-    """The first value of each header in ``names`` the request carries, in the order of ``names``."""
-    found: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if name in names and name not in found:
-            found[name] = value
-    return [found[name].decode("latin-1").strip() for name in names if name in found]
+def configure(end_user_headers: tuple[str, ...] = ()) -> None:
+    """The operator's ``user_header_mappings`` (role ``customer``) or ``user_header_name``, in LiteLLM's
+    config order: read after LiteLLM's standard headers, as LiteLLM reads them."""
+    global _end_user_headers
+    extra = tuple(name.strip().lower().encode("latin-1") for name in end_user_headers if name.strip())
+    _end_user_headers = END_USER_HEADERS + tuple(h for h in extra if h not in END_USER_HEADERS)
+
+
+def _first(scope: Scope, name: bytes) -> str | None:
+    header: bytes
+    value: bytes
+    for header, value in scope["headers"]:
+        if header == name:
+            return value.decode("latin-1")
+    return None
 
 
 def caller_key(scope: Scope) -> str | None:
-    """The credential the caller presented to LiteLLM, or ``None``."""
-    for text in _first_values(scope, _KEY_HEADERS):
-        if text[:7].lower() == "bearer ":
-            text = text[7:].strip()
-        if text:
-            return text
+    """The key LiteLLM reads from this request, or ``None`` where it reads none (or an empty one)."""
+    for name, prefixes in KEY_SOURCES:
+        text = _first(scope, name)
+        if not text:
+            continue
+        for prefix in prefixes:
+            if text.startswith(prefix):
+                return text[len(prefix) :].strip() or None
+        if name == _NO_FALL_THROUGH:
+            return None
+        return text.strip() or None
     return None
 
 
@@ -44,5 +95,16 @@ def key_label(key: str) -> str:
 
 
 def end_user_of(scope: Scope) -> str | None:
-    """The end user (LiteLLM's customer) the request names in a header, or ``None``."""
-    return next((text for text in _first_values(scope, END_USER_HEADERS) if text), None)
+    """The end user (LiteLLM's customer) LiteLLM reads from this request's headers or query, or ``None``."""
+    for name in _end_user_headers:
+        text = (_first(scope, name) or "").strip()
+        if text:
+            return text
+    query = scope.get("query_string") or b""
+    if query:
+        params: dict[str, str] = dict(parse_qsl(query.decode("latin-1")))
+        for param in _END_USER_PARAMS:
+            found = params.get(param, "").strip()
+            if found:
+                return found
+    return None
