@@ -276,7 +276,8 @@ def _not_admitted(key: str) -> Reply:
         f"Key Hash (Token) ={hashlib.sha256(key.encode()).hexdigest()}. Unable to find token in cache or "
         "`LiteLLM_VerificationTokenTable`"
         if key.startswith("sk-")
-        else "Authentication Error, LiteLLM Virtual Key expected. Received=*****, expected to start with 'sk-'."
+        else "Authentication Error, LiteLLM Virtual Key expected. Received=*****, expected to start with "
+        "'sk-'."
     )
     error = {
         "message": message,
