@@ -19,6 +19,7 @@ each time the answer changes) and to ``--check``, never to whoever asks.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ from sidecar.litellm.budget import BudgetBook
 from sidecar.litellm.budget_errors import BUDGET_STATUSES
 from sidecar.logs import event
 from sidecar.metrics import CONTENT_TYPE, Metrics
+from sidecar.proxy.capacity import connection_bound, idle_bound, open_files_now
 from sidecar.proxy.routes import carries_body, match_discovery
 from sidecar.proxy.upstream import Upstream, UpstreamUnavailable, send_json
 from sidecar.settings import Settings
@@ -46,12 +48,16 @@ READYZ = b"/readyz"
 METRICS = b"/sidecar/metrics"
 _OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS, budget_view.ROUTE})
 READY_TTL = 1.0  # seconds a readiness answer is reused
+ALWAYS_ANSWERED = frozenset({HEALTHZ, READYZ, METRICS})  # even past the connection bound
+_CAPACITY_LOG_EVERY = 10.0
 
 
 class SidecarApp:
     def __init__(self, settings: Settings, multiprocess: bool = False) -> None:
         self.settings = settings
         self.metrics = Metrics(multiprocess)  # multiprocess: one of several workers (cli.py)
+        self.open_files = open_files_now()  # after ``capacity.raise_open_files``, where the server ran it
+        self.max_connections = connection_bound(self.open_files, settings.max_connections)
         self.upstream = Upstream(
             settings.upstream_url,
             settings.upstream_host,
@@ -59,7 +65,10 @@ class SidecarApp:
             settings.read_timeout,
             self.metrics,
             settings.max_header_bytes,
+            max_idle=idle_bound(self.open_files),
         )
+        self._capacity_logged_at = -_CAPACITY_LOG_EVERY
+        self._refused_since_logged = 0
         self._admin_client: httpx.AsyncClient | None = None
         self.admin: AdminLookups | None = None
         self.budget: BudgetBook | None = None
@@ -108,6 +117,22 @@ class SidecarApp:
                 rendered=self.discovery.rendered,
             )
         self.upstream.notice(BUDGET_STATUSES, self.discovery.notice)
+
+    def at_capacity(self) -> None:
+        """A request refused past ``max_connections``: counted, logged at most every 10 s."""
+        self.metrics.at_capacity.inc()
+        self._refused_since_logged += 1
+        now = time.monotonic()
+        if now - self._capacity_logged_at >= _CAPACITY_LOG_EVERY:
+            event(
+                log,
+                logging.WARNING,
+                "at_capacity",
+                refused=self._refused_since_logged,
+                max_connections=self.max_connections,
+                open_files=self.open_files,
+            )
+            self._capacity_logged_at, self._refused_since_logged = now, 0
 
     async def shutdown(self) -> None:
         self.draining = True

@@ -86,7 +86,8 @@ class Metrics:
         self.upstream_errors = Counter(
             "sidecar_upstream_errors",
             "Failures talking to LiteLLM on callers' requests: unreachable, timeout, closed (before "
-            "answering), invalid (an answer that cannot be passed on), stream_broken.",
+            "answering), invalid (an answer that cannot be passed on), stream_broken; and local_exhausted: "
+            "the sidecar itself was out of descriptors or memory to connect (503, not LiteLLM's fault).",
             ["kind"],
             registry=r,
         )
@@ -115,6 +116,12 @@ class Metrics:
             "sidecar_admin_lookups_shed",
             "Per-caller admin look-ups not made because the global bound (admin_lookup_rate, "
             "admin_lookup_concurrency) was reached: those callers got LiteLLM's own answer.",
+            registry=r,
+        )
+        self.at_capacity = Counter(
+            "sidecar_at_capacity",
+            "Requests answered 503 because the process held max_connections caller connections (the "
+            "descriptor limit, not LiteLLM): raise the hard RLIMIT_NOFILE, or add workers or replicas.",
             registry=r,
         )
         self.passthrough_seconds = Histogram(

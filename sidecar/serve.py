@@ -40,8 +40,9 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from sidecar import logs
-from sidecar.app import SidecarApp, create_app
+from sidecar.app import ALWAYS_ANSWERED, SidecarApp, create_app
 from sidecar.logs import event
+from sidecar.proxy.capacity import LOW_STREAMS, raise_open_files
 from sidecar.proxy.inbound import bounded_protocol
 from sidecar.settings import Settings
 
@@ -56,6 +57,7 @@ _PR_SET_PDEATHSIG = 1  # prctl(2)
 def serve(settings: Settings, listener: socket.socket, metrics_dir: str | None = None) -> int:
     """Serve on ``listener`` until a signal stops it: in this process, or in ``settings.workers`` (then
     ``metrics_dir`` from ``metrics_directory``). The exit status."""
+    raise_open_files(settings.max_open_files)  # workers inherit it, and raise their own again
     if settings.workers > 1:
         assert metrics_dir is not None
         return supervise(settings, listener, metrics_dir)
@@ -138,7 +140,18 @@ async def announce(app: SidecarApp) -> None:
         policy=settings.policy,
         upstream=upstream,
         admin_credential=report.get("admin_credential", "not set (every budget verdict unknown)"),
+        open_files=app.open_files,
+        max_connections=app.max_connections,
     )
+    if app.max_connections < LOW_STREAMS:
+        event(
+            log,
+            logging.WARNING,
+            "setting_warning",
+            message=f"this process may open {app.open_files} descriptors, so it holds at most "
+            f"{app.max_connections} caller connections (concurrent streams) before answering 503: raise "
+            "the hard limit (LimitNOFILE=, ulimit -Hn, the container runtime's nofile) or add workers",
+        )
     if app.fallback is not None and ready:
         try:
             unusable = await app.fallback.unusable_targets()
@@ -158,12 +171,15 @@ def server_config(settings: Settings, app: SidecarApp | None = None) -> uvicorn.
     """How uvicorn serves the sidecar. No access log and no ``Server``/``Date`` of its own: the upstream's
     headers pass through, not doubled. ``X-Forwarded-*`` are not interpreted here but forwarded, with the
     real peer appended to ``X-Forwarded-For`` (``forwarding.py``)."""
+    app = create_app(settings) if app is None else app
     return uvicorn.Config(
-        create_app(settings) if app is None else app,
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=bounded_protocol(settings.max_header_bytes),
+        http=bounded_protocol(
+            settings.max_header_bytes, app.max_connections, ALWAYS_ANSWERED, app.at_capacity
+        ),
         lifespan="on",
         access_log=False,
         server_header=False,
@@ -265,6 +281,7 @@ def run_worker(handed: str, sockets: list[socket.socket]) -> None:
     _end_with_parent()
     settings = Settings.model_validate(json.loads(handed))
     logs.configure(settings.log_level)
+    raise_open_files(settings.max_open_files)
     app = create_app(settings, multiprocess=True)
     DrainingServer(server_config(settings, app), settings.drain_delay).run(sockets=sockets)
 

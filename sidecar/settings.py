@@ -82,6 +82,13 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "info"
 
+    # Descriptors: at start each process raises its soft RLIMIT_NOFILE to the hard limit, or to
+    # max_open_files if lower. Caller connections held at once per process: max_connections, by default
+    # what the descriptors allow with a reserve kept ((limit - reserve) / 2: a stream holds two). Past it a
+    # request gets 503 with Retry-After; /healthz, /readyz and /sidecar/metrics are always answered.
+    max_open_files: int | None = Field(default=None, ge=256)
+    max_connections: int | None = Field(default=None, ge=1)
+
     # Opt-in: paid model name (or "*") -> free model. A chat/completion/Responses/Messages request for a
     # mapped model that LiteLLM refuses for a spent budget is sent again with the free model (fallback.py).
     # JSON in SIDECAR_FALLBACK, e.g. {"*": "free-model"}.

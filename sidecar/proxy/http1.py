@@ -38,12 +38,15 @@ The rules it keeps, the ones httpcore and h11 keep:
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 
 import httptools
+
+from sidecar.proxy.capacity import LOCAL_ERRNOS
 
 _HIGH_WATER = 1024 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -59,6 +62,10 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamClosed(UpstreamError):
     """The upstream closed the connection before or while answering."""
+
+
+class LocalExhausted(UpstreamError):
+    """The sidecar itself ran out of descriptors or memory to connect: not LiteLLM's fault."""
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -483,6 +490,9 @@ class ConnectionPool:
         except TimeoutError:
             raise UpstreamTimeout("could not connect to the upstream in time") from None
         except OSError as exc:
+            if exc.errno in LOCAL_ERRNOS:
+                cause = errno.errorcode[exc.errno]
+                raise LocalExhausted(f"out of local resources to connect ({cause})") from None
             raise UpstreamError(f"could not connect to the upstream ({type(exc).__name__})") from None
         return connection
 

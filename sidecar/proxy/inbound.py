@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -27,9 +28,14 @@ _END_OF_HEAD = b"\r\n\r\n"
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing request heads over :attr:`max_header_bytes`."""
+    """uvicorn's httptools protocol, refusing request heads over :attr:`max_header_bytes`, and answering
+    ``503`` to requests on connections past :attr:`max_connections` (``capacity.py``) - except the
+    sidecar's own health routes, which are always answered."""
 
     max_header_bytes = 64 * 1024
+    max_connections = 1 << 30
+    always_answered: frozenset[bytes] = frozenset()
+    on_overload: Callable[[], None] = staticmethod(lambda: None)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,7 +64,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._tail = b""
+        if len(self.connections) > self.max_connections and self._path() not in self.always_answered:
+            self.on_overload()
+            app, self.app = self.app, _at_capacity
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+            return
         super().on_headers_complete()
+
+    def _path(self) -> bytes:
+        return bytes(self.url).split(b"?", 1)[0]
 
     def on_message_complete(self) -> None:
         self._in_head = True
@@ -81,8 +98,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def bounded_protocol(max_header_bytes: int) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http`` setting, with its bound."""
+_AT_CAPACITY = json.dumps(
+    {
+        "error": {
+            "message": "the sidecar is at its limit of open connections; retry shortly",
+            "type": "service_unavailable",
+            "param": None,
+            "code": "503",
+        }
+    },
+    separators=(",", ":"),
+).encode()
+
+
+async def _at_capacity(scope: Any, receive: Any, send: Any) -> None:
+    """The answer past the connection bound: OpenAI's error shape, retry after a second, connection closed
+    (its descriptor is the one the sidecar needs back)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_AT_CAPACITY)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": _AT_CAPACITY})
+
+
+def bounded_protocol(
+    max_header_bytes: int,
+    max_connections: int = 1 << 30,
+    always_answered: frozenset[bytes] = frozenset(),
+    on_overload: Callable[[], None] = lambda: None,
+) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http`` setting, with its bounds."""
     return type(
-        "BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"max_header_bytes": max_header_bytes}
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {
+            "max_header_bytes": max_header_bytes,
+            "max_connections": max_connections,
+            "always_answered": always_answered,
+            "on_overload": staticmethod(on_overload),
+        },
     )

@@ -30,6 +30,7 @@ from sidecar.proxy.http1 import (
     Cancel,
     Cancelled,
     ConnectionPool,
+    LocalExhausted,
     Response,
     UpstreamClosed,
     UpstreamError,
@@ -77,6 +78,9 @@ def _unavailable(error: UpstreamError) -> UpstreamUnavailable:
     if isinstance(error, UpstreamProtocolError):
         message = "upstream LiteLLM sent an answer that cannot be passed on"
         return UpstreamUnavailable(502, message, "invalid", detail)
+    if isinstance(error, LocalExhausted):
+        message = "the sidecar is at its limit of open connections; retry shortly"
+        return UpstreamUnavailable(503, message, "local_exhausted", detail)
     if isinstance(error, UpstreamClosed):
         message = "upstream LiteLLM closed the connection before answering"
         return UpstreamUnavailable(502, message, "closed", detail)
@@ -130,6 +134,7 @@ class Upstream:
         read_timeout: float,
         metrics: Metrics,
         max_header_bytes: int = 64 * 1024,
+        max_idle: int = 512,
     ) -> None:
         parts = urlsplit(base_url)
         tls = parts.scheme == "https"
@@ -145,6 +150,7 @@ class Upstream:
             connect_timeout,
             read_timeout,
             max_header_bytes=max_header_bytes,
+            max_idle=max_idle,
         )
 
     async def close(self) -> None:
