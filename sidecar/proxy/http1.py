@@ -316,14 +316,15 @@ _CHUNKED = -1
 
 
 def _declared_length(head: bytes) -> int:
-    """The body length a request head declares: its ``Content-Length``, ``_CHUNKED``, or 0 for none."""
-    lowered = head.lower()
-    if b"\r\ntransfer-encoding:" in lowered:
+    """The body length a request head declares: its ``Content-Length``, ``_CHUNKED``, or 0 for none.
+    Header names are matched lower-case, as ASGI servers give them and ``Upstream`` writes them (a
+    name in another case is not found: the request is then held to declare no body)."""
+    if b"\r\ntransfer-encoding:" in head:
         return _CHUNKED
-    at = lowered.find(b"\r\ncontent-length:")
+    at = head.find(b"\r\ncontent-length:")
     if at < 0:
         return 0
-    value = lowered[at + 17 : lowered.find(b"\r\n", at + 17)]
+    value = head[at + 17 : head.find(b"\r\n", at + 17)]
     try:
         return int(value)
     except ValueError:
