@@ -2,12 +2,15 @@
 
 ``run`` drives the pooled client against a handler in one event loop; ``ScriptedUpstream`` runs a handler
 in a thread of its own, for tests that put the real sidecar in front of it. Both count connections and
-the requests that reached them, and note when a connection was closed by the client.
+the requests that reached them, and note when a connection was closed by the client. ``connect``,
+``read_answer`` and ``read_response`` are the raw client side: a caller that sends exactly the bytes a test
+gives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -128,3 +131,59 @@ class ScriptedUpstream:
                 return True
             time.sleep(0.01)
         return condition(self.stats)
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """What arrives until the end of an answer's head (and whatever came with it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_response(sock: socket.socket) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """One whole answer: status, headers (names lower-cased) and body, framed by its content-length, chunked,
+    or by the end of the connection. Raises ``ConnectionError`` if the connection ends before a head."""
+    data = read_answer(sock)
+    if b"\r\n\r\n" not in data:
+        raise ConnectionError(f"the connection ended before an answer: {data!r}")
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers = [(n.strip().lower(), v.strip()) for n, _, v in (line.partition(b":") for line in lines[1:])]
+    named = dict(headers)
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the connection ended inside an answer")
+        return chunk
+
+    if b"content-length" in named:
+        length = int(named[b"content-length"])
+        while len(rest) < length:
+            rest += more()
+        return status, headers, rest[:length]
+    if named.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in rest:
+                rest += more()
+            size_line, rest = rest.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                rest += more()
+            if size == 0:
+                return status, headers, body
+            body, rest = body + rest[:size], rest[size + 2 :]
+    while chunk := sock.recv(65536):
+        rest += chunk
+    return status, headers, rest

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import httpx
 
 from tests.conftest import SidecarFactory
-from tests.scripted import ScriptedUpstream, ok, read_request
+from tests.scripted import ScriptedUpstream, connect, ok, read_answer, read_request
 
 Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
-
-
-def connect(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=5)
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_a_request_head_over_the_bound_gets_431_and_never_goes_upstream(sidecar: SidecarFactory) -> None:
