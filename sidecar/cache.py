@@ -4,7 +4,8 @@ share one load (single flight).
 ``SingleFlightCache`` holds the admin's views of the proxy, each key's access scope, budget records, budget
 states and rendered discovery answers. Keys are hashes, never raw credentials. A failed load is not cached:
 every waiter of that load gets the error, the next call tries again. The load runs in its own task, so a
-caller that goes away does not cancel it for the others.
+caller that goes away does not cancel it for the others; once the last caller waiting for it has gone, it
+is cancelled (a budget probe made for a caller that hung up holds no upstream connection).
 
 Both are least-recently-used: at most ``max_entries`` entries; a read moves an entry to the back, a store into
 a full cache drops the one at the front. Store, hit and eviction touch one entry each (O(1)), whatever the
@@ -82,6 +83,7 @@ class SingleFlightCache(Generic[K, V]):
         self._values: Recent[K, V] = Recent(max_entries)
         # One task per key being loaded: bounded by the loads in flight, each removed when it ends.
         self._loading: dict[K, asyncio.Task[V]] = {}
+        self._waiting: dict[asyncio.Task[V], int] = {}  # callers awaiting each load
 
     @property
     def max_entries(self) -> int:
@@ -100,7 +102,16 @@ class SingleFlightCache(Generic[K, V]):
             task = asyncio.ensure_future(self._load(key, load))
             task.add_done_callback(_retrieve_exception)
             self._loading[key] = task
-        return await asyncio.shield(task)
+        waiting = self._waiting
+        waiting[task] = waiting.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            left = waiting.pop(task) - 1
+            if left:
+                waiting[task] = left
+            elif not task.done():
+                task.cancel()  # every caller that wanted it went away: nobody is left to pay for it
 
     def peek(self, key: K) -> V | None:
         """The fresh value for ``key`` without loading it (counted as a hit when there is one)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -283,3 +284,39 @@ def test_recent_does_not_return_expired_entries() -> None:
 def test_recent_needs_room_for_one() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         Recent(max_entries=0)
+
+
+def test_a_load_goes_on_while_anyone_waits_and_stops_when_the_last_waiter_leaves() -> None:
+    async def main() -> tuple[bool, bool, int]:
+        cache: SingleFlightCache[str, int] = SingleFlightCache(ttl=60)
+        started = asyncio.Event()
+        cancelled = asyncio.Event()
+
+        async def slow() -> int:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return 1
+
+        first = asyncio.ensure_future(cache.get("k", slow))
+        second = asyncio.ensure_future(cache.get("k", slow))
+        await started.wait()
+        first.cancel()  # one of two waiters leaves: the load goes on for the other
+        await asyncio.sleep(0.01)
+        still_loading = not cancelled.is_set()
+        second.cancel()  # the last one leaves: nobody is left to pay for the load
+        await asyncio.wait_for(cancelled.wait(), 1)
+        value = await cache.get("k", _value(7))  # and the next caller loads afresh
+        return still_loading, cancelled.is_set(), value
+
+    assert asyncio.run(main()) == (True, True, 7)
+
+
+def _value(value: int) -> Callable[[], Awaitable[int]]:
+    async def load() -> int:
+        return value
+
+    return load
