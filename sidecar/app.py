@@ -182,7 +182,7 @@ class SidecarApp:
         if kind == "http":
             raw_path = scope["raw_path"] or scope["path"].encode()
             if raw_path in _OWN_ROUTES:
-                await self._own_route(raw_path, scope, send)
+                await self._own_route(raw_path, scope, receive, send)
                 return
             route = match_discovery(scope["method"], raw_path)
             if route is None or carries_body(scope["headers"]):
@@ -199,10 +199,10 @@ class SidecarApp:
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "not supported by the sidecar"})
 
-    async def _own_route(self, raw_path: bytes, scope: Scope, send: Send) -> None:
+    async def _own_route(self, raw_path: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         if raw_path == budget_view.ROUTE:
             assert self.budget_view is not None, "the lifespan start-up did not run"
-            await self.budget_view.handle(scope, send)
+            await self.budget_view.handle(scope, receive, send)
         elif raw_path == HEALTHZ:
             await send_json(send, 200, b'{"status":"ok"}')
         elif raw_path == READYZ:

@@ -37,8 +37,8 @@ from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, past_budg
 from sidecar.litellm.budget_errors import is_budget_error
 from sidecar.litellm.levels import Level, chain, refusal_shown
 from sidecar.logs import event
-from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable, send_json
-from sidecar.types import Scope, Send
+from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable, send_json, unless_caller_leaves
+from sidecar.types import Receive, Scope, Send
 
 log = logging.getLogger("sidecar.budget_view")
 
@@ -53,24 +53,30 @@ class BudgetView:
         self._admin = admin
         self._budget = budget
 
-    async def handle(self, scope: Scope, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             body = json.dumps({"error": {"message": "use GET", "type": "invalid_request_error"}})
             await send_json(send, 405, body.encode())
             return
         try:
-            asked = await self._upstream.fetch(scope, PROBE_ROUTE.encode(), b"")
+            answered = await unless_caller_leaves(receive, self._answer(scope))
         except UpstreamUnavailable as exc:
             await send_json(send, exc.status, exc.body())
             return
+        if answered is not None:  # else the caller left: its probe and look-ups were stopped
+            await _send_answer(send, answered)
+
+    async def _answer(self, scope: Scope) -> Answer:
+        asked = await self._upstream.fetch(scope, PROBE_ROUTE.encode(), b"")
         refusal = asked.json(limit=64 * 1024) if 400 <= asked.status < 500 else None
         refused = is_budget_error(asked.status, refusal)
         who = principal_of(scope)
         if who is None or not (refused or asked.status == 200 or past_budget_checks(asked.status, refusal)):
-            await _send_answer(send, asked)  # LiteLLM's own answer: 401 for a bad or missing key
-            return
-        report = await self._report(who, refusal if refused else None)
-        await send_json(send, 200, json.dumps(report, separators=(",", ":")).encode())
+            return asked  # LiteLLM's own answer: 401 for a bad or missing key
+        report = json.dumps(await self._report(who, refusal if refused else None), separators=(",", ":"))
+        body = report.encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        return Answer(200, headers, body)
 
     async def _report(self, who: Principal, refusal: Any) -> dict[str, Any]:
         everything: tuple[Level, ...] = ()

@@ -61,7 +61,7 @@ from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.forwarding import reply_headers
 from sidecar.proxy.routes import DiscoveryRoute, RouteKind
-from sidecar.proxy.upstream import Answer, CallerWatch, Upstream, UpstreamUnavailable
+from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable, unless_caller_leaves
 from sidecar.settings import Policy
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
@@ -111,21 +111,13 @@ class Discovery:
         """Answer one discovery request. A caller that leaves before its answer is ready stops the work
         done for it (its upstream requests are closed within ``CallerWatch``'s grace), as on the
         pass-through; look-ups shared with other callers go on for them."""
-        leaving = _Leaving()
-        watch = CallerWatch(receive, leaving)
-        watch.arm()
         try:
-            answer = await self._answer(route, scope)
+            answer = await unless_caller_leaves(receive, self._answer(route, scope))
         except UpstreamUnavailable as exc:
             answer = _json_answer(exc.status, exc.body(), [])
-        except asyncio.CancelledError:
-            if not leaving.left:
-                raise
-            leaving.uncancel()
+        if answer is None:
             self._metrics.abandoned.inc()
             return
-        finally:
-            watch.stop()
         self._metrics.request("discovery", answer.status)
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         body = b"" if scope["method"] == "HEAD" else answer.body
@@ -329,25 +321,6 @@ class Discovery:
         if kind is RouteKind.MODEL_INFO_V2:
             return 200, shapes.model_info_page(await self._admin.view(View.MODEL_INFO_V2), visible, query)
         return 200, shapes.model_group_info(await self._admin.view(View.MODEL_GROUP_INFO), visible, query)
-
-
-class _Leaving:
-    """Cancels the discovery task of a caller that went away, and remembers that it did."""
-
-    __slots__ = ("_task", "left")
-
-    def __init__(self) -> None:
-        self._task = asyncio.current_task()
-        self.left = False
-
-    def cancel(self) -> None:
-        if self._task is not None and not self.left:
-            self.left = True
-            self._task.cancel()
-
-    def uncancel(self) -> None:
-        if self._task is not None:
-            self._task.uncancel()
 
 
 def _refusal(answer: Answer) -> Any:

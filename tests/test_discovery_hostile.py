@@ -315,6 +315,27 @@ def test_a_caller_that_hangs_up_on_a_slow_discovery_answer_frees_the_upstream(
         assert len(upstream.stats.requests) == 1  # the caller's request only: no probe for a stranger
 
 
+def test_a_caller_that_hangs_up_on_its_budget_view_frees_the_probe(sidecar: SidecarFactory) -> None:
+    """/sidecar/v1/budget asks LiteLLM's probe route with the caller's key; a caller that leaves while
+    LiteLLM is slow must not leave that request holding a connection until read_timeout."""
+
+    async def silent(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        await reader.read()
+
+    with ScriptedUpstream(silent) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None, read_timeout=60)
+        with connect(url) as sock:
+            sock.sendall(
+                b"GET /sidecar/v1/budget HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-caller-0001\r\n\r\n"
+            )
+            assert upstream.wait_for(lambda stats: len(stats.requests) == 1)
+            left = time.monotonic()
+        assert upstream.wait_for(lambda stats: len(stats.closed_by_client) == 1, timeout=3)
+        assert upstream.stats.closed_by_client[0] - left < 1.0
+        assert b"/cursor/v1/models" in upstream.stats.requests[0]
+
+
 def test_a_known_caller_that_hangs_up_frees_its_probe_too(sidecar: SidecarFactory) -> None:
     """A credential LiteLLM admitted lately is probed alongside its request: when its caller leaves, both
     upstream requests made for it are closed, not only the one the caller was waiting for (no other caller

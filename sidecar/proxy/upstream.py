@@ -20,7 +20,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from sidecar.logs import event
@@ -40,6 +40,7 @@ from sidecar.proxy.http1 import (
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.proxy.upstream")
+T = TypeVar("T")
 
 _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a disconnect
 
@@ -377,6 +378,42 @@ class CallerWatch:
         task = self._task
         if task is not None and not task.done():
             task.cancel()
+
+
+class _LeavingCaller:
+    """Cancels the task serving a caller that went away, and remembers that it did."""
+
+    __slots__ = ("_task", "left")
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self.left = False
+
+    def cancel(self) -> None:
+        if self._task is not None and not self.left:
+            self.left = True
+            self._task.cancel()
+
+
+async def unless_caller_leaves(receive: Receive, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or ``None`` when the caller went away first: then the task doing it for that caller
+    is cancelled within ``CallerWatch``'s grace - the upstream requests it made are closed, loads others
+    share go on for them. For answers that are more than one exchange (discovery, the budget view). The
+    caller's request body must not be needed: ``receive`` is the watch's."""
+    leaving = _LeavingCaller()
+    watch = CallerWatch(receive, leaving)
+    watch.arm()
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not leaving.left:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return None
+    finally:
+        watch.stop()
 
 
 class _RequestBody:
