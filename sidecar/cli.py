@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='opt-in: paid model (or "*") -> free model, e.g. {"*": "free-model"}',
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--check",
         action="store_true",
@@ -55,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 log = logging.getLogger("sidecar.cli")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("litellm-budget-sidecar")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
@@ -130,27 +140,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in warnings:
         event(log, logging.WARNING, "setting_warning", message=warning)
     with listener:
-        return serve(settings, listener, metrics_dir)
+        try:
+            return serve(settings, listener, metrics_dir)
+        except KeyboardInterrupt:
+            # uvicorn drained and stopped, then raised the SIGINT it caught again: end by that signal, as a
+            # program interrupted from a terminal should (exit status 130 in a shell), without a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+            return 130
 
 
 async def check(settings: Settings, warnings: Sequence[str] = ()) -> int:
-    """``--check``: the settings are valid (or we would not be here); is the sidecar ready to serve?
-    Only its own report is printed: the sidecar's log lines stay out of it."""
+    """``--check``: what the real start would find - the settings (valid, or we would not be here) and every
+    warning it would log, the port free to listen on, LiteLLM reachable, the admin key accepted, the
+    fallback's targets free. Exit status 0: it would be ready with nothing to warn of; 1: it would not be
+    ready; 3: ready, with warnings. Only its own report is printed: the sidecar's log lines stay out of it."""
     logging.getLogger().addHandler(logging.NullHandler())
+    found = list(warnings)
     app = create_app(settings)
     await app.startup()
     try:
         ready, report = await app.readiness()
+        if app.fallback is not None and ready:
+            found += [
+                f"fallback target {target} is not free in LiteLLM's catalog (or there is no admin key): "
+                "no request will fall back to it"
+                for target in await app.fallback.unusable_targets()
+            ]
     finally:
         await app.shutdown()
-    for warning in warnings:
+    try:
+        listen(settings.host, settings.port).close()
+        report["listen"] = f"ok ({settings.host}:{settings.port})"
+    except OSError as exc:
+        report["listen"] = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ready = False
+    for warning in found:
         print(f"warning: {warning}")
     print(f"settings: ok (upstream {settings.upstream_url}, policy {settings.policy})")
     for name, result in report.items():
         if name != "status":
             print(f"{name}: {result}")
-    print("ready" if ready else "NOT ready")
-    return 0 if ready else 1
+    if not ready:
+        print("NOT ready")
+        return 1
+    print(f"ready, with {len(found)} warning{'s' if len(found) > 1 else ''} above" if found else "ready")
+    return 3 if found else 0
 
 
 if __name__ == "__main__":

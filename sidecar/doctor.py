@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 import textwrap
@@ -138,7 +139,10 @@ def main(argv: Sequence[str]) -> int:
         print(f"litellm-budget-sidecar doctor: cannot diagnose: {type(exc).__name__}", file=sys.stderr)
         return 2
     shown = json.dumps(diagnosis.as_json(), indent=2) if args.json else render(diagnosis)
-    print(_hidden(shown, key))  # LiteLLM's messages are printed as it wrote them, but never the key
+    try:
+        print(_hidden(shown, key), flush=True)  # LiteLLM's messages as it wrote them, but never the key
+    except BrokenPipeError:  # `doctor ... | head -3`: the reader has what it wanted; the verdict stands
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return diagnosis.exit_code
 
 

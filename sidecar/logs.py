@@ -30,7 +30,7 @@ class JsonFormatter(logging.Formatter):
             entry["message"] = message
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(entry, default=str)
+        return json.dumps(entry, default=str, separators=(",", ":"))  # as the docs quote it: "event":"rescue"
 
 
 def configure(level: str) -> None:

@@ -50,7 +50,7 @@ def started_under(
         )
     try:
         deadline = time.monotonic() + 20
-        while '"event": "startup"' not in log.read_text():
+        while '"event":"startup"' not in log.read_text():
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -296,3 +299,25 @@ def test_a_litellm_failing_with_a_5xx_is_said_as_such(doctor: Any, fake: FakeLit
         "litellm-budget-sidecar doctor: LiteLLM failed: /cursor/v1/models answered 503 "
         "database unavailable\n",
     )
+
+
+def test_a_reader_that_stops_early_ends_doctor_quietly_with_its_verdicts_exit_code(fake: FakeLiteLLM) -> None:
+    """Issue 28: `doctor ... --json | head -3` printed a BrokenPipeError traceback and exited 1, the code
+    that means "phantom". The real process, its stdout a pipe closed after three lines."""
+    fake.use_version("1.110.2")
+    fake.answer("GET", "/openapi.json", 200, {"info": {"title": "LiteLLM API", "version": fake.version}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update(SIDECAR_UPSTREAM_URL=fake.url, SIDECAR_ADMIN_KEY=KEYS["MASTER"])  # type: ignore[attr-defined]
+    reader, writer = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "doctor", "--key", "-", "--json", "--settle", "0"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=writer,
+        stderr=subprocess.PIPE,
+    )
+    os.close(writer)
+    os.close(reader)  # the reader is gone before doctor writes a byte
+    _, err = proc.communicate(KEYS["KEY_TEAM_BROKE"].encode() + b"\n", timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+    assert proc.returncode == 0  # KEY_TEAM_BROKE is genuinely spent: 0, whoever reads the answer

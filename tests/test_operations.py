@@ -198,6 +198,18 @@ def process(fake: FakeLiteLLM, tmp_path: Path) -> Iterator:  # type: ignore[type
             proc.wait()
 
 
+def test_ctrl_c_drains_and_ends_by_the_signal_without_a_traceback(process, fake: FakeLiteLLM) -> None:  # type: ignore[no-untyped-def]
+    """Issue 28: Ctrl-C on a foreground sidecar shut down cleanly, then printed a KeyboardInterrupt
+    traceback. It ends by SIGINT, as an interrupted program should (130 in a shell), quietly."""
+    proc, url, log = process()
+    assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == -signal.SIGINT
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "Application shutdown complete" in text  # after the drain
+
+
 def test_logs_are_json_lines_one_per_rescue_with_no_access_log_and_no_secrets(
     process, fake: FakeLiteLLM
 ) -> None:  # type: ignore[no-untyped-def]
@@ -260,9 +272,10 @@ def test_streams_longer_than_the_shutdown_timeout_are_cut(process, fake: FakeLit
     assert received and not b"".join(received).endswith(b"data: [DONE]\n\n")
 
 
-def _check(fake: FakeLiteLLM, **settings: str) -> subprocess.CompletedProcess[str]:
+def _check(fake: FakeLiteLLM, *flags: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    settings.setdefault("port", str(closed_port()))
     return subprocess.run(
-        [sys.executable, "-m", "sidecar", "--check"],
+        [sys.executable, "-m", "sidecar", "--check", *flags],
         env=_env(fake, **settings),
         capture_output=True,
         text=True,
@@ -271,14 +284,57 @@ def _check(fake: FakeLiteLLM, **settings: str) -> subprocess.CompletedProcess[st
 
 
 def test_check_flag_reports_ready(fake: FakeLiteLLM) -> None:
-    result = _check(fake)
+    port = closed_port()
+    result = _check(fake, port=str(port))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"settings: ok (upstream {fake.url}, policy all)",  # type: ignore[attr-defined]
         "upstream: ok",
         "admin_credential: ok (4 models)",
+        f"listen: ok (127.0.0.1:{port})",
         "ready",
     ]
+
+
+def test_check_binds_the_port_as_the_start_would(fake: FakeLiteLLM) -> None:
+    """Issue 28: --check said ready while the port was taken; the real start then exited 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _check(fake, port=str(port))
+    assert result.returncode == 1
+    assert f"listen: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "NOT ready"
+
+
+def test_check_reports_every_warning_the_start_would_and_says_so_in_its_exit_status(
+    fake: FakeLiteLLM,
+) -> None:
+    """A misspelt variable and a fallback target that is not free: the real start logs both as
+    setting_warning; --check prints both and exits 3 (ready, with warnings), not 0."""
+    env_extra = {"SIDECAR_POLCY": "free_only"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--check", "--fallback", '{"*": "paid-model"}'],
+        env={**_env(fake, port=str(closed_port())), **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert lines[:2] == [
+        "warning: unknown environment variable SIDECAR_POLCY is ignored; did you mean SIDECAR_POLICY?",
+        "warning: fallback target paid-model is not free in LiteLLM's catalog (or there is no admin key): "
+        "no request will fall back to it",
+    ]
+    assert lines[-1] == "ready, with 2 warnings above"
+
+
+def test_version_flag(fake: FakeLiteLLM) -> None:
+    done = subprocess.run([sys.executable, "-m", "sidecar", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("litellm-budget-sidecar ")
+    assert done.stdout.split()[1][0].isdigit()
 
 
 def test_check_flag_fails_on_an_unreachable_upstream_or_refused_key(fake: FakeLiteLLM) -> None:

@@ -27,7 +27,7 @@ def run_until_announced(env: dict[str, str], tmp_path: Path) -> tuple[list[dict[
         proc = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, stderr=stderr)
     try:
         deadline = time.monotonic() + 20
-        while '"event": "startup"' not in log.read_text():
+        while '"event":"startup"' not in log.read_text():
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
