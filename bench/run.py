@@ -1,15 +1,21 @@
 """The sidecar's cost next to nginx and a direct connection, measured side by side in one run.
 
 Starts the stub upstream (``bench/stub.py``), nginx as a reverse proxy to it (when installed: keepalive
-upstream, ``proxy_buffering off``) and the sidecar (its console script, ``--workers`` of them, default
-one) and, with nginx, the zero-overhead split (``deploy/nginx``: discovery to the sidecar, everything else
-straight to the stub), then runs ``wrk`` against
-each in interleaved rounds: GET ``/v1/models`` (healthy key), POST chat JSON and streamed chat (50 SSE
-chunks), at 1 and 32 connections. Reports requests/s, p50/p99 latency, the sidecar's CPU per request (from
-``/proc/<pid>/task/*/schedstat``, its workers included), time to the first SSE chunk, the rescue path with
-warm caches, and the sidecar's idle RSS (all its processes). Prints a table and writes JSON.
+upstream, ``proxy_buffering off``) and the sidecar of this checkout (``python -m sidecar`` with this
+checkout first on ``PYTHONPATH``, ``--workers`` of them, default one) and, with nginx, the zero-overhead
+split (``deploy/nginx``: discovery to the sidecar, everything else straight to the stub), then runs ``wrk``
+against each in interleaved rounds: GET ``/v1/models`` (healthy key, warm caches), POST chat JSON and
+streamed chat (50 SSE chunks), at 1 and 32 connections. Reports requests/s, p50/p99 latency, the
+sidecar's CPU per request (from ``/proc/<pid>/task/*/schedstat``, its workers included), time to the first
+SSE chunk, the rescue path with warm caches, and the sidecar's idle RSS (all its processes). Prints a
+table and writes JSON.
 
-    python bench/run.py [--duration 4] [--rounds 3] [--workers 1] [--out bench/results.json]
+``--old-build PATH`` (a checkout of another commit, e.g. ``git worktree add ../old <commit>``) runs that
+build's sidecar beside this one on the same stub, both taking turns with nginx and the stub in every
+round (no split), and prints one table of both builds against nginx: requests/s, the ratios new/nginx,
+old/nginx and new/old (median, and new/old's range over the rounds: the noise), CPU per request.
+
+    python bench/run.py [--duration 4] [--rounds 3] [--workers 1] [--old-build PATH] [--out ...]
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parent
 SIDECAR = Path(sys.executable).parent / "litellm-budget-sidecar"
 HEALTHY = "Bearer sk-bench-healthy"
 BROKE = "Bearer sk-bench-broke"
@@ -179,6 +187,41 @@ class Target:
     results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
+def build_env(root: Path, **settings: str) -> dict[str, str]:
+    """The environment a build's sidecar runs in: its checkout first on the path, ``SIDECAR_*`` as given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env["PYTHONPATH"] = str(root)
+    env.update({f"SIDECAR_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def build_argv() -> list[str]:
+    """How a build's sidecar is started (with ``cwd`` and ``PYTHONPATH`` its checkout, ``build_env``):
+    ``-m`` puts the working directory first on ``sys.path``, ahead of any installed (or editable) copy."""
+    return [sys.executable, "-m", "sidecar"]
+
+
+def describe_build(root: Path) -> dict[str, str]:
+    """Which code a build's process imports (checked, not assumed) and which commit that checkout is at."""
+    module = subprocess.run(
+        [sys.executable, "-c", "import sidecar; print(sidecar.__file__)"],
+        cwd=root,
+        env=build_env(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(module).resolve().is_relative_to(root.resolve()):
+        sys.exit(f"bench: the build in {root} imports {module}, not its own code")
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True).stdout.strip()
+
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "sidecar") else ""
+    commit = (git("rev-parse", "--short", "HEAD") or "?") + dirty
+    return {"root": str(root), "imports": module, "commit": commit}
+
+
 def _nginx(directory: Path, servers: str) -> Path:
     """An nginx.conf of its own in ``directory`` (pid, logs, temp paths there) around ``servers``."""
     config = directory / "nginx.conf"
@@ -239,17 +282,28 @@ def main() -> int:
         "--fallback",
         help='the sidecar\'s fallback setting, as JSON (e.g. \'{"*": "m"}\': every chat may fall back)',
     )
+    parser.add_argument(
+        "--old-build",
+        type=Path,
+        help="a checkout of another commit: its sidecar runs beside this one, in the same rounds",
+    )
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where to write the JSON results")
     args = parser.parse_args()
+    builds = {"sidecar": CHECKOUT} if args.old_build is None else {"old": args.old_build, "new": CHECKOUT}
+    described = {name: describe_build(root) for name, root in builds.items()}
+    for name, about in described.items():
+        print(f"bench: {name} = {about['commit']} ({about['imports']})")
     if not shutil.which("wrk"):
         sys.exit("bench: needs wrk (apt-get install wrk)")
 
     work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(argv: list[str], port: int, what: str, env: dict[str, str] | None = None) -> int:
+    def start(
+        argv: list[str], port: int, what: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> int:
         with (work / f"{what}.log").open("wb") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+            process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=cwd)
         processes.append(process)
         wait_listening(port, process, what)
         return process.pid
@@ -265,26 +319,31 @@ def main() -> int:
             targets.append(nginx)
         else:
             print("bench: nginx is not installed (apt-get install nginx-light): measuring without it")
-        sidecar = Target("sidecar", free_port())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-        env.update(
-            SIDECAR_UPSTREAM_URL=f"http://127.0.0.1:{stub.port}",
-            SIDECAR_ADMIN_KEY=MASTER,
-            SIDECAR_PORT=str(sidecar.port),
-            SIDECAR_LOG_LEVEL="warning",
-            SIDECAR_WORKERS=str(args.workers),
-        )
-        if args.fallback:
-            env["SIDECAR_FALLBACK"] = args.fallback
-        sidecar.pid = start([str(SIDECAR)], sidecar.port, "sidecar", env)
-        targets.append(sidecar)
-        if shutil.which("nginx"):
+        sidecars = []
+        for name, root in builds.items():
+            sidecar = Target(name, free_port())
+            env = build_env(
+                root,
+                upstream_url=f"http://127.0.0.1:{stub.port}",
+                admin_key=MASTER,
+                port=str(sidecar.port),
+                log_level="warning",
+                workers=str(args.workers),
+                **({"fallback": args.fallback} if args.fallback else {}),
+            )
+            sidecar.pid = start(build_argv(), sidecar.port, name, env, cwd=root)
+            sidecars.append(sidecar)
+        targets += sidecars
+        if shutil.which("nginx") and args.old_build is None:
             split = Target("split", free_port())
             config = split_config(work, split.port, stub.port, sidecar.port)
             split.pid = start(["nginx", "-c", str(config), "-p", str(work / "split")], split.port, "split")
             targets.append(split)
         time.sleep(1 + args.workers)  # every worker listening
-        idle_rss = rss_mb(sidecar.pid)
+        idle_rss = {s.name: rss_mb(s.pid) for s in sidecars if s.pid}
+        for method, path, body, auth in SCENARIOS.values():  # warm caches and pools
+            for s in sidecars:
+                run_wrk(f"http://127.0.0.1:{s.port}{path}", wrk_script(work, method, body, auth), 2, 1)
 
         cells: list[dict[str, object]] = []
         for scenario, (method, path, body, auth) in SCENARIOS.items():
@@ -294,15 +353,7 @@ def main() -> int:
                 for round_ in range(args.rounds):
                     order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
                     for target in order:
-                        cpu_before = cpu_seconds(sidecar.pid)
-                        result = run_wrk(
-                            f"http://127.0.0.1:{target.port}{path}", script, connections, args.duration
-                        )
-                        if target is sidecar:
-                            result["cpu_ms_per_request"] = (
-                                (cpu_seconds(sidecar.pid) - cpu_before) * 1000 / max(result["requests"], 1)
-                            )
-                        runs[target.name].append(result)
+                        runs[target.name].append(measure(target, path, script, connections, args.duration))
                 cells.append(
                     {
                         "scenario": scenario,
@@ -314,16 +365,12 @@ def main() -> int:
                 _print_cell(cells[-1])
 
         rescue_script = wrk_script(work, "GET", None, BROKE)
-        run_wrk(f"http://127.0.0.1:{sidecar.port}/v1/models", rescue_script, 1, 1)  # warm the caches
-        rescue_runs: dict[str, list[dict[str, float]]] = {"direct": [], "sidecar": []}
+        for s in sidecars:
+            run_wrk(f"http://127.0.0.1:{s.port}/v1/models", rescue_script, 1, 1)  # warm the caches
+        rescue_runs: dict[str, list[dict[str, float]]] = {t.name: [] for t in (stub, *sidecars)}
         for _ in range(args.rounds):
-            for target in (stub, sidecar):
-                cpu_before = cpu_seconds(sidecar.pid)
-                result = run_wrk(f"http://127.0.0.1:{target.port}/v1/models", rescue_script, 1, args.duration)
-                if target is sidecar:
-                    result["cpu_ms_per_request"] = (
-                        (cpu_seconds(sidecar.pid) - cpu_before) * 1000 / max(result["requests"], 1)
-                    )
+            for target in (stub, *sidecars):
+                result = measure(target, "/v1/models", rescue_script, 1, args.duration)
                 rescue_runs[target.name].append(result)
         rescue = {"runs": rescue_runs, "median": {n: _median(r) for n, r in rescue_runs.items()}}
 
@@ -331,7 +378,7 @@ def main() -> int:
         for _ in range(5):
             for target in targets:
                 ttfb[target.name] += first_chunk_ms(target.port, 40)
-        loaded_rss = rss_mb(sidecar.pid)
+        loaded_rss = {s.name: rss_mb(s.pid) for s in sidecars if s.pid}
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
@@ -350,15 +397,31 @@ def main() -> int:
             "workers": args.workers,
             "fallback": args.fallback,
         },
+        "builds": described,
         "cells": cells,
         "rescue": rescue,
         "first_sse_chunk_ms_p50": {name: statistics.median(v) for name, v in ttfb.items()},
-        "sidecar_rss_mb": {"idle": idle_rss, "after_load": loaded_rss},
+        "sidecar_rss_mb": {
+            name: {"idle": idle_rss[name], "after_load": loaded_rss[name]} for name in idle_rss
+        },
     }
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    _print_summary(report)
+    if args.old_build is None:
+        _print_summary(report)
+    else:
+        _print_builds(report)
     print(f"\nJSON results: {args.out}")
     return 0
+
+
+def measure(target: Target, path: str, script: Path, connections: int, duration: float) -> dict[str, float]:
+    """One wrk run against ``target``; for a sidecar, with the CPU it spent per request meanwhile."""
+    cpu_before = cpu_seconds(target.pid) if target.pid and target.name not in ("nginx", "split") else None
+    result = run_wrk(f"http://127.0.0.1:{target.port}{path}", script, connections, duration)
+    if cpu_before is not None and target.pid:
+        spent = cpu_seconds(target.pid) - cpu_before
+        result["cpu_ms_per_request"] = spent * 1000 / max(result["requests"], 1)
+    return result
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -418,8 +481,51 @@ def _print_summary(report: dict[str, object]) -> None:
     )
     ttfb = report["first_sse_chunk_ms_p50"]
     print("first SSE chunk p50: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ttfb.items()))  # type: ignore[union-attr]
+    rss = report["sidecar_rss_mb"]["sidecar"]  # type: ignore[index]
+    print(f"sidecar RSS: idle {rss['idle']:.1f} MB, after load {rss['after_load']:.1f} MB")
+
+
+def _print_builds(report: dict[str, Any]) -> None:
+    """One table: each cell's medians for nginx and both builds, their ratios, new/old's range over the
+    rounds (each round's new against the same round's old: the noise the ratio carries), CPU per request."""
+    builds = report["builds"]
+    print(f"\nold = {builds['old']['commit']}, new = {builds['new']['commit']}")
+    print(
+        "\n| scenario | conns | nginx req/s | old req/s | new req/s | new/nginx | old/nginx | new/old "
+        "| new/old per round | CPU/req old / new (ms) | p50 old / new (ms) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for cell in report["cells"]:
+        m, runs = cell["median"], cell["runs"]
+        old, new = m["old"], m["new"]
+        nginx = m.get("nginx")
+        per_round = sorted(n["rps"] / o["rps"] for o, n in zip(runs["old"], runs["new"], strict=True))
+        nginx_cells = (
+            f"{nginx['rps']:.0f} | {old['rps']:.0f} | {new['rps']:.0f} | {new['rps'] / nginx['rps']:.3f} "
+            f"| {old['rps'] / nginx['rps']:.3f}"
+            if nginx
+            else f"- | {old['rps']:.0f} | {new['rps']:.0f} | - | -"
+        )
+        print(
+            f"| {cell['scenario']} | {cell['connections']} | {nginx_cells} | {new['rps'] / old['rps']:.3f} "
+            f"| {per_round[0]:.2f}-{per_round[-1]:.2f} "
+            f"| {old['cpu_ms_per_request']:.3f} / {new['cpu_ms_per_request']:.3f} "
+            f"| {old['p50_ms']:.2f} / {new['p50_ms']:.2f} |"
+        )
+    rescue = report["rescue"]["median"]
+    print(
+        "\nrescue (over-budget key, warm caches, 1 conn), p50 / CPU per request: "
+        f"direct {rescue['direct']['p50_ms']:.2f} ms; "
+        + "; ".join(
+            f"{name} {rescue[name]['p50_ms']:.2f} ms / {rescue[name]['cpu_ms_per_request']:.3f} ms"
+            for name in ("old", "new")
+        )
+    )
+    ttfb = report["first_sse_chunk_ms_p50"]
+    print("first SSE chunk p50: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ttfb.items()))
     rss = report["sidecar_rss_mb"]
-    print(f"sidecar RSS: idle {rss['idle']:.1f} MB, after load {rss['after_load']:.1f} MB")  # type: ignore[index]
+    for name, r in rss.items():
+        print(f"{name} RSS: idle {r['idle']:.1f} MB, after load {r['after_load']:.1f} MB")
 
 
 if __name__ == "__main__":
