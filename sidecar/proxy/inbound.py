@@ -9,16 +9,23 @@ Too Large`` (as nginx answers 400/431) and the connection is closed. Nothing rea
 The count is exact where the head starts a read (the usual case: a new connection or a keep-alive
 request) and ends at its blank line; a head that begins in the middle of a read (pipelining) is counted
 from the next read on, so the bound holds to within one read (at most 256 KiB with uvloop).
+
+A caller that goes away is told to the app without a task (``watch_disconnect``): ASGI says it only
+through ``receive``, which someone must be awaiting - a task per open stream, most of a KiB each, for an
+event that rarely comes. Here the protocol, which sees the connection close first, calls the request's
+watcher itself. The protocol keeps its own state in slots: uvicorn's instance dict stays within the 30
+keys Python shares between instances (past them every connection gets a dict of its own, 1.3 KiB more).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from sidecar.logs import event
 
@@ -27,10 +34,17 @@ log = logging.getLogger("sidecar.proxy.inbound")
 _END_OF_HEAD = b"\r\n\r\n"
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing request heads over :attr:`max_header_bytes`, and answering
     ``503`` to requests on connections past :attr:`max_connections` (``capacity.py``) - except the
-    sidecar's own health routes, which are always answered."""
+    sidecar's own health routes, which are always answered. It tells the request being served that its
+    caller went away (:func:`watch_disconnect`)."""
+
+    __slots__ = ("_head_bytes", "_in_head", "_on_leave", "_refused", "_tail", "_watched")
 
     max_header_bytes = 64 * 1024
     max_connections = 1 << 30
@@ -43,6 +57,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._tail = b""  # the last bytes of the head so far: its blank line may straddle two reads
         self._refused = False
+        self._watched: RequestResponseCycle | None = None  # the request whose caller is watched
+        self._on_leave: Cancellable | None = None
+
+    def watch(self, cycle: RequestResponseCycle, on_leave: Cancellable) -> None:
+        self._watched, self._on_leave = cycle, on_leave
+
+    def unwatch(self, on_leave: Cancellable) -> None:
+        if self._on_leave is on_leave:
+            self._watched = self._on_leave = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        cycle, on_leave = self._watched, self._on_leave
+        if on_leave is not None and cycle is not None and not cycle.response_complete:
+            self._watched = self._on_leave = None
+            on_leave.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -96,6 +126,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
         self._refused = True
         self.transport.close()
+
+
+def watch_disconnect(receive: Callable[[], Any], on_leave: Cancellable) -> BoundedHttpToolsProtocol | None:
+    """Have ``on_leave.cancel()`` called as soon as the caller goes away before the answer to the request
+    whose ``receive`` this is is complete (``receive`` would then say ``http.disconnect``). Call it once the
+    request body is read, or before: a caller already gone is told on the next turn of the loop. The
+    protocol that will call it (for :meth:`BoundedHttpToolsProtocol.unwatch`), or ``None`` when
+    ``receive`` is not a request served by it (another server, a wrapped ``receive``): then only
+    ``receive`` tells."""
+    cycle = getattr(receive, "__self__", None)
+    if not isinstance(cycle, RequestResponseCycle):
+        return None
+    protocol = cycle.transport.get_protocol()
+    if not isinstance(protocol, BoundedHttpToolsProtocol):
+        return None
+    if cycle.disconnected:
+        asyncio.get_running_loop().call_soon(on_leave.cancel)
+    else:
+        protocol.watch(cycle, on_leave)
+    return protocol
 
 
 _AT_CAPACITY = json.dumps(

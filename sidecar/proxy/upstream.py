@@ -20,7 +20,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sidecar.logs import event
@@ -37,6 +37,7 @@ from sidecar.proxy.http1 import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from sidecar.proxy.inbound import BoundedHttpToolsProtocol, Cancellable, watch_disconnect
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.proxy.upstream")
@@ -50,10 +51,6 @@ _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a dis
 NOTICE_LIMIT = 64 * 1024
 # Shown a passed-through answer (scope, status, body); returns headers to add where it still can.
 Observer = Callable[[Scope, int, bytes], Awaitable[RawHeaders]]
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
 
 
 class UpstreamUnavailable(Exception):
@@ -225,8 +222,9 @@ class Upstream:
         """Forward one request as is and stream the answer back.
 
         Once the whole request is read, the caller is watched (``CallerWatch``): if it goes away, the
-        upstream connection is closed within ``_GRACE`` seconds, whether the answer's headers have come
-        or it is streaming (a model still generating stops being billed for a caller no one waits for)."""
+        upstream connection is closed at once (within ``_GRACE`` seconds under another server than the
+        sidecar's), whether the answer's headers have come or it is streaming (a model still generating
+        stops being billed for a caller no one waits for)."""
         started = time.perf_counter()
         headers = upstream_request_headers(scope, self.host)
         cancel = Cancel()
@@ -342,27 +340,33 @@ def _declared_length(headers: RawHeaders) -> int:
 
 
 class CallerWatch:
-    """Waits, in a task of its own, for the caller to disconnect, and then cancels the exchange
-    (``cancel``: a :class:`Cancel`, or anything with a ``cancel()``, such as discovery's task).
+    """Cancels the exchange (``cancel``: a :class:`Cancel`, or anything with a ``cancel()``, such as
+    discovery's task) when the caller disconnects.
 
     Armed once the request body is read (``receive`` is free then), stopped once the upstream's answer
-    is complete or abandoned. The task starts only when the exchange outlives ``_GRACE`` seconds: most
-    answers are over sooner, and a task per request would cost about a fifth of the pass-through's CPU;
-    a caller that left earlier is seen as soon as the task starts (the server remembers the disconnect).
-    ASGI servers answer ``receive`` with ``http.disconnect`` after the response too, so the watch must be
-    stopped before the last part of the answer is sent."""
+    is complete or abandoned. Under the sidecar's own protocol the protocol calls ``cancel`` itself when
+    the connection closes (``inbound.watch_disconnect``): no task, nothing per stream but a reference.
+    Elsewhere (another server, a wrapped ``receive``) a task of its own waits on ``receive``; it starts
+    only when the exchange outlives ``_GRACE`` seconds: most answers are over sooner, and a task per
+    request would cost about a fifth of the pass-through's CPU; a caller that left earlier is seen as soon
+    as the task starts (the server remembers the disconnect). ASGI servers answer ``receive`` with
+    ``http.disconnect`` after the response too, so the watch must be stopped before the last part of the
+    answer is sent."""
 
-    __slots__ = ("_cancel", "_receive", "_task", "_timer")
+    __slots__ = ("_cancel", "_receive", "_server", "_task", "_timer")
 
     def __init__(self, receive: Receive, cancel: Cancel | Cancellable) -> None:
         self._receive = receive
         self._cancel = cancel
+        self._server: BoundedHttpToolsProtocol | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Future[None] | None = None
 
     def arm(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(_GRACE, self._start)
+        if self._timer is None and self._server is None:
+            self._server = watch_disconnect(self._receive, self._cancel)
+            if self._server is None:
+                self._timer = asyncio.get_running_loop().call_later(_GRACE, self._start)
 
     def _start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -373,6 +377,9 @@ class CallerWatch:
         self._cancel.cancel()
 
     def stop(self) -> None:
+        if self._server is not None:
+            self._server.unwatch(self._cancel)
+            self._server = None
         if self._timer is not None:
             self._timer.cancel()
         task = self._task
