@@ -224,17 +224,35 @@ class Upstream:
         Once the whole request is read, the caller is watched (``CallerWatch``): if it goes away, the
         upstream connection is closed at once (within ``_GRACE`` seconds under another server than the
         sidecar's), whether the answer's headers have come or it is streaming (a model still generating
-        stops being billed for a caller no one waits for)."""
-        started = time.perf_counter()
-        headers = upstream_request_headers(scope, self.host)
+        stops being billed for a caller no one waits for). While the answer streams, nothing of the
+        request is held (its headers, its body: the whole conversation of a chat), nor the answer's head
+        once it is passed on."""
         cancel = Cancel()
         watch = CallerWatch(receive, cancel)
+        response = await self._send_up(scope, receive, send, cancel, watch)
+        if response is None:
+            return
+        try:
+            await self._stream_down(scope, response, send, watch)
+        except Cancelled:
+            self._metrics.abandoned.inc()
+        finally:
+            watch.stop()
+            response.release()
+
+    async def _send_up(
+        self, scope: Scope, receive: Receive, send: Send, cancel: Cancel, watch: CallerWatch
+    ) -> Response | None:
+        """Send the request; the answer once its head came, or ``None`` when the caller left or got an
+        error answer."""
+        started = time.perf_counter()
+        headers = upstream_request_headers(scope, self.host)
         body = _RequestBody(receive, watch.arm)
         try:
             data = await body.first()
         except Cancelled:
             self._metrics.abandoned.inc()
-            return
+            return None
         chunked = False
         if not any(name == b"content-length" for name, _ in headers):
             if isinstance(data, bytes):
@@ -249,21 +267,15 @@ class Upstream:
         except Cancelled:
             watch.stop()
             self._metrics.abandoned.inc()
-            return
+            return None
         except UpstreamUnavailable as exc:
             watch.stop()
             self._metrics.request("passthrough", exc.status)
             await send_json(send, exc.status, exc.body())
-            return
+            return None
         self._metrics.passthrough_seconds.observe(time.perf_counter() - started)
         self._metrics.request("passthrough", response.status)
-        try:
-            await self._stream_down(scope, response, send, watch)
-        except Cancelled:
-            self._metrics.abandoned.inc()
-        finally:
-            watch.stop()
-            response.release()
+        return response
 
     async def _stream_down(self, scope: Scope, response: Response, send: Send, watch: CallerWatch) -> None:
         headers = downstream_headers(response.headers)
@@ -274,6 +286,8 @@ class Upstream:
             await self._annotated(scope, response, headers, send, watch)
             return
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        del headers  # the head is out: a stream keeps no copy of it (LiteLLM's come to 1-2 KiB)
+        response.headers.clear()
         chunk = await response.chunk()
         kept: list[bytes] | None = [] if noticed else None
         if response.complete:
