@@ -121,3 +121,25 @@ def test_an_unsolicited_101_and_an_unknown_transfer_coding_are_502(sidecar: Side
             answer = client.get(url + path)
             assert answer.status_code == 502
             assert "cannot be passed on" in answer.json()["error"]["message"]
+
+
+def test_pipelined_requests_are_answered_in_order(sidecar: SidecarFactory) -> None:
+    """uvicorn queues pipelined requests (``inbound._Pipeline``): each is answered, first come first."""
+
+    async def echo_path(reader: Reader, writer: Writer) -> None:
+        while True:
+            head = await read_request(reader)
+            path = head.split(b" ", 2)[1]
+            writer.write(ok(path))
+
+    with ScriptedUpstream(echo_path) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        with connect(url) as sock:
+            sock.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(3)))
+            data = b""
+            while data.count(b"HTTP/1.1 200") < 3 or not data.endswith(b"/p2"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        assert [part[-3:] for part in data.split(b"HTTP/1.1 200")[1:]] == [b"/p0", b"/p1", b"/p2"]
