@@ -124,7 +124,7 @@ def test_an_unsolicited_101_and_an_unknown_transfer_coding_are_502(sidecar: Side
 
 
 def test_pipelined_requests_are_answered_in_order(sidecar: SidecarFactory) -> None:
-    """uvicorn queues pipelined requests (``inbound._Pipeline``): each is answered, first come first."""
+    """uvicorn queues pipelined requests: each is answered, first come first."""
 
     async def echo_path(reader: Reader, writer: Writer) -> None:
         while True:
