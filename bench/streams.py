@@ -516,6 +516,7 @@ class Run:
         rss_plateau = statistics.median(s[1] for s in plateau) if plateau else float("nan")
         fds_plateau = [s[2] for s in plateau if s[2] is not None]
         latencies = sorted(s[3] for s in samples if s[3] is not None)
+        steady = sorted(s[3] for s in plateau if s[3] is not None)  # every stream open, none ended
         return {
             "target": self.target,
             "streams": self.streams,
@@ -534,6 +535,8 @@ class Run:
             "healthz_p50_ms": _percentile(latencies, 50),
             "healthz_p99_ms": _percentile(latencies, 99),
             "healthz_max_ms": latencies[-1] if latencies else None,
+            "plateau_healthz_p50_ms": _percentile(steady, 50),
+            "plateau_healthz_p99_ms": _percentile(steady, 99),
             "plateau_samples": len(plateau),
         }
 
@@ -666,24 +669,31 @@ def _print_row(r: dict[str, Any]) -> None:
         f"({r['rss_per_stream_kib']:.1f} KiB/stream) fds {r['fds_plateau']} "
         f"healthz p50 {r['healthz_p50_ms']:.2f} p99 {r['healthz_p99_ms']:.2f} "
         f"max {r['healthz_max_ms']:.1f} ms "
-        f"(fail {r['healthz_failures']}) open in {r['open_s'] or float('nan'):.1f} s "
+        f"(fail {r['healthz_failures']}; plateau p50 {_ms(r['plateau_healthz_p50_ms'])} "
+        f"p99 {_ms(r['plateau_healthz_p99_ms'])}) open in {r['open_s'] or float('nan'):.1f} s "
         f"{'' if r['whole'] == r['streams'] else r['verdicts']}",
         flush=True,
     )
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _print_table(results: list[dict[str, Any]]) -> None:
     print(
         "\n| target | N | whole/N | RSS before (MiB) | RSS plateau (MiB) | RSS/stream (KiB) | fds plateau "
-        "| healthz p50 / p99 / max (ms) |"
+        "| healthz p50 / p99 / max, whole run (ms) | healthz p50 / p99, plateau (ms) | all open after (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['target']} | {r['streams']} | {r['whole']}/{r['streams']} "
             f"| {r['rss_before_kib'] / 1024:.1f} "
             f"| {r['rss_plateau_kib'] / 1024:.1f} | {r['rss_per_stream_kib']:.1f} | {r['fds_plateau']} "
-            f"| {r['healthz_p50_ms']:.2f} / {r['healthz_p99_ms']:.2f} / {r['healthz_max_ms']:.1f} |"
+            f"| {r['healthz_p50_ms']:.2f} / {r['healthz_p99_ms']:.2f} / {r['healthz_max_ms']:.1f} "
+            f"| {_ms(r['plateau_healthz_p50_ms'])} / {_ms(r['plateau_healthz_p99_ms'])} "
+            f"| {r['open_s'] or float('nan'):.1f} |"
         )
 
 
