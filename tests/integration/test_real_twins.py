@@ -177,12 +177,26 @@ class TwinMaker:
         self.admin.close()
 
 
+class Twin:
+    """A twin's headers, and LiteLLM's direct answers to it (asked once, for both policies)."""
+
+    def __init__(self, litellm: LiteLLM, headers: dict[str, str]) -> None:
+        self.litellm = litellm
+        self.headers = headers
+        self._answers: dict[str, httpx.Response] = {}
+
+    def direct(self, route: str) -> httpx.Response:
+        if route not in self._answers:
+            self._answers[route] = _get(self.litellm.url + route, self.headers)
+        return self._answers[route]
+
+
 @pytest.fixture(scope="session")
-def twins(litellm: LiteLLM) -> Iterator[dict[str, dict[str, str]]]:
-    """The twin's headers per seeded spent principal of this LiteLLM, made once per session."""
+def twins(litellm: LiteLLM) -> Iterator[dict[str, Twin]]:
+    """The twin per seeded spent principal of this LiteLLM, made once per session."""
     maker = TwinMaker(litellm)
     try:
-        yield {p: maker.twin(p) for p in BROKE if seeded(p, litellm.version)}
+        yield {p: Twin(litellm, maker.twin(p)) for p in BROKE if seeded(p, litellm.version)}
     finally:
         maker.delete()
 
@@ -275,18 +289,18 @@ def _compare_retrieve(
 @pytest.mark.parametrize("policy", ["all", "free_only"])
 @pytest.mark.parametrize("principal", BROKE)
 def test_a_spent_principal_sees_what_its_twin_within_budget_sees(
-    litellm: LiteLLM, twins: dict[str, dict[str, str]], principal: str, policy: str
+    litellm: LiteLLM, twins: dict[str, Twin], principal: str, policy: str
 ) -> None:
     spent, twin = credentials(principal, litellm.keys), twins[principal]
     url = litellm.sidecar(policy)
     free = policy == "free_only"
-    listed = _get(litellm.url + "/v1/models", twin)
+    listed = twin.direct("/v1/models")
     assert listed.status_code == 200, listed.text
     twin_ids = {e["id"] for e in listed.json()["data"]}
     outcomes: dict[str, str] = {}
     failures: list[str] = []
     for route in ROUTES:
-        direct = _get(litellm.url + route, twin)
+        direct = twin.direct(route)
         answer = _get(url + route, spent)
         if answer.headers.get("x-sidecar-budget-exceeded") != "true":
             failures.append(f"{route}: not marked as over budget ({answer.status_code})")
@@ -339,7 +353,7 @@ PLANTED_VALUES = [
 ]
 
 
-def test_planted_secrets_reach_no_caller(litellm: LiteLLM, twins: dict[str, dict[str, str]]) -> None:
+def test_planted_secrets_reach_no_caller(litellm: LiteLLM, twins: dict[str, Twin]) -> None:
     """A free model added with a secret in every ``litellm_params`` field that can hold one: no planted
     value in any answer the sidecar gives any caller, on any route, under any policy, that LiteLLM's own
     answer to that caller does not already carry (where LiteLLM answers a caller, the sidecar passes its
@@ -358,7 +372,7 @@ def test_planted_secrets_reach_no_caller(litellm: LiteLLM, twins: dict[str, dict
     model_id = added.json()["model_id"]
     try:
         callers = [credentials(p, litellm.keys) for p in BROKE if seeded(p, litellm.version)]
-        callers += [*twins.values(), credentials("KEY_HEALTHY", litellm.keys)]
+        callers += [*(twin.headers for twin in twins.values()), credentials("KEY_HEALTHY", litellm.keys)]
         routes = [*ROUTES, "/v1/models/planted-model", f"/v2/model/info?modelId={model_id}"]
         direct: dict[tuple[int, str], str] = {}
         shown_by_litellm: set[str] = set()
