@@ -159,3 +159,29 @@ def test_a_rescued_entry_has_the_fields_litellm_shows_an_ordinary_key(version: s
         assert set(shown["litellm_params"]) == set(twin["litellm_params"])
         assert set(shown["model_info"]) <= set(twin["model_info"])
         assert set(twin["model_info"]) - set(shown["model_info"]) <= {"access_via_team_ids", "direct_access"}
+
+
+PLANTED = {
+    "api_key": "sk-planted-api-key-0001",
+    "api_base": "http://planted-user:planted-password-0002@127.0.0.1:9/v1?key=planted-query-key-0003",
+    "extra_headers": {"Authorization": "Bearer planted-header-0004", "x-api-key": "planted-header-0005"},
+    "aws_access_key_id": "AKIAPLANTED00000006",
+    "aws_secret_access_key": "planted-aws-secret-0007",
+    "aws_session_token": "planted-aws-session-0008",
+    "vertex_credentials": '{"private_key": "planted-vertex-0009"}',
+    "watsonx_apikey": "planted-watsonx-0010",
+    "passphrase": "planted-passphrase-0011",
+    "my_custom_field": "sk-planted-custom-0012",
+}
+
+
+def test_no_planted_value_leaves_in_an_entry_built_from_the_admins_view() -> None:
+    """The values tests/integration/test_real_twins.py would plant through /model/new, had the harness's
+    LiteLLM allowed it: none reaches a rescued entry."""
+    shown = json.dumps(public_deployment(dep("planted-model", **PLANTED)))
+    assert not [
+        v
+        for v in json.dumps(PLANTED).split('"')
+        if "planted" in v.lower() and v in shown.replace("http://127.0.0.1:9/v1", "")
+    ]
+    assert "planted" not in shown.replace("planted-model", "")
