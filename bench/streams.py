@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from run import family, free_port
+
 HERE = Path(__file__).resolve().parent
 CONNECTING = 500  # connects in flight at once (the listen backlogs are 2048 and up)
 FD_LIMIT = 1 << 17
@@ -287,24 +289,6 @@ def run_load(port: int, streams: int, seconds: int) -> None:
 
 
 # --- the harness ----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def family(pid: int) -> list[int]:
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                queue += [int(child) for child in task.read_text().split()]
-    return found
-
-
 def rss_kib(pid: int) -> int:
     total = 0
     for member in family(pid):

@@ -19,7 +19,6 @@ each time the answer changes) and to ``--check``, never to whoever asks.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import httpx
@@ -33,7 +32,7 @@ from sidecar.litellm import credentials
 from sidecar.litellm.admin import AdminLookups, LookupBound, LookupFailed, admin_http_client
 from sidecar.litellm.budget import BudgetBook
 from sidecar.litellm.budget_errors import BUDGET_STATUSES
-from sidecar.logs import event
+from sidecar.logs import Sparse, event
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.proxy.capacity import connection_bound, idle_bound, open_files_now
 from sidecar.proxy.routes import carries_body, match_discovery
@@ -49,7 +48,6 @@ METRICS = b"/sidecar/metrics"
 _OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS, budget_view.ROUTE})
 READY_TTL = 1.0  # seconds a readiness answer is reused
 ALWAYS_ANSWERED = frozenset({HEALTHZ, READYZ, METRICS})  # even past the connection bound
-_CAPACITY_LOG_EVERY = 10.0
 
 
 class SidecarApp:
@@ -67,8 +65,7 @@ class SidecarApp:
             settings.max_header_bytes,
             max_idle=idle_bound(self.open_files),
         )
-        self._capacity_logged_at = -_CAPACITY_LOG_EVERY
-        self._refused_since_logged = 0
+        self._at_capacity = Sparse(log, "at_capacity", "refused")
         self._admin_client: httpx.AsyncClient | None = None
         self.admin: AdminLookups | None = None
         self.budget: BudgetBook | None = None
@@ -121,18 +118,7 @@ class SidecarApp:
     def at_capacity(self) -> None:
         """A request refused past ``max_connections``: counted, logged at most every 10 s."""
         self.metrics.at_capacity.inc()
-        self._refused_since_logged += 1
-        now = time.monotonic()
-        if now - self._capacity_logged_at >= _CAPACITY_LOG_EVERY:
-            event(
-                log,
-                logging.WARNING,
-                "at_capacity",
-                refused=self._refused_since_logged,
-                max_connections=self.max_connections,
-                open_files=self.open_files,
-            )
-            self._capacity_logged_at, self._refused_since_logged = now, 0
+        self._at_capacity.happened(max_connections=self.max_connections, open_files=self.open_files)
 
     async def shutdown(self) -> None:
         self.draining = True

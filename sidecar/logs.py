@@ -49,6 +49,25 @@ def configure(level: str) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
+class Sparse:
+    """A warning that may come thousands of times a second (a flood shed, callers refused at a bound):
+    logged at most once every ``every`` seconds, saying under ``counted`` how often it happened since."""
+
+    __slots__ = ("_count", "_last", "counted", "every", "logger", "name")
+
+    def __init__(self, logger: logging.Logger, name: str, counted: str, every: float = 10.0) -> None:
+        self.logger, self.name, self.counted, self.every = logger, name, counted, every
+        self._count = 0
+        self._last = -every
+
+    def happened(self, **fields: Any) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            event(self.logger, logging.WARNING, self.name, **{self.counted: self._count}, **fields)
+            self._last, self._count = now, 0
+
+
 def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
     """Log one structured event (``"event": name`` plus ``fields``)."""
     logger.log(level, "", extra={"fields": {"event": name, **fields}})

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import resource
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +18,8 @@ from sidecar.proxy.capacity import connection_bound
 from sidecar.proxy.upstream import Upstream, UpstreamUnavailable
 from tests.conftest import SidecarFactory
 from tests.fake_litellm import FakeLiteLLM
-from tests.test_operations import _env, closed_port
+from tests.test_operations import _env
+from tests.test_startup import run_until_announced
 
 HARD = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])  # the most a test process may ask for
 
@@ -39,26 +35,7 @@ def started_under(
     fake: FakeLiteLLM, tmp_path: Path, soft: int, hard: int, **settings: str
 ) -> list[dict[str, Any]]:
     """The log lines of a real sidecar process started under these descriptor limits, once it is up."""
-    port = closed_port()
-    log = tmp_path / "sidecar.log"
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar"],
-            env=_env(fake, port=str(port), **settings),
-            stderr=stderr,
-            preexec_fn=_limits(soft, hard),
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while '"event":"startup"' not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    return run_until_announced(_env(fake, **settings), tmp_path, preexec_fn=_limits(soft, hard))[0]
 
 
 def _line(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

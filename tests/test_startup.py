@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,16 @@ from tests.fake_litellm import KEYS, FakeLiteLLM
 from tests.test_operations import _env, closed_port
 
 
-def run_until_announced(env: dict[str, str], tmp_path: Path) -> tuple[list[dict[str, Any]], str]:
+def run_until_announced(
+    env: dict[str, str], tmp_path: Path, preexec_fn: Callable[[], None] | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """Start the real process, wait for its ``startup`` line, stop it; its log lines and its URL."""
     port = env.setdefault("SIDECAR_PORT", str(closed_port()))
     log = tmp_path / "sidecar.log"
     with log.open("wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, stderr=stderr)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar"], env=env, stderr=stderr, preexec_fn=preexec_fn
+        )
     try:
         deadline = time.monotonic() + 20
         while '"event":"startup"' not in log.read_text():

@@ -25,7 +25,7 @@ import httpx
 from sidecar.cache import SingleFlightCache
 from sidecar.litellm.access import Access, Scope, scope_from_admin_answers
 from sidecar.litellm.catalog import ModelCatalog
-from sidecar.logs import event
+from sidecar.logs import Sparse
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.litellm.admin")
@@ -123,8 +123,7 @@ class AdminLookups:
         self._metrics = metrics
         self._extra_free = extra_free
         self._bound = bound if bound is not None else LookupBound(50.0, 10)
-        self._shed_since_logged = 0
-        self._shed_logged_at = -_SHED_LOG_EVERY
+        self._shed_log = Sparse(log, "admin_lookups_shed", "shed", _SHED_LOG_EVERY)
         self.views: SingleFlightCache[View | str, Any] = SingleFlightCache(catalog_ttl)
         self.scopes: SingleFlightCache[str, Scope] = SingleFlightCache(scope_ttl)
         # Budget records change with every paid call: kept only as long as budget states are.
@@ -218,19 +217,7 @@ class AdminLookups:
     def _shed(self, path: str) -> LookupShed:
         """Counted; logged at most once every ``_SHED_LOG_EVERY`` seconds, with how many since."""
         self._metrics.admin_lookups_shed.inc()
-        self._shed_since_logged += 1
-        now = time.monotonic()
-        if now - self._shed_logged_at >= _SHED_LOG_EVERY:
-            event(
-                log,
-                logging.WARNING,
-                "admin_lookups_shed",
-                path=path,
-                shed=self._shed_since_logged,
-                rate=self._bound.rate,
-                concurrency=self._bound.concurrency,
-            )
-            self._shed_logged_at, self._shed_since_logged = now, 0
+        self._shed_log.happened(path=path, rate=self._bound.rate, concurrency=self._bound.concurrency)
         return LookupShed(SHED)
 
     async def budget_records(self, token: str | None, end_user: str | None) -> dict[str, Any]:
