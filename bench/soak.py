@@ -31,23 +31,25 @@ cleanly but short, a 5xx with no disruption to explain it, no answer from the si
 
 **Leaks.** Every ``--sample-every`` seconds, from outside the sidecar: RSS (``/proc/PID/status``), open
 descriptors (``/proc/PID/fd``), its TCP connections to the upstream's port (``/proc/net/tcp`` joined to its
-socket inodes: in use and pooled, and how many of them in CLOSE_WAIT); from inside, the asyncio task
-count (``soak_sidecar.py``). After a warm-up (the first 20 % of the run) a least-squares line is fitted to
-each metric, leaving out samples taken during a disruption and for 5 s after it (connections drop and
-come back by design then), and the run fails if the growth the line projects over the measured part
-exceeds:
+socket inodes: in use and pooled, and how many of them in CLOSE_WAIT); from inside, at the same instant
+(``soak_sidecar.py``, asked by SIGUSR1): asyncio tasks, requests in flight and caller connections. After a
+warm-up (the first 20 % of the run) a least-squares line is fitted to each metric, leaving out samples
+taken during a disruption and for 5 s after it (connections drop and come back by design then). The
+descriptors, upstream connections and tasks are fitted to time and the requests in flight together, so
+that a busier or a quieter moment on a shared machine is not taken for growth; caller connections are
+checked alone, so a leak of them cannot hide there. The run fails if the growth a line projects over the
+measured part exceeds:
 
 - RSS: 10 % of its warm value. Python's allocator keeps freed arenas, so RSS steps up as peaks are met
-  and never comes back; 10 % over the measured part tolerates that and the caches' churn, and catches a
-  leak of about 300 bytes per request in the 75 s test (about 12,000 requests) - a leaked dict - and far
-  smaller ones over 30 minutes.
-- open descriptors: 10 + 2 % of warm. With a fixed number of clients the count moves by a few tens
-  around a flat level (streams in flight, idle pooled connections closing after 4 s); one descriptor kept
-  per request, or per hang-up (about 5 % of requests), grows it by hundreds.
-- upstream connections: 10 + 5 % of warm, CLOSE_WAIT ones: 5 - the same reasoning; a connection never
-  closed after the upstream died stays in CLOSE_WAIT and counts there.
-- asyncio tasks: 10 + 5 % of warm. A task per request left behind (a caller watch not stopped) grows it by
-  thousands.
+  and seldom comes back; 10 % tolerates that and the caches' churn, and catches a leak of about 500
+  bytes per request in the 1-minute test (about 9,000 answers) - a leaked dict with a few entries - and of
+  about 30 bytes per request over 30 minutes.
+- open descriptors: 20 + 10 % of warm (about 35); upstream connections, caller connections, tasks: 20 +
+  25 % of warm (about 40); CLOSE_WAIT connections (a socket never closed after the upstream died): 5.
+  Over the 1-minute test on a loaded 2-core machine the projected growth of these moved by up to 6
+  descriptors, 12 upstream connections, 14 tasks, 10 caller connections either way with no leak; one
+  left behind per request grows them by thousands there, one per hang-up (5 % of requests) by about
+  450, one per hundred requests by about 90.
 
 Numbers in the table: ``start`` before any traffic, ``warm`` and ``end`` the medians of the first and last
 five measured samples, the slope per minute and the projected growth against its limit. Exit status 0
@@ -248,6 +250,10 @@ class Soak:
         await asyncio.sleep(down)
         await asyncio.to_thread(self.start_upstream)
         window.end = self.now()
+
+    def _disrupter_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.stopping = True
 
     def stop_all(self) -> None:
         for process in (self.sidecar, self.upstream):
@@ -534,7 +540,9 @@ class Soak:
             self.notes.append(f"primed: {primed} callers' discovery in {time.monotonic() - started:.1f} s")
             self.clock = time.monotonic()
             sampler = asyncio.ensure_future(self.sample())
-            disrupter = asyncio.ensure_future(self.disrupt())
+            disrupter = asyncio.create_task(self.disrupt())
+            # A stand-in that cannot start again (its port taken meanwhile) ends the run, not its clients.
+            disrupter.add_done_callback(self._disrupter_done)
             try:
                 await asyncio.gather(*(self.client(http) for _ in range(self.args.concurrency)))
             finally:
@@ -596,11 +604,11 @@ def _counters(metrics: str) -> str:
 
 LIMITS = {  # metric -> (constant, share of the warm value): the growth allowed over the measured part
     "rss_mb": (0.0, 0.10),
-    "fds": (10.0, 0.02),
-    "upstream_conns": (10.0, 0.05),
+    "fds": (20.0, 0.10),
+    "upstream_conns": (20.0, 0.25),
     "close_wait": (5.0, 0.0),
-    "tasks": (10.0, 0.05),
-    "connections": (10.0, 0.05),
+    "tasks": (20.0, 0.25),
+    "connections": (20.0, 0.25),
 }
 # What a metric moves with, besides a leak: the requests in flight at the instant of the sample. The line
 # is fitted to time and these together, so that a busier or quieter moment (the machine is shared) is not
@@ -736,6 +744,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     soak = Soak(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the ``finally`` below stops what was started
     try:
         soak.start_upstream()
         soak.start_sidecar()
