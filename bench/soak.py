@@ -8,8 +8,9 @@ What runs, all on 127.0.0.1, on ports the OS picks, every process started here s
 - the stand-in LiteLLM (``soak_upstream.py``: real 1.88.6 answers for thousands of made-up healthy, spent
   and unknown callers, generated SSE streams, an admin API slow and failing on a schedule) in its own
   process;
-- the sidecar as ``python -m sidecar`` runs it (``soak_sidecar.py``: ``sidecar.cli.main`` plus a task
-  that reports the asyncio task count), ``policy=free_only`` with the admin key, ``read_timeout`` 4 s;
+- the sidecar as ``python -m sidecar`` runs it (``soak_sidecar.py``: ``sidecar.cli.main`` plus an
+  observer that answers SIGUSR1 with its asyncio task count), ``policy=free_only`` with the admin key,
+  ``read_timeout`` 4 s, admin look-ups bounded at 200 a second;
 - here: ``--concurrency`` closed-loop clients (httpx), each sending one request after another: discovery
   (``GET /v1/models``) for a random caller of every kind, chat JSON, streamed chats read whole, streamed
   chats hung up after a few chunks, ``/healthz``. Every caller is seen once first (``prime``), so the
@@ -24,10 +25,14 @@ stream's every event and ``[DONE]``), or, for a spent caller's discovery, the re
 ``x-sidecar-budget-exceeded``, the free models, the same bytes every time) or LiteLLM's own refusal (the
 sidecar fails closed while the admin API fails or look-ups are shed). A hang-up: the chunks read before it
 are the stream's first ones. A clean error: 502 or 504 in OpenAI's error shape whose request overlapped a
-disruption that causes it (504: a pause; 502: a kill) - or a stream cut after its headers (the only signal
-left once they are out) during one. Anything else is a failure: a wrong status or body, a stream that ends
-cleanly but short, a 5xx with no disruption to explain it, no answer from the sidecar, no answer within
-``--deadline`` seconds. The sidecar must also stop cleanly on SIGTERM at the end and log no traceback.
+disruption that causes it (504 "did not answer in time": a pause; 502 "unreachable": a kill; 502 "closed
+the connection before answering": either, as a resumed uvicorn first closes the kept-alive connections
+whose timers ran out while it was stopped, and a POST is never sent twice) - or a stream cut after its
+headers (the only signal left once they are out) during one. Anything else is a failure: a wrong status
+or body, a stream that ends cleanly but short, a 5xx with no disruption to explain it, no answer from the
+sidecar, no answer within ``--deadline`` seconds. The sidecar must also stop on SIGTERM at the end (exit
+status 0, or death by the SIGTERM uvicorn re-raises once it has shut down) and log nothing at error level
+but uvicorn's "Exception in ASGI application" for each stream it aborted because the upstream broke it.
 
 **Leaks.** Every ``--sample-every`` seconds, from outside the sidecar: RSS (``/proc/PID/status``), open
 descriptors (``/proc/PID/fd``), its TCP connections to the upstream's port (``/proc/net/tcp`` joined to its
