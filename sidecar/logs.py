@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from sidecar.types import AbortedResponse
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -33,6 +35,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))  # as the docs quote it: "event":"rescue"
 
 
+def _aborted_on_purpose(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's "Exception in ASGI application" for a response the sidecar aborted on purpose: a
+    stream LiteLLM broke off is one ``upstream_error`` warning, not an error line and a traceback more."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, AbortedResponse)
+
+
 def configure(level: str) -> None:
     """Send the sidecar's and uvicorn's logs to stderr as JSON lines at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -43,6 +52,7 @@ def configure(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.error").addFilter(_aborted_on_purpose)
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request URL at INFO; admin look-up URLs carry a key's LiteLLM token hash.
     for name in ("httpx", "httpcore"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import pytest
 from sidecar.litellm.credentials import key_hash
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, FakeLiteLLM
+from tests.scripted import ScriptedUpstream, read_request
 
 
 def closed_port() -> int:
@@ -348,3 +350,33 @@ def test_check_flag_fails_on_an_unreachable_upstream_or_refused_key(fake: FakeLi
 def test_check_flag_reports_bad_settings_like_start_up(fake: FakeLiteLLM) -> None:
     result = _check(fake, policy="sometimes")
     assert result.returncode == 2 and "policy" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_stream_litellm_breaks_off_is_one_warning_not_an_error_and_a_traceback(process) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak: every stream the upstream broke off also gave uvicorn's "Exception in ASGI
+    application" at error level, with a traceback - an error line per upstream event."""
+
+    async def breaks_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"9\r\ndata: 1\n\n\r\n"
+        )
+        await writer.drain()
+        writer.close()  # in the middle of the answer
+
+    with ScriptedUpstream(breaks_off) as upstream:
+        proc, url, log = process(upstream_url=upstream.url, policy="blocked", admin_key="")
+        with (
+            httpx.Client(timeout=5) as client,
+            pytest.raises(httpx.RemoteProtocolError),
+            client.stream("POST", url + "/v1/chat/completions", content=b"{}") as answer,
+        ):
+            assert answer.status_code == 200
+            answer.read()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["kind"] for line in lines if line.get("event") == "upstream_error"] == ["stream_broken"]
+    assert not [line for line in lines if line["level"] == "error"], lines

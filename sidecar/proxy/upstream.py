@@ -38,7 +38,7 @@ from sidecar.proxy.http1 import (
     UpstreamTimeout,
 )
 from sidecar.proxy.inbound import BoundedHttpToolsProtocol, Cancellable, watch_disconnect
-from sidecar.types import RawHeaders, Receive, Scope, Send
+from sidecar.types import AbortedResponse, RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.proxy.upstream")
 T = TypeVar("T")
@@ -51,6 +51,10 @@ _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a dis
 NOTICE_LIMIT = 64 * 1024
 # Shown a passed-through answer (scope, status, body); returns headers to add where it still can.
 Observer = Callable[[Scope, int, bytes], Awaitable[RawHeaders]]
+
+
+class StreamBroken(AbortedResponse):
+    """LiteLLM broke off an answer whose head the caller already has: the response is aborted."""
 
 
 class UpstreamUnavailable(Exception):
@@ -315,7 +319,7 @@ class Upstream:
             # Headers are out; the only honest signal left is an aborted response.
             self._metrics.upstream_errors.labels("stream_broken").inc()
             event(log, logging.WARNING, "upstream_error", kind="stream_broken", error=str(exc))
-            raise
+            raise StreamBroken(str(exc)) from exc
 
     async def _annotated(
         self, scope: Scope, response: Response, headers: RawHeaders, send: Send, watch: CallerWatch
