@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from run import (
     describe_build,
     family,
     free_port,
+    stop_all,
     wait_listening,
 )
 
@@ -200,13 +200,7 @@ def main() -> int:
                 results[flood][name] = result
                 print(f"{flood} keys -> {name}: {json.dumps(result)}", flush=True)
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
 
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -72,6 +72,17 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> No
     sys.exit(f"bench: {what} did not start")
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every process started, last first; a kill for any that does not end within 10 s."""
+    for process in reversed(processes):
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def family(pid: int) -> list[int]:
     """``pid`` and its descendants (the sidecar's workers)."""
     found, queue = [], [pid]
@@ -222,15 +233,20 @@ def describe_build(root: Path) -> dict[str, str]:
     return {"root": str(root), "imports": module, "commit": commit}
 
 
-def _nginx(directory: Path, servers: str) -> Path:
-    """An nginx.conf of its own in ``directory`` (pid, logs, temp paths there) around ``servers``."""
+def nginx_around(
+    directory: Path, servers: str, connections: int = 4096, open_files: int | None = None
+) -> Path:
+    """An nginx.conf of its own in ``directory`` (pid, logs, temp paths there) around ``servers``; one worker
+    of ``connections``, its descriptor limit raised to ``open_files`` when given."""
     config = directory / "nginx.conf"
+    rlimit = f"worker_rlimit_nofile {open_files};" if open_files else ""
     config.write_text(f"""
 worker_processes 1;
+{rlimit}
 daemon off;
 pid {directory}/nginx.pid;
 error_log {directory}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {directory}/body;
@@ -245,7 +261,7 @@ http {{
 
 
 def nginx_config(directory: Path, port: int, stub_port: int) -> Path:
-    return _nginx(
+    return nginx_around(
         directory,
         f"""    upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}
     server {{
@@ -270,7 +286,7 @@ def split_config(directory: Path, port: int, stub_port: int, sidecar_port: int) 
     split = directory / "split"
     split.mkdir()
     (split / "split.conf").write_text(shipped)
-    return _nginx(split, f"    include {split}/split.conf;")
+    return nginx_around(split, f"    include {split}/split.conf;")
 
 
 def main() -> int:
@@ -380,13 +396,7 @@ def main() -> int:
                 ttfb[target.name] += first_chunk_ms(target.port, 40)
         loaded_rss = {s.name: rss_mb(s.pid) for s in sidecars if s.pid}
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
 
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

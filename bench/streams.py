@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import family, free_port
+from run import family, free_port, nginx_around
 
 HERE = Path(__file__).resolve().parent
 CONNECTING = 500  # connects in flight at once (the listen backlogs are 2048 and up)
@@ -355,21 +355,9 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], what: str, log: 
 
 
 def nginx_config(directory: Path, port: int, stub_port: int) -> Path:
-    config = directory / "nginx.conf"
-    config.write_text(f"""
-worker_processes 1;
-worker_rlimit_nofile {FD_LIMIT};
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/nginx-error.log warn;
-events {{ worker_connections 60000; }}
-http {{
-    access_log off;
-    client_body_temp_path {directory}/body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
+    return nginx_around(
+        directory,
+        f"""
     upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -382,9 +370,10 @@ http {{
             proxy_request_buffering off;
         }}
     }}
-}}
-""")
-    return config
+""",
+        connections=60000,
+        open_files=FD_LIMIT,
+    )
 
 
 class Run:
