@@ -46,13 +46,13 @@ from sidecar.litellm.admin import AdminLookups, LookupFailed, LookupShed, View
 from sidecar.litellm.budget import (
     NO_ADMIN,
     NOT_A_VIRTUAL_KEY,
-    NOT_ADMITTED_STATUSES,
     BudgetBook,
     BudgetState,
     Principal,
     Probe,
     SourceFailed,
     principal_of,
+    refuses_credential,
 )
 from sidecar.litellm.budget_errors import BUDGET_STATUSES, UNNAMED, budget_scope, is_budget_error
 from sidecar.litellm.credentials import caller_key, key_label
@@ -174,7 +174,7 @@ class Discovery:
                 state = await pending
             elif route.kind is RouteKind.CURSOR_MODELS:  # the caller's own answer is the probe
                 state = await self._budget.state(who, _as_probe(asked))
-            elif refusal is None and asked.status in NOT_ADMITTED_STATUSES:
+            elif refuses_credential(*_probe_reading(asked)):
                 state = self._budget.not_admitted(who)  # a credential LiteLLM refuses: nothing to learn
             else:  # first seen, and admitted: the probe after LiteLLM's answer, never for a stranger
                 state = await self._budget.state(who, self._probe(scope))

@@ -281,7 +281,7 @@ class BudgetBook:
             return (Spent(budget_scope(body, unnamed=UNNAMED), "enforced"),), body
         if status == 200 or past_budget_checks(status, body):
             return (), None  # past LiteLLM's budget checks
-        if status in NOT_ADMITTED_STATUSES:
+        if refuses_credential(status, body):
             raise _NotAdmitted
         raise SourceFailed(f"{PROBE_ROUTE} answered {status}")
 
@@ -353,6 +353,16 @@ def _unjudged(body: Any, reason: str) -> Verdict:
 def _seen_state(seen: Seen) -> BudgetState:
     verdicts = [v for _, v in seen if v is not None]
     return BudgetState(tuple(s for s, _ in seen), verdict=verdicts[0] if verdicts else None)
+
+
+def refuses_credential(status: int, body: Any) -> bool:
+    """LiteLLM's answer refuses the credential itself (a wrong, expired or blocked key): 401/403 that is
+    neither a budget error nor past the budget checks."""
+    return (
+        status in NOT_ADMITTED_STATUSES
+        and not is_budget_error(status, body)
+        and not past_budget_checks(status, body)
+    )
 
 
 def past_budget_checks(status: int, body: Any) -> bool:

@@ -33,6 +33,8 @@ MAX_IDLE = 512  # idle pooled upstream connections at most (fewer under a low li
 # What a failing ``connect``/``accept`` says when the sidecar, not LiteLLM, is out of something.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 LOW_STREAMS = 1000  # fewer concurrent streams than this: a start-up warning
+# What a caller is told past the bound, or when a connect fails for want of local resources (503).
+AT_CAPACITY = "the sidecar is at its limit of open connections; retry shortly"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from sidecar.logs import event
+from sidecar.proxy.capacity import AT_CAPACITY
 
 log = logging.getLogger("sidecar.proxy.inbound")
 
@@ -151,7 +152,7 @@ def watch_disconnect(receive: Callable[[], Any], on_leave: Cancellable) -> Bound
 _AT_CAPACITY = json.dumps(
     {
         "error": {
-            "message": "the sidecar is at its limit of open connections; retry shortly",
+            "message": AT_CAPACITY,
             "type": "service_unavailable",
             "param": None,
             "code": "503",

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from sidecar.logs import event
 from sidecar.metrics import Metrics
+from sidecar.proxy.capacity import AT_CAPACITY
 from sidecar.proxy.forwarding import built_request_headers, downstream_headers, upstream_request_headers
 from sidecar.proxy.http1 import (
     Cancel,
@@ -81,8 +82,7 @@ def _unavailable(error: UpstreamError) -> UpstreamUnavailable:
         message = "upstream LiteLLM sent an answer that cannot be passed on"
         return UpstreamUnavailable(502, message, "invalid", detail)
     if isinstance(error, LocalExhausted):
-        message = "the sidecar is at its limit of open connections; retry shortly"
-        return UpstreamUnavailable(503, message, "local_exhausted", detail)
+        return UpstreamUnavailable(503, AT_CAPACITY, "local_exhausted", detail)
     if isinstance(error, UpstreamClosed):
         message = "upstream LiteLLM closed the connection before answering"
         return UpstreamUnavailable(502, message, "closed", detail)
