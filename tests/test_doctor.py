@@ -318,6 +318,11 @@ def test_a_reader_that_stops_early_ends_doctor_quietly_with_its_verdicts_exit_co
     )
     os.close(writer)
     os.close(reader)  # the reader is gone before doctor writes a byte
-    _, err = proc.communicate(KEYS["KEY_TEAM_BROKE"].encode() + b"\n", timeout=60)
+    try:
+        _, err = proc.communicate(KEYS["KEY_TEAM_BROKE"].encode() + b"\n", timeout=60)
+    finally:
+        if proc.poll() is None:  # stopped whatever happens, the assertions below included
+            proc.kill()
+            proc.wait()
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err
     assert proc.returncode == 0  # KEY_TEAM_BROKE is genuinely spent: 0, whoever reads the answer
