@@ -121,13 +121,23 @@ def public_deployment(entry: Mapping[str, Any]) -> dict[str, Any]:
         shown["litellm_params"] = _shown_params(params)
     info = entry.get("model_info")
     if isinstance(info, dict):
-        identity = {
-            k: v for k in _INFO_IDENTITY if isinstance(v := info.get(k), str) and _shown_value(v) == v
-        }
-        rest = _shown_value({k: v for k, v in info.items() if k not in _ADMIN_ONLY_INFO})
-        shown["model_info"] = {
-            k: identity[k] if k in identity else rest[k] for k in info if k in identity or k in rest
-        }
+        shown["model_info"] = _shown_info(info)
+    return shown
+
+
+def _shown_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_info`` without admin-only fields, secret-named ones (but the deployment's own names: its
+    id, LiteLLM's cost-map ``key``, as plain strings) and values that look like credentials."""
+    shown = {}
+    for name, raw in info.items():
+        if name in _ADMIN_ONLY_INFO:
+            continue
+        value = _shown_value(raw)
+        if value is _HIDDEN:
+            continue
+        if is_secret_param(name) and not (name in _INFO_IDENTITY and isinstance(raw, str) and value == raw):
+            continue
+        shown[name] = value
     return shown
 
 
