@@ -10,12 +10,13 @@ sidecar's CPU per request (from ``/proc/<pid>/task/*/schedstat``, its workers in
 SSE chunk, the rescue path with warm caches, and the sidecar's idle RSS (all its processes). Prints a
 table and writes JSON.
 
-``--old-build PATH`` (a checkout of another commit, e.g. ``git worktree add ../old <commit>``) runs that
-build's sidecar beside this one on the same stub, both taking turns with nginx and the stub in every
-round (no split), and prints one table of both builds against nginx: requests/s, the ratios new/nginx,
-old/nginx and new/old (median, and new/old's range over the rounds: the noise), CPU per request.
+``--old-build PATH`` (a checkout of another commit, e.g. ``git worktree add ../old <commit>``; give it
+twice for two older builds, ``old1`` and ``old2``) runs that build's sidecar beside this one on the same
+stub, all taking turns with nginx and the stub in every round (no split), and prints one table of the
+builds against nginx: requests/s, each build's ratio to nginx and new/old (median, and new/old's range
+over the rounds: the noise), CPU per request.
 
-    python bench/run.py [--duration 4] [--rounds 3] [--workers 1] [--old-build PATH] [--out ...]
+    python bench/run.py [--duration 4] [--rounds 3] [--workers 1] [--old-build PATH ...] [--out ...]
 """
 
 from __future__ import annotations
@@ -301,11 +302,26 @@ def main() -> int:
     parser.add_argument(
         "--old-build",
         type=Path,
-        help="a checkout of another commit: its sidecar runs beside this one, in the same rounds",
+        action="append",
+        help="a checkout of another commit, run beside this one in the same rounds (repeatable)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["models", "chat", "sse"],
+        action="append",
+        help="measure only this scenario (repeatable; default: all three, the rescue and the first chunk)",
+    )
+    parser.add_argument(
+        "--connections", default="1,32", help="comma-separated wrk connection counts (default 1,32)"
     )
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where to write the JSON results")
     args = parser.parse_args()
-    builds = {"sidecar": CHECKOUT} if args.old_build is None else {"old": args.old_build, "new": CHECKOUT}
+    chosen = {"models": "GET /v1/models", "chat": "POST chat JSON", "sse": "POST chat SSE"}
+    scenarios = {name: SCENARIOS[chosen[key]] for key in args.only or chosen for name in [chosen[key]]}
+    connection_counts = [int(c) for c in args.connections.split(",")]
+    olds = args.old_build or []
+    builds = {("old" if len(olds) == 1 else f"old{i}"): root for i, root in enumerate(olds, 1)}
+    builds = {**builds, "new": CHECKOUT} if builds else {"sidecar": CHECKOUT}
     described = {name: describe_build(root) for name, root in builds.items()}
     for name, about in described.items():
         print(f"bench: {name} = {about['commit']} ({about['imports']})")
@@ -362,9 +378,9 @@ def main() -> int:
                 run_wrk(f"http://127.0.0.1:{s.port}{path}", wrk_script(work, method, body, auth), 2, 1)
 
         cells: list[dict[str, object]] = []
-        for scenario, (method, path, body, auth) in SCENARIOS.items():
+        for scenario, (method, path, body, auth) in scenarios.items():
             script = wrk_script(work, method, body, auth)
-            for connections in (1, 32):
+            for connections in connection_counts:
                 runs: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
                 for round_ in range(args.rounds):
                     order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
@@ -380,20 +396,22 @@ def main() -> int:
                 )
                 _print_cell(cells[-1])
 
-        rescue_script = wrk_script(work, "GET", None, BROKE)
-        for s in sidecars:
-            run_wrk(f"http://127.0.0.1:{s.port}/v1/models", rescue_script, 1, 1)  # warm the caches
-        rescue_runs: dict[str, list[dict[str, float]]] = {t.name: [] for t in (stub, *sidecars)}
-        for _ in range(args.rounds):
-            for target in (stub, *sidecars):
-                result = measure(target, "/v1/models", rescue_script, 1, args.duration)
-                rescue_runs[target.name].append(result)
-        rescue = {"runs": rescue_runs, "median": {n: _median(r) for n, r in rescue_runs.items()}}
-
-        ttfb: dict[str, list[float]] = {t.name: [] for t in targets}
-        for _ in range(5):
-            for target in targets:
-                ttfb[target.name] += first_chunk_ms(target.port, 40)
+        rescue: dict[str, Any] | None = None
+        ttfb: dict[str, list[float]] = {}
+        if args.only is None:
+            rescue_script = wrk_script(work, "GET", None, BROKE)
+            for s in sidecars:
+                run_wrk(f"http://127.0.0.1:{s.port}/v1/models", rescue_script, 1, 1)  # warm the caches
+            rescue_runs: dict[str, list[dict[str, float]]] = {t.name: [] for t in (stub, *sidecars)}
+            for _ in range(args.rounds):
+                for target in (stub, *sidecars):
+                    result = measure(target, "/v1/models", rescue_script, 1, args.duration)
+                    rescue_runs[target.name].append(result)
+            rescue = {"runs": rescue_runs, "median": {n: _median(r) for n, r in rescue_runs.items()}}
+            ttfb = {t.name: [] for t in targets}
+            for _ in range(5):
+                for target in targets:
+                    ttfb[target.name] += first_chunk_ms(target.port, 40)
         loaded_rss = {s.name: rss_mb(s.pid) for s in sidecars if s.pid}
     finally:
         stop_all(processes)
@@ -475,64 +493,70 @@ def _print_summary(report: dict[str, object]) -> None:
                 else "| - | - |"
             )
         )
-    healthy = next(c for c in cells if c["scenario"] == "GET /v1/models" and c["connections"] == 1)["median"]
-    print(
-        "\nhealthy discovery (caller within budget, warm caches, 1 conn): "
-        f"direct p50 {healthy['direct']['p50_ms']:.2f} ms, sidecar p50 {healthy['sidecar']['p50_ms']:.2f} ms "
-        f"(+{healthy['sidecar']['p50_ms'] - healthy['direct']['p50_ms']:.2f} ms)"
-    )
-    rescue = report["rescue"]["median"]  # type: ignore[index]
-    print(
-        "\nrescue (over-budget key, warm caches, 1 conn): "
-        f"direct error p50 {rescue['direct']['p50_ms']:.2f} ms, "
-        f"sidecar rescue p50 {rescue['sidecar']['p50_ms']:.2f} ms "
-        f"(+{rescue['sidecar']['p50_ms'] - rescue['direct']['p50_ms']:.2f} ms), "
-        f"sidecar CPU {rescue['sidecar']['cpu_ms_per_request']:.3f} ms/req"
-    )
-    ttfb = report["first_sse_chunk_ms_p50"]
-    print("first SSE chunk p50: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ttfb.items()))  # type: ignore[union-attr]
+    if report["rescue"] is not None:  # a full run (no --only)
+        healthy = next(c for c in cells if c["scenario"] == "GET /v1/models" and c["connections"] == 1)[
+            "median"
+        ]
+        print(
+            "\nhealthy discovery (caller within budget, warm caches, 1 conn): "
+            f"direct p50 {healthy['direct']['p50_ms']:.2f} ms, "
+            f"sidecar p50 {healthy['sidecar']['p50_ms']:.2f} ms "
+            f"(+{healthy['sidecar']['p50_ms'] - healthy['direct']['p50_ms']:.2f} ms)"
+        )
+        rescue = report["rescue"]["median"]  # type: ignore[index]
+        print(
+            "\nrescue (over-budget key, warm caches, 1 conn): "
+            f"direct error p50 {rescue['direct']['p50_ms']:.2f} ms, "
+            f"sidecar rescue p50 {rescue['sidecar']['p50_ms']:.2f} ms "
+            f"(+{rescue['sidecar']['p50_ms'] - rescue['direct']['p50_ms']:.2f} ms), "
+            f"sidecar CPU {rescue['sidecar']['cpu_ms_per_request']:.3f} ms/req"
+        )
+        ttfb = report["first_sse_chunk_ms_p50"]
+        print("first SSE chunk p50: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ttfb.items()))  # type: ignore[union-attr]
     rss = report["sidecar_rss_mb"]["sidecar"]  # type: ignore[index]
     print(f"sidecar RSS: idle {rss['idle']:.1f} MB, after load {rss['after_load']:.1f} MB")
 
 
 def _print_builds(report: dict[str, Any]) -> None:
-    """One table: each cell's medians for nginx and both builds, their ratios, new/old's range over the
-    rounds (each round's new against the same round's old: the noise the ratio carries), CPU per request."""
+    """One table: each cell's medians for nginx and every build, each build's ratio to nginx, new against
+    each old build with its range over the rounds (each round's new against the same round's old: the
+    noise the ratio carries), CPU per request."""
     builds = report["builds"]
-    print(f"\nold = {builds['old']['commit']}, new = {builds['new']['commit']}")
-    print(
-        "\n| scenario | conns | nginx req/s | old req/s | new req/s | new/nginx | old/nginx | new/old "
-        "| new/old per round | CPU/req old / new (ms) | p50 old / new (ms) |"
+    olds = [name for name in builds if name != "new"]
+    print("\n" + ", ".join(f"{name} = {about['commit']}" for name, about in builds.items()))
+    names = [*olds, "new"]
+    columns = (
+        ["scenario", "conns", "nginx req/s"]
+        + [f"{n} req/s" for n in names]
+        + [f"{n}/nginx" for n in names]
+        + [f"new/{o} (per round)" for o in olds]
+        + ["CPU/req " + " / ".join(names) + " (ms)"]
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for cell in report["cells"]:
         m, runs = cell["median"], cell["runs"]
-        old, new = m["old"], m["new"]
         nginx = m.get("nginx")
-        per_round = sorted(n["rps"] / o["rps"] for o, n in zip(runs["old"], runs["new"], strict=True))
-        nginx_cells = (
-            f"{nginx['rps']:.0f} | {old['rps']:.0f} | {new['rps']:.0f} | {new['rps'] / nginx['rps']:.3f} "
-            f"| {old['rps'] / nginx['rps']:.3f}"
-            if nginx
-            else f"- | {old['rps']:.0f} | {new['rps']:.0f} | - | -"
-        )
+        row = [str(cell["scenario"]), str(cell["connections"]), f"{nginx['rps']:.0f}" if nginx else "-"]
+        row += [f"{m[n]['rps']:.0f}" for n in names]
+        row += [f"{m[n]['rps'] / nginx['rps']:.3f}" if nginx else "-" for n in names]
+        for o in olds:
+            per_round = sorted(n["rps"] / r["rps"] for r, n in zip(runs[o], runs["new"], strict=True))
+            row.append(f"{m['new']['rps'] / m[o]['rps']:.3f} ({per_round[0]:.2f}-{per_round[-1]:.2f})")
+        row.append(" / ".join(f"{m[n]['cpu_ms_per_request']:.3f}" for n in names))
+        print("| " + " | ".join(row) + " |")
+    if report["rescue"] is not None:  # a full run (no --only)
+        rescue = report["rescue"]["median"]
         print(
-            f"| {cell['scenario']} | {cell['connections']} | {nginx_cells} | {new['rps'] / old['rps']:.3f} "
-            f"| {per_round[0]:.2f}-{per_round[-1]:.2f} "
-            f"| {old['cpu_ms_per_request']:.3f} / {new['cpu_ms_per_request']:.3f} "
-            f"| {old['p50_ms']:.2f} / {new['p50_ms']:.2f} |"
+            "\nrescue (over-budget key, warm caches, 1 conn), p50 / CPU per request: "
+            f"direct {rescue['direct']['p50_ms']:.2f} ms; "
+            + "; ".join(
+                f"{name} {rescue[name]['p50_ms']:.2f} ms / {rescue[name]['cpu_ms_per_request']:.3f} ms"
+                for name in names
+            )
         )
-    rescue = report["rescue"]["median"]
-    print(
-        "\nrescue (over-budget key, warm caches, 1 conn), p50 / CPU per request: "
-        f"direct {rescue['direct']['p50_ms']:.2f} ms; "
-        + "; ".join(
-            f"{name} {rescue[name]['p50_ms']:.2f} ms / {rescue[name]['cpu_ms_per_request']:.3f} ms"
-            for name in ("old", "new")
-        )
-    )
-    ttfb = report["first_sse_chunk_ms_p50"]
-    print("first SSE chunk p50: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ttfb.items()))
+        ttfb = report["first_sse_chunk_ms_p50"]
+        print("first SSE chunk p50: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ttfb.items()))
     rss = report["sidecar_rss_mb"]
     for name, r in rss.items():
         print(f"{name} RSS: idle {r['idle']:.1f} MB, after load {r['after_load']:.1f} MB")
