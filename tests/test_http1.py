@@ -188,6 +188,57 @@ def test_silence_is_a_timeout() -> None:
     run(silent, test, read_timeout=0.2)
 
 
+def test_the_read_timeout_bounds_each_wait_not_the_whole_stream() -> None:
+    """A stream whose chunks come more often than the timeout runs on past it; a silence longer than the
+    timeout in the middle of the stream ends it, measured from the last chunk."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(8):  # 0.8 s of chunks, each 0.1 s after the last: four timeouts' worth in all
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        await asyncio.sleep(2)  # then silence
+
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        loop = asyncio.get_running_loop()
+        response = await pool.request(GET, None)
+        received = b""
+        with pytest.raises(UpstreamTimeout):
+            while True:
+                received += await response.chunk()
+                last = loop.time()
+        assert received == b"x" * 8
+        assert 0.2 <= loop.time() - last < 0.6
+
+    run(trickle, test, read_timeout=0.2)
+
+
+def test_a_timer_that_fires_while_no_one_waits_does_not_time_out_the_next_wait() -> None:
+    """The caller is slow to ask for the next chunk (longer than the timeout): the chunk that is already
+    there is handed over, and the wait after it gets its full timeout."""
+
+    async def two_parts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.45)
+        writer.write(b"1\r\nb\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        response = await pool.request(GET, None)
+        assert await response.chunk() == b"a"
+        await asyncio.sleep(0.3)  # the timer armed for the head's wait fires now, with no wait pending
+        assert await response.chunk() == b"b"  # 0.15 s later: within the timeout of this wait
+        assert await response.chunk() == b""
+        response.release()
+
+    run(two_parts, test, read_timeout=0.25)
+
+
 def test_an_answer_cut_short_is_an_error_not_an_end() -> None:
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

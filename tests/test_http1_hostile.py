@@ -250,6 +250,14 @@ def test_an_upstream_header_block_over_the_bound_is_refused() -> None:
     assert "more than 65536 bytes of headers" in refuse(one_huge)
     many_small = b"".join(b"x-%d: v\r\n" % i for i in range(20000))  # one read can hold them all
     assert "more than 65536 bytes of headers" in refuse(b"HTTP/1.1 200 OK\r\n" + many_small + b"\r\n")
+    # ... after an interim answer in the same write, and with a body in the same write
+    just_over = b"".join(b"x-%05d: %s\r\n" % (i, b"v" * 100) for i in range(620))  # 66,340 bytes
+    after_1xx = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n" + just_over + b"content-length: 2\r\n\r\n{}"
+    )
+    assert "more than 65536 bytes of headers" in refuse(after_1xx)
+    with_body = b"HTTP/1.1 200 OK\r\n" + just_over + b"content-length: 10\r\n\r\n0123456789"
+    assert "more than 65536 bytes of headers" in refuse(with_body)
 
 
 def test_an_unsolicited_101_is_refused() -> None:
@@ -448,3 +456,24 @@ def test_no_caller_ever_gets_another_callers_bytes_and_no_post_is_sent_twice(see
         if behave in ("good", "good+close", "good+second", "good+partial", "chunked+trailers"):
             assert outcomes[rid] == "answered", (rid, behave, outcomes[rid])
     assert set(outcomes) == set(plan)
+
+
+def test_a_head_under_the_bound_arriving_with_a_large_body_in_one_write_is_passed_on() -> None:
+    just_under = b"".join(b"x-%05d: %s\r\n" % (i, b"v" * 100) for i in range(580))  # 62,060 bytes
+    body = b"b" * 200_000
+
+    async def handler(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+            + just_under
+            + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await reader.read()
+
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        response = await pool.request(GET, None)
+        assert (response.status, len(response.headers), await response.read()) == (200, 581, body)
+
+    run(handler, test, max_header_bytes=64 * 1024)

@@ -87,13 +87,15 @@ def built_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
 
 
 def downstream_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers as they go to the caller: lower-cased, hop-by-hop ones removed."""
-    raw = list(raw)
+    """The upstream's response headers as they go to the caller: lower-cased, hop-by-hop ones removed.
+    (Every answer passes here: each name is lower-cased once, and ``Connection`` looked into only when
+    the answer has one.)"""
+    lowered = [(name.lower(), value) for name, value in raw]
     dropped = HOP_BY_HOP
-    tokens = _connection_tokens(raw)
-    if tokens:
-        dropped = dropped | tokens
-    return [(name.lower(), value) for name, value in raw if name.lower() not in dropped]
+    for name, value in lowered:
+        if name == b"connection":
+            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+    return [header for header in lowered if header[0] not in dropped]
 
 
 def reply_headers(upstream: RawHeaders, extra: RawHeaders) -> RawHeaders:

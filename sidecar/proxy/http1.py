@@ -110,14 +110,18 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_buffered",
+        "_codings",
+        "_deadline",
         "_drained",
         "_eof_delimited",
         "_error",
+        "_has_length",
         "_head_bytes",
         "_loop",
         "_max_header_bytes",
         "_parser",
         "_paused",
+        "_timer",
         "_waiter",
         "_write_paused",
         "_write_timeout",
@@ -147,6 +151,8 @@ class _Connection(asyncio.Protocol):
         self.exchange = 0  # counts the exchanges on this connection
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # when the pending wait times out
+        self._timer: asyncio.TimerHandle | None = None  # fires at or before ``_deadline``
         self.begin(False)
         self.in_use = False
 
@@ -161,7 +167,9 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.received_any = False
         self.request_sent = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # every byte received before the head was whole: at least the head's size
+        self._codings: list[bytes] = []  # the answer's transfer codings
+        self._has_length = False  # whether it declared a content-length
         self._eof_delimited = False
         self._body: list[bytes] = []
         self._buffered = 0
@@ -240,23 +248,27 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.headers_done:  # after the head they are trailer fields: not passed on
             self.headers.append((name, value))
+            if len(name) in _FRAMING_NAME_LENGTHS:  # the framing, noted as it passes: no second loop
+                lowered = name.lower()
+                if lowered == b"transfer-encoding":
+                    self._codings.append(value.strip().lower())
+                elif lowered == b"content-length":
+                    self._has_length = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:  # 100 Continue and friends: the real answer follows
-            self.headers = []
-            self._head_bytes = 0
-            return
-        size, codings, has_length = 0, [], False
-        for name, value in self.headers:  # one pass over the head: its size, its framing
-            size += len(name) + len(value) + 4
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                codings.append(value.strip().lower())
-            elif lowered == b"content-length":
-                has_length = True
-        if size > self._max_header_bytes:
+        limit = self._max_header_bytes
+        # Every byte received so far fitting the bound, the head does too: it is measured only when not.
+        if self._head_bytes > limit and _head_size(self.headers) > limit:
             raise self._head_too_large()
+        if 100 <= status < 200 and status != 101:  # 100 Continue and friends: the real answer follows
+            # What was counted stays an upper bound of the next head's size (see ``data_received``).
+            self._head_bytes -= _head_size(self.headers)
+            self.headers = []
+            self._codings = []
+            self._has_length = False
+            return
+        codings, has_length = self._codings, self._has_length
         if status == 101:
             raise UpstreamProtocolError("upstream switched protocols unasked (101)")
         if codings and codings != [b"chunked"]:
@@ -298,6 +310,7 @@ class _Connection(asyncio.Protocol):
 
     def _poison(self) -> None:
         self.closed = True
+        self.disarm()
         if self.transport is not None:
             self.transport.close()
 
@@ -313,14 +326,41 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait(self, timeout: float) -> None:
-        """Wait until something new happened (headers, body, end, error), at most ``timeout`` seconds."""
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, _time_out, waiter)
+        """Wait until something new happened (headers, body, end, error), at most ``timeout`` seconds.
+
+        A stream waits once per chunk: rather than a timer per wait (made, then cancelled a moment later
+        when the chunk comes - at thousands of open streams a good part of the loop's work), one timer per
+        connection stays armed, and a wait only moves the deadline. When the timer fires before the
+        deadline of the wait then pending, it is armed again for that deadline; with no wait pending it
+        lapses, and the next wait arms it."""
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        deadline = self._deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._loop.time() >= self._deadline:
+            waiter.set_exception(UpstreamTimeout("upstream did not answer in time"))
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+
+    def disarm(self) -> None:
+        """Drop the read timer (the exchange is over): an idle or closed connection holds no timer."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def take_body(self) -> bytes:
         body = self._body
@@ -342,6 +382,12 @@ class _Connection(asyncio.Protocol):
 
 
 _CHUNKED = -1
+_FRAMING_NAME_LENGTHS = (len(b"content-length"), len(b"transfer-encoding"))
+
+
+def _head_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """The size of a head's fields as counted against ``max_header_bytes``."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
 def _declared_length(head: bytes) -> int:
@@ -461,7 +507,7 @@ class ConnectionPool:
 
         ``method`` is the request's (it decides whether a retry is safe, and HEAD has no body);
         ``chunked``: frame a streamed body with chunked transfer encoding (the head must say so)."""
-        retry_allowed = method in IDEMPOTENT and not isinstance(body, AsyncIterator)
+        retry_allowed = method in IDEMPOTENT and (body is None or isinstance(body, bytes))
         fresh_only = False
         while True:
             connection = None if fresh_only else self._idle_connection()
@@ -556,6 +602,7 @@ class ConnectionPool:
 
     def _put(self, connection: _Connection) -> None:
         connection.in_use = False
+        connection.disarm()
         connection.idle_since = time.monotonic()
         if len(self._idle) >= self.max_idle:
             self._idle.pop(0)._poison()
