@@ -8,7 +8,7 @@ LiteLLM's full messages). Everything it started - the sidecars, LiteLLM, its fak
 PostgreSQL - is stopped at the end, also on failure, Ctrl-C or SIGTERM; ``--keep`` leaves them running and
 prints how to stop exactly those. ``--levels`` prints instead one Markdown table row per seeded budget level:
 what LiteLLM answers on ``/v1/models`` and a paid chat, and what the sidecar answers under each policy (the
-README's version table is made with it).
+version table in docs/budget-model.md is made with it).
 
     python demo/demo.py [--version 1.88.6] [--keep] [--verbose] [--levels]
 """
@@ -75,7 +75,7 @@ def harness(*args: str) -> dict[str, str]:
 
 
 def viewer_key(url: str, master: str) -> str:
-    """A key of a ``proxy_admin_viewer`` user: all the sidecar's admin look-ups need (README, "Use a
+    """A key of a ``proxy_admin_viewer`` user: all the sidecar's admin look-ups need (docs/security.md, "Use a
     read-only admin key"); created with the master key, which the sidecar then never sees."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master}"}, timeout=30) as admin:
         admin.post("/user/new", json={"user_id": "budget-sidecar-demo", "user_role": "proxy_admin_viewer"})

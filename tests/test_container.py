@@ -157,8 +157,8 @@ def test_demo_key_is_a_valid_litellm_virtual_key() -> None:
     assert key in header  # the curl examples at the top use the key init creates
 
 
-def test_readme_documents_compose_as_typed() -> None:
-    assert "\ndocker compose up\n" in (ROOT / "README.md").read_text()
+def test_docs_document_compose_as_typed() -> None:
+    assert "\ndocker compose up\n" in (ROOT / "docs" / "deployment.md").read_text()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ The real sidecar process in front of the stand-in LiteLLM (``bench/soak_upstream
 callers, streams and hang-ups, the upstream paused and killed under it, the admin API slow and failing;
 the soak exits non-zero if an answer is lost or wrong, or if RSS, descriptors, connections or asyncio
 tasks grow once warm (its docstring says how that is judged). About 95 s in all on an idle 2-core
-machine. The long run is the same command with ``--minutes 30`` (README, "Performance").
+machine. The long run is the same command with ``--minutes 30`` (docs/performance.md).
 """
 
 from __future__ import annotations
