@@ -335,3 +335,25 @@ def test_https_upstreams_are_verified_and_spoken_to(tmp_path, monkeypatch: pytes
 
     asyncio.run(main(trusted=False))
     asyncio.run(main(trusted=True))
+
+
+def test_a_connect_that_never_completes_is_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(An address that swallows SYNs cannot be made on loopback: the connect is held by a stand-in.)"""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        held: list[asyncio.Future[None]] = []
+
+        async def never(*args: object, **kwargs: object) -> None:
+            held.append(loop.create_future())
+            await held[-1]
+
+        monkeypatch.setattr(loop, "create_connection", never)
+        pool = ConnectionPool("127.0.0.1", 9, False, connect_timeout=0.2, read_timeout=5.0)
+        started = loop.time()
+        with pytest.raises(UpstreamTimeout, match="could not connect"):
+            await pool.request(GET, None)
+        assert 0.2 <= loop.time() - started < 1.0
+        assert held[0].cancelled()  # the connect attempt itself was abandoned
+
+    asyncio.run(main())

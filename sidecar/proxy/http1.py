@@ -553,16 +553,15 @@ class ConnectionPool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
+            # asyncio.timeout, not wait_for: no task of its own per connection (a stream opens one each)
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await loop.create_connection(
                     lambda: _Connection(loop, self.read_timeout, self.max_header_bytes),
                     self.host,
                     self.port,
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl else None,
-                ),
-                self.connect_timeout,
-            )
+                )
         except TimeoutError:
             raise UpstreamTimeout("could not connect to the upstream in time") from None
         except OSError as exc:
