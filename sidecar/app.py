@@ -31,12 +31,13 @@ from sidecar.fallback import Fallback
 from sidecar.litellm import credentials
 from sidecar.litellm.admin import AdminLookups, LookupBound, LookupFailed, admin_http_client
 from sidecar.litellm.budget import BudgetBook
-from sidecar.litellm.budget_errors import BUDGET_STATUSES
+from sidecar.litellm.policy import Policy
 from sidecar.logs import Sparse, event
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.proxy.capacity import connection_bound, idle_bound, open_files_now
 from sidecar.proxy.routes import carries_body, match_discovery
-from sidecar.proxy.upstream import Upstream, UpstreamUnavailable, send_json
+from sidecar.proxy.upstream import Hold, Upstream, UpstreamUnavailable, send_json
+from sidecar.refusals import Refusals
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
 
@@ -72,6 +73,7 @@ class SidecarApp:
         self.discovery: Discovery | None = None  # built at start-up, with the clients
         self.budget_view: BudgetView | None = None
         self.fallback: Fallback | None = None
+        self.hold: Hold | None = None
         self.draining = False  # set when shutdown begins: readiness goes false first
         self._ready: SingleFlightCache[str, bool] = SingleFlightCache(READY_TTL, max_entries=1)
         self._ready_said: dict[str, Any] | None = None  # the last report logged
@@ -92,19 +94,25 @@ class SidecarApp:
                 settings.budget_ttl,
                 LookupBound(settings.admin_lookup_rate, settings.admin_lookup_concurrency),
             )
-        self.budget = BudgetBook(self.admin, settings.budget_ttl, self.metrics, settings.phantom_after)
+        self.budget = BudgetBook(
+            self.admin, ttl=settings.budget_ttl, metrics=self.metrics, phantom_after=settings.phantom_after
+        )
+        refusals = Refusals(self.budget)
+        self.hold = refusals.hold
         self.discovery = Discovery(
             self.upstream,
             self.admin,
-            self.budget,
-            settings.policy,
-            settings.retrieve_from_list,
-            self.metrics,
+            budget=self.budget,
+            policy=Policy(settings.policy),
+            retrieve_from_list=settings.retrieve_from_list,
+            metrics=self.metrics,
             render_ttl=min(settings.catalog_ttl, settings.scope_ttl),
         )
         self.budget_view = BudgetView(self.upstream, self.admin, self.budget)
         if settings.fallback:
-            self.fallback = Fallback(self.upstream, self.admin, self.metrics, settings.fallback)
+            self.fallback = Fallback(
+                self.upstream, self.admin, refusals=refusals, metrics=self.metrics, mapping=settings.fallback
+            )
         if self.admin is not None:
             self.metrics.watch_caches(
                 views=self.admin.views,
@@ -113,7 +121,6 @@ class SidecarApp:
                 budgets=self.budget.states,
                 rendered=self.discovery.rendered,
             )
-        self.upstream.notice(BUDGET_STATUSES, self.discovery.notice)
 
     def at_capacity(self) -> None:
         """A request refused past ``max_connections``: counted, logged at most every 10 s."""
@@ -176,7 +183,7 @@ class SidecarApp:
                 if fallback is not None and fallback.applies(scope):
                     await fallback.handle(scope, receive, send)
                 else:
-                    await self.upstream.pass_through(scope, receive, send)
+                    await self.upstream.pass_through(scope, receive, send, self.hold)
             else:
                 assert self.discovery is not None, "the lifespan start-up did not run"
                 await self.discovery.handle(route, scope, receive, send)

@@ -33,11 +33,18 @@ import logging
 from typing import Any
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
-from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, past_budget_checks, principal_of
-from sidecar.litellm.budget_errors import is_budget_error
-from sidecar.litellm.levels import Level, chain, refusal_shown
+from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, principal_of
+from sidecar.litellm.budget_errors import Reading, Refusal
+from sidecar.litellm.levels import Level, chain
 from sidecar.logs import event
-from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable, send_json, unless_caller_leaves
+from sidecar.proxy.upstream import (
+    SMALL_ANSWER,
+    Answer,
+    Upstream,
+    UpstreamUnavailable,
+    send_json,
+    unless_caller_leaves,
+)
 from sidecar.types import Receive, Scope, Send
 
 log = logging.getLogger("sidecar.budget_view")
@@ -68,17 +75,18 @@ class BudgetView:
 
     async def _answer(self, scope: Scope) -> Answer:
         asked = await self._upstream.fetch(scope, PROBE_ROUTE.encode(), b"")
-        refusal = asked.json(limit=64 * 1024) if 400 <= asked.status < 500 else None
-        refused = is_budget_error(asked.status, refusal)
+        reading = Reading.of(
+            asked.status, asked.json(limit=SMALL_ANSWER) if 400 <= asked.status < 500 else None
+        )
         who = principal_of(scope)
-        if who is None or not (refused or asked.status == 200 or past_budget_checks(asked.status, refusal)):
+        if who is None or not (reading.refusal is not None or reading.passed):
             return asked  # LiteLLM's own answer: 401 for a bad or missing key
-        report = json.dumps(await self._report(who, refusal if refused else None), separators=(",", ":"))
+        report = json.dumps(await self._report(who, reading.refusal), separators=(",", ":"))
         body = report.encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         return Answer(200, headers, body)
 
-    async def _report(self, who: Principal, refusal: Any) -> dict[str, Any]:
+    async def _report(self, who: Principal, refusal: Refusal | None) -> dict[str, Any]:
         everything: tuple[Level, ...] = ()
         usable: list[str] | None = None
         if self._admin is not None and who.virtual_key:
@@ -98,7 +106,7 @@ class BudgetView:
             verdict, blocking = judged.verdict, judged.level
             if blocking is not None and blocking.scope not in _OWN_LEVELS:
                 verdict, blocking = "unknown", None
-            refused = refusal_shown(refusal)
+            refused = refusal.shown()
         return {
             "verdict": verdict,
             "refused": refused,

@@ -26,8 +26,9 @@
 ``/v1/models/{id}`` is answered from the caller's own ``/v1/models`` (LiteLLM refuses the route to
 ordinary keys): the entry if listed, else an OpenAI-style 404 ``model_not_found``.
 
-A budget refusal on a passed-through call (``notice``) is recorded as the caller's budget state at once,
-and judged: a phantom one goes back with ``x-sidecar-budget-phantom: true``, its status and body unchanged.
+What each caller gets is decided in one place, with no I/O: ``litellm/policy.py``. This module gathers
+what it decides on, carries its outcome out, and counts and logs each outcome once. Budget refusals on
+passed-through calls are judged in ``refusals.py``.
 """
 
 from __future__ import annotations
@@ -47,38 +48,38 @@ from sidecar.litellm.budget import (
     NO_ADMIN,
     NOT_A_VIRTUAL_KEY,
     BudgetBook,
-    BudgetState,
     Principal,
     Probe,
     SourceFailed,
     principal_of,
-    refuses_credential,
 )
-from sidecar.litellm.budget_errors import BUDGET_STATUSES, UNNAMED, budget_scope, is_budget_error
+from sidecar.litellm.budget_errors import Reading
 from sidecar.litellm.credentials import caller_key, key_label
-from sidecar.litellm.levels import Verdict
+from sidecar.litellm.levels import BudgetState
+from sidecar.litellm.policy import Action, Marks, Outcome, Policy, decide
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.forwarding import reply_headers
 from sidecar.proxy.routes import DiscoveryRoute, RouteKind
-from sidecar.proxy.upstream import Answer, Upstream, UpstreamUnavailable, unless_caller_leaves
-from sidecar.settings import Policy
+from sidecar.proxy.upstream import SMALL_ANSWER, Answer, Upstream, UpstreamUnavailable, unless_caller_leaves
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.discovery")
 
 _LIST_PATH = b"/v1/models"
 _PROBE_PATH = b"/cursor/v1/models"  # budget-checked on every LiteLLM from 1.83 to 1.110, spends nothing
-_ERROR_LIMIT = 64 * 1024
-# How long a passed-through refusal waits for its verdict (admin look-ups, cached); a slower verdict is
-# still counted and logged, the refusal goes on without the phantom mark.
-_VERDICT_WAIT = 2.0
-PHANTOM = (b"x-sidecar-budget-phantom", b"true")
+
+
+class UnknownShape(Exception):
+    """LiteLLM's answer has a shape the sidecar does not know: it cannot be cut."""
+
+
 _FAIL_REASONS = {
     ScopeUnknown: "scope_unknown",
     LookupFailed: "lookup_failed",
     LookupShed: "lookup_shed",
     shapes.BadQuery: "bad_query",
+    UnknownShape: "unknown_shape",
 }
 # The field that names the model in each entry of LiteLLM's own answer, per route it is filtered on.
 _NAMED_BY = {RouteKind.MODEL_INFO: "model_name", RouteKind.MODEL_GROUP_INFO: "model_group"}
@@ -89,6 +90,7 @@ class Discovery:
         self,
         upstream: Upstream,
         admin: AdminLookups | None,
+        *,
         budget: BudgetBook,
         policy: Policy,
         retrieve_from_list: bool,
@@ -105,7 +107,6 @@ class Discovery:
         self._budget = budget
         self._policy = policy
         self._retrieve_from_list = retrieve_from_list
-        self._judging: set[asyncio.Future[Verdict | None]] = set()  # verdicts outliving their refusal
 
     async def handle(self, route: DiscoveryRoute, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one discovery request. A caller that leaves before its answer is ready stops the work
@@ -123,172 +124,148 @@ class Discovery:
         body = b"" if scope["method"] == "HEAD" else answer.body
         await send({"type": "http.response.body", "body": body})
 
-    async def notice(self, scope: Scope, status: int, body: bytes) -> RawHeaders:
-        """A small error answer LiteLLM sent on a passed-through call: a budget refusal is evidence, and
-        judged; returns the phantom mark for a phantom one."""
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return []
-        if not is_budget_error(status, parsed):
-            return []
-        route = scope["raw_path"].decode("latin-1")
-        judging = asyncio.ensure_future(self._budget.refused(principal_of(scope), status, parsed, route))
-        self._judging.add(judging)
-        judging.add_done_callback(self._judging.discard)
-        try:
-            verdict = await asyncio.wait_for(asyncio.shield(judging), _VERDICT_WAIT)
-        except TimeoutError:
-            return []
-        return [PHANTOM] if _phantom(verdict) else []
-
     async def _answer(self, route: DiscoveryRoute, scope: Scope) -> Answer:
+        """Gather what the policy decides on, ask it, carry its outcome out."""
         from_list = route.kind is RouteKind.MODEL and self._retrieve_from_list
         path, query = (_LIST_PATH, b"") if from_list else (scope["raw_path"], scope["query_string"])
         who = principal_of(scope)
-        if self._policy == "blocked" or who is None:
-            asked = await self._upstream.fetch(scope, path, query)
-            refusal = _refusal(asked)
-            if refusal is not None:
-                verdict = await self._budget.refused(who, asked.status, refusal, route.kind.value)
-                spent = budget_scope(refusal)
-                return await self._rescue(route, scope, who, asked, spent, phantom=_phantom(verdict))
-            return _listed(asked, route, from_list)
-        state = self._budget.cached(who)
+        # The caller's budget state: never asked under ``blocked``, nor for a request without a credential.
+        asking = who if self._policy.asks_budget else None
+        state = self._budget.cached(asking) if asking is not None else None
         pending = None
-        if state is None and route.kind is not RouteKind.CURSOR_MODELS and self._budget.admitted(who):
+        alongside = route.kind is not RouteKind.CURSOR_MODELS and state is None
+        if asking is not None and alongside and self._budget.admitted(asking):
             # A credential LiteLLM admitted lately: its probe goes alongside its request.
-            pending = asyncio.ensure_future(self._budget.state(who, self._probe(scope)))
+            pending = asyncio.ensure_future(self._budget.state(asking, self._probe(scope)))
         try:
             asked = await self._upstream.fetch(scope, path, query)
         except BaseException:  # LiteLLM unreachable, or the caller left
             if pending is not None:
                 pending.cancel()
             raise
-        refusal = _refusal(asked)
+        reading = _reading(asked)
         verdict = None
-        if refusal is not None:
-            verdict = await self._budget.refused(who, asked.status, refusal, route.kind.value)
-        if state is None:
-            if pending is not None:
-                state = await pending
-            elif route.kind is RouteKind.CURSOR_MODELS:  # the caller's own answer is the probe
-                state = await self._budget.state(who, _as_probe(asked))
-            elif refuses_credential(*_probe_reading(asked)):
-                state = self._budget.not_admitted(who)  # a credential LiteLLM refuses: nothing to learn
-            else:  # first seen, and admitted: the probe after LiteLLM's answer, never for a stranger
-                state = await self._budget.state(who, self._probe(scope))
-        if refusal is not None:
-            spent = budget_scope(refusal, unnamed=UNNAMED)
-            if spent == UNNAMED:  # LiteLLM <= 1.88 for a key's and a team member's budget
-                named = verdict.scope if verdict is not None else "unknown"
-                spent = named if named != "unknown" else state.scope if state.over else "key"
-            return await self._rescue(route, scope, who, asked, spent, phantom=_phantom(verdict))
-        if not state.known and state.admitted:
-            self._metrics.budget_unknown.inc()
-            event(log, logging.WARNING, "budget_unknown", reason=state.reason, **_caller(scope, route))
-        if not state.over or asked.status != 200:
-            return _listed(asked, route, from_list)
-        return await self._over_budget(route, scope, who, asked, state, from_list)
+        if reading.refusal is not None:
+            verdict = await self._budget.refused(who, reading.refusal, route.kind.value)
+        if asking is not None and state is None:
+            state = await self._state(asking, scope, route, reading, pending)
+        outcome = decide(
+            self._policy,
+            cuttable=route.kind is not RouteKind.MODEL_INFO_V2,
+            status=asked.status,
+            refusal=reading.refusal,
+            verdict=verdict,
+            state=state,
+        )
+        outcome, answer = await self._carried_out(outcome, route, scope, who, asked, from_list)
+        self._report(outcome, route, scope, state, answer.status)
+        return answer
+
+    async def _state(
+        self,
+        who: Principal,
+        scope: Scope,
+        route: DiscoveryRoute,
+        reading: Reading,
+        pending: asyncio.Future[BudgetState] | None,
+    ) -> BudgetState:
+        if pending is not None:
+            return await pending
+        if route.kind is RouteKind.CURSOR_MODELS:  # the caller's own answer is the probe
+            return await self._budget.state(who, _as_probe(reading))
+        if reading.refuses_credential:  # a credential LiteLLM refuses: nothing to learn
+            return self._budget.not_admitted(who)
+        # First seen, and admitted: the probe after LiteLLM's answer, never for a stranger.
+        return await self._budget.state(who, self._probe(scope))
 
     def _probe(self, scope: Scope) -> Probe:
-        async def probe() -> tuple[int, Any]:
+        async def probe() -> Reading:
             try:
                 answer = await self._upstream.fetch(scope, _PROBE_PATH, b"")
             except UpstreamUnavailable as exc:
                 raise SourceFailed(f"{_PROBE_PATH.decode()}: {exc.kind}") from None
-            return _probe_reading(answer)
+            return _reading(answer)
 
         return probe
 
-    async def _over_budget(
+    async def _carried_out(
         self,
+        outcome: Outcome,
         route: DiscoveryRoute,
         scope: Scope,
-        who: Principal,
+        who: Principal | None,
         asked: Answer,
-        state: BudgetState,
         from_list: bool,
-    ) -> Answer:
-        """LiteLLM answered a caller over budget: marked (``all``) or cut to the free models."""
-        spent = state.scope
-        marks = _marks(self._policy, spent, state.phantom)
-        fields = {**_caller(scope, route), "policy": self._policy, "scope": spent, "sources": _sources(state)}
-        if state.verdict is not None:
-            fields["verdict"] = state.verdict.verdict
-        if self._policy == "all":
-            self._metrics.budget_marked.labels(self._policy, spent, "marked").inc()
-            event(log, logging.INFO, "over_budget", action="marked", **fields)
-            listed = _listed(asked, route, from_list)
-            return Answer(listed.status, [*listed.headers, *marks], listed.body)
-        if route.kind is RouteKind.MODEL_INFO_V2:
-            return await self._rescue(route, scope, who, asked, spent, "filtered", state.phantom)
+    ) -> tuple[Outcome, Answer]:
+        """The answer for ``outcome``; when it cannot be carried out, LiteLLM's (``Outcome.failed``)."""
         try:
-            catalog = await self._lookups().catalog()
-        except LookupFailed as exc:
-            self._metrics.fail_closed.labels("lookup_failed").inc()
-            event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
-            return _listed(asked, route, from_list)
+            if outcome.rendered:
+                status, payload = await self._rendering(route, scope, who)
+                return outcome, _json_answer(status, payload, reply_headers(asked.headers, outcome.marks))
+            if outcome.action is Action.FILTER:
+                return outcome, await self._cut(route, asked, from_list, outcome.marks)
+        except (ScopeUnknown, LookupFailed, shapes.BadQuery, UnknownShape) as exc:
+            outcome = outcome.failed(str(exc), _FAIL_REASONS[type(exc)])
+        return outcome, _marked(_listed(asked, route, from_list), outcome.marks)
+
+    async def _cut(self, route: DiscoveryRoute, asked: Answer, from_list: bool, marks: Marks) -> Answer:
+        """LiteLLM's own answer with only the free models left, in its exact shape."""
+        catalog = await self._lookups().catalog()
         body = asked.json()
         if not _has_shape(route, body, from_list):
-            event(
-                log, logging.WARNING, "fail_closed", reason="LiteLLM's answer has an unknown shape", **fields
-            )
-            return _listed(asked, route, from_list)
+            raise UnknownShape("LiteLLM's answer has an unknown shape")
         status, payload = _filtered(route, body, catalog.is_free, from_list)
-        self._metrics.budget_marked.labels(self._policy, spent, "filtered").inc()
-        event(log, logging.INFO, "over_budget", action="filtered", **fields)
         return _json_answer(status, payload, reply_headers(asked.headers, marks))
+
+    def _report(
+        self, outcome: Outcome, route: DiscoveryRoute, scope: Scope, state: BudgetState | None, status: int
+    ) -> None:
+        """The one metric and the one log line of an outcome (none for a plain pass)."""
+        action, policy, level = outcome.action, outcome.policy, outcome.level or "unknown"
+        if action is Action.PASS:
+            if outcome.unknown:
+                self._metrics.budget_unknown.inc()
+                event(log, logging.WARNING, "budget_unknown", reason=outcome.unknown, **_caller(scope, route))
+            return
+        fields: dict[str, Any] = {**_caller(scope, route), "policy": policy, "scope": level}
+        if state is not None and state.over:
+            fields["sources"] = _sources(state)
+        if outcome.verdict is not None:
+            fields["verdict"] = outcome.verdict.verdict
+        if action is Action.FAIL:
+            self._metrics.fail_closed.labels(outcome.cause).inc()
+            event(log, logging.WARNING, "fail_closed", reason=outcome.reason, **fields)
+        elif action is Action.BLOCK:
+            self._metrics.blocked.inc()
+            event(log, logging.INFO, "rescue_blocked", **fields)
+        elif action is Action.RESCUE:
+            self._metrics.rescues.labels(policy, level).inc()
+            event(log, logging.INFO, "rescue", status=status, **fields)
+        else:
+            done = "marked" if action is Action.MARK else "filtered"
+            self._metrics.budget_marked.labels(policy, level, done).inc()
+            if outcome.rendered:
+                fields["status"] = status
+            event(log, logging.INFO, "over_budget", action=done, **fields)
 
     def _lookups(self) -> AdminLookups:
         if self._admin is None:
             raise LookupFailed(NO_ADMIN)
         return self._admin
 
-    async def _rescue(
-        self,
-        route: DiscoveryRoute,
-        scope: Scope,
-        who: Principal | None,
-        refused: Answer,
-        spent: str,
-        action: str = "rescue",
-        phantom: bool = False,
-    ) -> Answer:
-        """An answer rendered from the admin's view, or ``refused`` as it is when that cannot be done
-        (with the phantom mark, if it is one)."""
-        fields: dict[str, Any] = {**_caller(scope, route), "policy": self._policy, "scope": spent}
-        unchanged = refused
-        if phantom:
-            fields["verdict"] = "phantom"
-            unchanged = Answer(refused.status, [*refused.headers, PHANTOM], refused.body)
-        if self._policy == "blocked":
-            self._metrics.blocked.inc()
-            event(log, logging.INFO, "rescue_blocked", **fields)
-            return unchanged
-        try:
-            self._lookups()
-            if who is None:
-                raise ScopeUnknown("the request carries no credential")
-            if not who.virtual_key:
-                raise ScopeUnknown(NOT_A_VIRTUAL_KEY)
-            token = who.token
-            anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
-            request = (token, route.kind, route.model_id, scope["query_string"], anthropic)
-            status, payload = await self.rendered.get(
-                request, lambda: self._rendered(route, scope, token, anthropic)
-            )
-        except (ScopeUnknown, LookupFailed, shapes.BadQuery) as exc:
-            self._metrics.fail_closed.labels(_FAIL_REASONS[type(exc)]).inc()
-            event(log, logging.WARNING, "fail_closed", reason=str(exc), **fields)
-            return unchanged
-        if action == "rescue":
-            self._metrics.rescues.labels(self._policy, spent).inc()
-        else:
-            self._metrics.budget_marked.labels(self._policy, spent, action).inc()
-        event(log, logging.INFO, action if action == "rescue" else "over_budget", status=status, **fields)
-        marks = _marks(self._policy, spent, phantom)
-        return _json_answer(status, payload, reply_headers(refused.headers, marks))
+    async def _rendering(
+        self, route: DiscoveryRoute, scope: Scope, who: Principal | None
+    ) -> tuple[int, bytes]:
+        """The answer rendered from the admin's view for this caller (cached per key and request)."""
+        self._lookups()
+        if who is None:
+            raise ScopeUnknown("the request carries no credential")
+        if not who.virtual_key:
+            raise ScopeUnknown(NOT_A_VIRTUAL_KEY)
+        token = who.token
+        anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
+        request = (token, route.kind, route.model_id, scope["query_string"], anthropic)
+        return await self.rendered.get(request, lambda: self._rendered(route, scope, token, anthropic))
 
     async def _rendered(
         self, route: DiscoveryRoute, scope: Scope, token: str, anthropic: bool
@@ -299,9 +276,7 @@ class Discovery:
     async def _visible(self, token: str) -> Callable[[str], bool]:
         assert self._admin is not None
         catalog, access = await self._admin.access(token)
-        if self._policy == "free_only":
-            return lambda name: catalog.is_free(name) and access.allows(name)
-        return access.allows
+        return self._policy.visible(catalog.is_free, access.allows)
 
     async def _render(
         self, route: DiscoveryRoute, scope: Scope, anthropic: bool, visible: Callable[[str], bool]
@@ -323,22 +298,15 @@ class Discovery:
         return 200, shapes.model_group_info(await self._admin.view(View.MODEL_GROUP_INFO), visible, query)
 
 
-def _refusal(answer: Answer) -> Any:
-    """The parsed body of ``answer`` when it is LiteLLM's budget error, else ``None``."""
-    if answer.status not in BUDGET_STATUSES:
-        return None
-    body = answer.json(limit=_ERROR_LIMIT)
-    return body if is_budget_error(answer.status, body) else None
+def _reading(answer: Answer) -> Reading:
+    """LiteLLM's answer read once: the body of a (small) 4xx parsed, a refusal told apart."""
+    body = answer.json(limit=SMALL_ANSWER) if 400 <= answer.status < 500 else None
+    return Reading.of(answer.status, body)
 
 
-def _probe_reading(answer: Answer) -> tuple[int, Any]:
-    """What the budget probe reads of an answer: its status, and the body of a (small) 4xx."""
-    return answer.status, answer.json(limit=_ERROR_LIMIT) if 400 <= answer.status < 500 else None
-
-
-def _as_probe(answer: Answer) -> Probe:
-    async def probe() -> tuple[int, Any]:
-        return _probe_reading(answer)
+def _as_probe(reading: Reading) -> Probe:
+    async def probe() -> Reading:
+        return reading
 
     return probe
 
@@ -374,17 +342,8 @@ def _listed(asked: Answer, route: DiscoveryRoute, from_list: bool) -> Answer:
     return asked
 
 
-def _marks(policy: str, spent: str, phantom: bool = False) -> RawHeaders:
-    marks = [
-        (b"x-sidecar-budget-exceeded", b"true"),
-        (b"x-sidecar-policy", policy.encode()),
-        (b"x-sidecar-budget-scope", spent.encode()),
-    ]
-    return [*marks, PHANTOM] if phantom else marks
-
-
-def _phantom(verdict: Verdict | None) -> bool:
-    return verdict is not None and verdict.verdict == "phantom"
+def _marked(answer: Answer, marks: Marks) -> Answer:
+    return Answer(answer.status, [*answer.headers, *marks], answer.body) if marks else answer
 
 
 def _sources(state: BudgetState) -> str:

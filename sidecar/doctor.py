@@ -44,10 +44,10 @@ from typing import Any
 import httpx
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
-from sidecar.litellm.budget import PROBE_ROUTE, past_budget_checks
-from sidecar.litellm.budget_errors import error_of, is_budget_error
+from sidecar.litellm.budget import PROBE_ROUTE
+from sidecar.litellm.budget_errors import Reading, error_of
 from sidecar.litellm.credentials import key_hash, key_label
-from sidecar.litellm.levels import Level, Verdict, chain, judge, refusal_shown
+from sidecar.litellm.levels import Level, Verdict, chain, judge
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, load_settings
 
@@ -223,10 +223,11 @@ async def _diagnose(
     version = await _version(caller)
     probe = await _ask(caller, PROBE_ROUTE, headers, url)
     body = _json(probe)
-    refused = is_budget_error(probe.status_code, body)
+    reading = Reading.of(probe.status_code, body)
+    refusal = reading.refusal
     if probe.status_code >= 500:
         raise CannotDiagnose(f"LiteLLM failed: {PROBE_ROUTE} answered {_said(probe, body)}")
-    if not (refused or probe.status_code == 200 or past_budget_checks(probe.status_code, body)):
+    if not (refusal is not None or reading.passed):
         raise CannotDiagnose(f"LiteLLM does not accept this key: {PROBE_ROUTE} answered {_said(probe, body)}")
     token = key_hash(key)
     try:
@@ -242,8 +243,8 @@ async def _diagnose(
     accessible = [name for name in catalog.names if access.allows(name)]
     free = [name for name in accessible if catalog.is_free(name)]
 
-    if refused:
-        judged = judge(body, levels)
+    if refusal is not None:
+        judged = judge(refusal, levels)
         verdict, reason, blocking = judged.verdict, _reason(judged), judged.level
     else:
         spent = [level for level in levels if level.spent]
@@ -259,14 +260,14 @@ async def _diagnose(
     diagnosis = Diagnosis(
         litellm={"url": url, "version": version},
         key={"label": key_label(key), "token": token, "end_user": end_user},
-        refused={"status": probe.status_code, **refusal_shown(body)} if refused else None,
+        refused={"status": probe.status_code, **refusal.shown()} if refusal is not None else None,
         levels=[level.shown(level == blocking) for level in levels],
         verdict=verdict,
         reason=reason,
         models={"accessible": accessible, "free": free},
         policies={
             "all": accessible,
-            "free_only": free if refused else accessible,
+            "free_only": free if refusal is not None else accessible,
             "blocked": _litellms_answer(listed),
         },
     )

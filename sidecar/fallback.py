@@ -15,13 +15,14 @@ The body is parsed only after a budget refusal. A ``POST`` to one of those route
 ``BODY_LIMIT`` bytes is read whole and sent as those bytes, unparsed, whatever model it names (with a
 specific mapping, a request for an unmapped model is held like the others: it no longer streams through).
 Its answer is held back only if its status is one a budget refusal has, and then only up to
-``_REFUSAL_LIMIT``. Only a budget refusal, for a caller with a virtual key, gets the body parsed: once,
-with ``json.loads``, for its ``model``, the mapping and the retry's body. A body LiteLLM serves thus costs no
-parse however it is built; a crafted 1 MiB body (many small keys) costs some 20-30 ms of the event loop's
-CPU to parse and as much again to write as the retry, paid only by a caller LiteLLM has just refused for
-budget. A request whose model is not mapped, or whose body is not a JSON object with a string ``model``,
-gets LiteLLM's answer unchanged: no retry, no metric, no log line. A larger body, and every other request,
-passes through as a stream, untouched.
+``upstream.SMALL_ANSWER`` bytes (``upstream.Hold``, as every passed-through refusal is: read once, recorded
+and judged by ``refusals.py``). Only a budget refusal, for a caller with a virtual key, gets the body
+parsed: once, with ``json.loads``, for its ``model``, the mapping and the retry's body. A body LiteLLM
+serves thus costs no parse however it is built; a crafted 1 MiB body (many small keys) costs some 20-30 ms
+of the event loop's CPU to parse and as much again to write as the retry, paid only by a caller LiteLLM
+has just refused for budget. A request whose model is not mapped, or whose body is not a JSON object with
+a string ``model``, gets LiteLLM's answer unchanged: no retry, no metric, no log line. A larger body, and
+every other request, passes through as a stream, untouched.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from typing import Any, NamedTuple
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import Principal, principal_of
-from sidecar.litellm.budget_errors import BUDGET_STATUSES, error_of, is_budget_error
+from sidecar.litellm.budget_errors import BUDGET_STATUSES, Refusal, error_of
 from sidecar.logs import event
 from sidecar.metrics import Metrics
-from sidecar.proxy.upstream import Upstream
+from sidecar.proxy.upstream import SMALL_ANSWER, Answer, Hold, Upstream
+from sidecar.refusals import Refusals
 from sidecar.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.fallback")
@@ -53,7 +55,6 @@ ROUTES = frozenset(
     }
 )
 BODY_LIMIT = 1024 * 1024  # bytes: a larger request is passed through without a fallback
-_REFUSAL_LIMIT = 64 * 1024  # bytes of a refusal kept to judge it (LiteLLM's are a few hundred)
 _SHOWN_LIMIT = 128  # characters of a caller's model name shown in a header or a log line
 FROM_HEADER = b"x-sidecar-fallback-from"
 MODEL_HEADER = b"x-sidecar-fallback-model"
@@ -61,10 +62,17 @@ MODEL_HEADER = b"x-sidecar-fallback-model"
 
 class Fallback:
     def __init__(
-        self, upstream: Upstream, admin: AdminLookups | None, metrics: Metrics, mapping: Mapping[str, str]
+        self,
+        upstream: Upstream,
+        admin: AdminLookups | None,
+        *,
+        refusals: Refusals,
+        metrics: Metrics,
+        mapping: Mapping[str, str],
     ) -> None:
         self._upstream = upstream
         self._admin = admin
+        self._refusals = refusals
         self._metrics = metrics
         self._mapping = dict(mapping)
 
@@ -84,36 +92,37 @@ class Fallback:
         """Send the request as the bytes it came in, and look inside them only if LiteLLM refuses it for
         budget: a body LiteLLM serves, however it is built, costs no parse on the event loop."""
         read, body = await _read_up_to(receive, BODY_LIMIT)
+        hold = self._refusals.hold
         if body is None:  # larger than BODY_LIMIT, or the caller left while sending it
-            await self._upstream.pass_through(scope, _replay(read, receive), send)
+            await self._upstream.pass_through(scope, _replay(read, receive), send, hold)
             return
         del read  # the body is held once, as one piece, while the first answer lasts
-        first = _Held(send)
-        await self._upstream.pass_through(scope, _replay_bytes(body, receive), first.send)
-        if not first.held:
+        first = _Held(send, self._refusals)
+        await self._upstream.pass_through(scope, _replay_bytes(body, receive), send, first.hold)
+        if first.refusal is None:
             return  # LiteLLM answered with no budget refusal: it went to the caller as it came
-        plan = await self._plan(scope, first, body)
+        plan = await self._plan(scope, body)
         del body
         if plan is None:
             await first.release()
             return
-        retry = _Retry(send, self._shown(plan.model), plan.target)
+        retry = _Retry(send, self._shown(plan.model), plan.target, self._refusals)
         try:
             await self._upstream.pass_through(
-                _with_length(scope, len(plan.body)), _replay_bytes(plan.body, receive), retry.send
+                _with_length(scope, len(plan.body)), _replay_bytes(plan.body, receive), retry.send, retry.hold
             )
         finally:
             self._count(scope, plan.model, plan.target, retry)
         if not retry.passed:
             await first.release()  # the retry was refused too: the caller gets the original refusal
 
-    async def _plan(self, scope: Scope, first: _Held, body: bytes) -> _Plan | None:
-        """The retry for a first answer that is a budget refusal, if the request may fall back.
+    async def _plan(self, scope: Scope, body: bytes) -> _Plan | None:
+        """The retry for a request LiteLLM refused for budget, if it may fall back.
 
         What needs no parse is checked first; the body is parsed only then, once, for its model and for
         the retry's body."""
         admin = self._admin
-        if not is_budget_error(first.status, first.json()) or admin is None:
+        if admin is None:
             return None
         who = principal_of(scope)
         if who is None or not who.virtual_key:
@@ -135,7 +144,6 @@ class Fallback:
         outcome = "abandoned" if retry.status is None else "served" if retry.passed else "refused"
         self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
         refused = outcome == "refused"
-        refusal = retry.json() if refused else None  # parsed once, for both fields below
         event(
             log,
             logging.INFO,
@@ -147,8 +155,8 @@ class Fallback:
             # Why a refused fallback failed: LiteLLM refused the free model for budget too, or its answer
             # was another error (e.g. the target's provider does not serve this route).
             retry_status=retry.status,
-            retry_budget_refusal=is_budget_error(retry.status or 0, refusal) if refused else None,
-            retry_error=_error_type(refusal),
+            retry_budget_refusal=retry.refusal is not None if refused else None,
+            retry_error=_error_type(retry.json()) if refused else None,
         )
 
     def _shown(self, model: str) -> str:
@@ -190,52 +198,52 @@ class _Plan(NamedTuple):
 
 
 class _Held:
-    """The first answer: passed on as it comes, unless it is a small budget-status answer, which is held
-    back (whole) until it is known whether a fallback replaces it."""
+    """The first answer: passed on as it comes, unless it is a budget refusal (``refusals.py`` judged and
+    marked it), which is kept back until it is known whether a fallback replaces it."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, refusals: Refusals) -> None:
         self._send = send
-        self.held = False
-        self.status = 0
-        self._start: Message | None = None
-        self._body = bytearray()
+        self._refusals = refusals
+        self.refusal: Refusal | None = None
+        self._answer: Answer | None = None
+        self.hold = Hold(BUDGET_STATUSES, self._keep)
 
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] in BUDGET_STATUSES:
-            self.held, self.status, self._start = True, message["status"], message
-            return
-        if self.held and message["type"] == "http.response.body":
-            self._body += message.get("body", b"")
-            if len(self._body) > _REFUSAL_LIMIT:  # no refusal of LiteLLM's: let it go as it came
-                await self.release(more=message.get("more_body", False))
-            return
-        await self._send(message)
+    async def _keep(self, scope: Scope, answer: Answer) -> Answer | None:
+        self.refusal, marked = await self._refusals.judged(scope, answer)
+        if self.refusal is None:
+            return marked
+        self._answer = marked
+        return None
 
-    def json(self) -> Any:
-        return _parsed(self._body)
-
-    async def release(self, more: bool = False) -> None:
-        if self._start is None:
+    async def release(self) -> None:
+        answer, self._answer = self._answer, None
+        if answer is None:
             return
-        start, self._start, self.held = self._start, None, False
-        await self._send(start)
-        await self._send({"type": "http.response.body", "body": bytes(self._body), "more_body": more})
+        await self._send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        await self._send({"type": "http.response.body", "body": answer.body})
 
 
 class _Retry:
     """The retry's answer: to the caller, marked, if LiteLLM served it; swallowed (its start kept, to be
     judged) if it refused it."""
 
-    def __init__(self, send: Send, model: str, target: str) -> None:
+    def __init__(self, send: Send, model: str, target: str, refusals: Refusals) -> None:
         self._send = send
         self._marks = [(FROM_HEADER, model.encode()), (MODEL_HEADER, target.encode())]
+        self._refusals = refusals
         self.status: int | None = None
-        self._refusal = bytearray()
+        self.refusal: Refusal | None = None
+        self._refused = bytearray()
+        self.hold = Hold(BUDGET_STATUSES, self._judged)
 
     @property
     def passed(self) -> bool:
         """LiteLLM served the retry (no answer yet, or an error answer: it did not)."""
         return self.status is not None and self.status < 400
+
+    async def _judged(self, scope: Scope, answer: Answer) -> Answer:
+        self.refusal, marked = await self._refusals.judged(scope, answer)
+        return marked
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -244,11 +252,11 @@ class _Retry:
                 message = {**message, "headers": [*message["headers"], *self._marks]}
         if self.passed:
             await self._send(message)
-        elif message["type"] == "http.response.body" and len(self._refusal) <= _REFUSAL_LIMIT:
-            self._refusal += message.get("body", b"")
+        elif message["type"] == "http.response.body" and len(self._refused) <= SMALL_ANSWER:
+            self._refused += message.get("body", b"")
 
     def json(self) -> Any:
-        return _parsed(self._refusal)
+        return _parsed(self._refused)
 
 
 def _error_type(body: Any) -> str | None:

@@ -12,8 +12,10 @@ import httpx
 import pytest
 
 from sidecar.litellm.admin import AdminLookups, admin_http_client
-from sidecar.litellm.budget import BudgetBook, Principal, SourceFailed, Spent, spent_levels
+from sidecar.litellm.budget import BudgetBook, Principal, SourceFailed
+from sidecar.litellm.budget_errors import Reading, Refusal
 from sidecar.litellm.credentials import key_hash
+from sidecar.litellm.levels import Spent, chain, spent
 from sidecar.metrics import Metrics
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM
@@ -43,12 +45,23 @@ def book(fake: FakeLiteLLM, admin: bool = True) -> tuple[BudgetBook, httpx.Async
 def probe_of(fake: FakeLiteLLM, name: str) -> Any:
     """LiteLLM's own answer to the probe route, asked with the caller's headers (as discovery does)."""
 
-    async def probe() -> tuple[int, Any]:
+    async def probe() -> Reading:
         async with httpx.AsyncClient(base_url=fake.url) as caller:  # type: ignore[attr-defined]
             answer = await caller.get("/cursor/v1/models", headers=bearer(name))
-        return answer.status_code, answer.json()
+        return Reading.of(answer.status_code, answer.json())
 
     return probe
+
+
+async def recorded_spent(budgets: BudgetBook, principal: Principal) -> list[str]:
+    """The levels the principal's chain records as spent (the recorded source alone)."""
+    return [level.scope for level in await budgets.levels(principal) if level.spent]
+
+
+def refusal_of(status: int, body: Any) -> Refusal:
+    refusal = Refusal.of(status, body)
+    assert refusal is not None
+    return refusal
 
 
 # LiteLLM 1.88 keeps a key window's spend only in its counters; /key/info reports it from 1.106 on.
@@ -62,20 +75,20 @@ def test_each_source_alone_names_the_spent_level(fake: FakeLiteLLM, version: str
     fake.use_version(version)
     name = principal
 
-    async def main() -> tuple[tuple[Spent, ...], tuple[Spent, ...], Any]:
+    async def main() -> tuple[Refusal | None, list[str], Any]:
         budgets, client = book(fake)
         async with client:
-            enforced = await budgets.enforced(probe_of(fake, name))
-            recorded = await budgets.recorded(who(name))
+            enforced = (await probe_of(fake, name)()).refusal
+            recorded = await recorded_spent(budgets, who(name))
             state = await budgets.state(who(name), probe_of(fake, name))
         return enforced, recorded, state
 
     enforced, recorded, state = asyncio.run(main())
-    assert len(enforced) == 1  # LiteLLM refuses it on the probe route on every version
+    assert enforced is not None  # LiteLLM refuses it on the probe route on every version
     if (version, name) in NOT_RECORDED:
-        assert recorded == ()
+        assert recorded == []
     else:
-        assert [s.scope for s in recorded] == [SCOPE[name]]
+        assert recorded == [SCOPE[name]]
     assert state.over and state.scope == SCOPE[name]
 
 
@@ -87,19 +100,19 @@ def test_callers_within_budget_are_within_on_both_sources(fake: FakeLiteLLM, ver
     async def main() -> tuple[Any, Any, int]:
         budgets, client = book(fake)
         async with client:
-            enforced = await budgets.enforced(probe_of(fake, name))
-            recorded = await budgets.recorded(who(name)) if name != "MASTER" else ()
+            enforced = (await probe_of(fake, name)()).refusal
+            recorded = await recorded_spent(budgets, who(name)) if name != "MASTER" else []
             before = len(fake.admin_requests())
             await budgets.state(who(name), probe_of(fake, name))
             asked = [s.target for s in fake.admin_requests()[before:]]
         return enforced, recorded, [t for t in asked if not t.startswith("/cursor/")]
 
     enforced, recorded, lookups = asyncio.run(main())
-    assert recorded == ()
+    assert recorded == []
     if (version, name) in REFUSED_ANYWAY:
-        assert [s.scope for s in enforced] == [REFUSED_ANYWAY[version, name]]
+        assert enforced is not None and enforced.level == REFUSED_ANYWAY[version, name]
         return
-    assert enforced == ()
+    assert enforced is None
     assert lookups == []  # within budget on the probe: no admin look-up
 
 
@@ -133,8 +146,8 @@ def test_a_failing_probe_leaves_the_chain_to_decide_and_says_so(
 def test_no_source_at_all_is_unknown_with_the_reason(fake: FakeLiteLLM) -> None:
     fake.answer("GET", "/cursor/v1/models", 503, b"down")
 
-    async def probe() -> tuple[int, Any]:
-        return 503, None
+    async def probe() -> Reading:
+        return Reading.of(503, None)
 
     async def main() -> Any:
         budgets, client = book(fake, admin=False)
@@ -155,9 +168,10 @@ def test_an_unnamed_refusal_is_named_after_the_chain(fake: FakeLiteLLM) -> None:
         async with client:
             out = []
             for name in ("KEY_KEY_BROKE", "KEY_MEMBER_BROKE"):
-                status, body = await probe_of(fake, name)()
-                assert "Current cost" in body["error"]["message"] and "=" not in body["error"]["message"]
-                budgets.saw(who(name), status, body)  # a refusal seen names no level either
+                refusal = (await probe_of(fake, name)()).refusal
+                assert refusal is not None and refusal.message is not None
+                assert "Current cost" in refusal.message and "=" not in refusal.message
+                budgets.saw(who(name), refusal)  # a refusal seen names no level either
                 out.append((await budgets.state(who(name), probe_of(fake, name))).scope)
         return out
 
@@ -170,17 +184,17 @@ def test_a_refusal_seen_decides_at_once_and_is_forgotten_after_ttl() -> None:
     refusal = {
         "error": {"message": "Budget has been exceeded! Team=t1 Current cost: 2", "type": "budget_exceeded"}
     }
-    assert budgets.saw(who, 200, {"data": []}) is None
-    assert budgets.saw(who, 401, {"error": {"message": "bad key", "type": "auth_error"}}) is None
-    assert budgets.saw(who, 429, refusal) == Spent("team", "seen")
+    assert Refusal.of(200, {"data": []}) is None  # nothing for ``saw`` to record
+    assert Refusal.of(401, {"error": {"message": "bad key", "type": "auth_error"}}) is None
+    assert budgets.saw(who, refusal_of(429, refusal)) == Spent("team", "seen")
     state = budgets.cached(who)
     assert state is not None and state.over and state.scope == "team"
 
     async def later() -> Any:
         await asyncio.sleep(0.25)
 
-        async def probe() -> tuple[int, Any]:
-            return 200, None
+        async def probe() -> Reading:
+            return Reading.of(200, None)
 
         return await budgets.state(who, probe)
 
@@ -197,7 +211,7 @@ def test_a_refusal_is_evidence_about_the_principal_that_got_it_and_no_other() ->
         "error": {"message": f"ExceededBudget: End User={crafted} over budget.", "type": "budget_exceeded"}
     }
     attacker = Principal("a" * 64, True, crafted)
-    budgets.saw(attacker, 422, refusal)
+    budgets.saw(attacker, refusal_of(422, refusal))
     assert budgets.cached(Principal("b" * 64, True, "victim")) is None  # the victim: its own probe decides
     assert budgets.cached(Principal("b" * 64, True, crafted)) is None  # nor another key, same end user
     assert budgets.cached(Principal("a" * 64, True)) is None  # nor the same key without that end user
@@ -226,7 +240,7 @@ def _records(**levels: Any) -> dict[str, Any]:
     ],
 )
 def test_levels_compare_as_litellm_checks_them(records: dict[str, Any], expected: list[str]) -> None:
-    assert [s.scope for s in spent_levels(records)] == expected
+    assert [s.scope for s in spent(chain(records))] == expected
 
 
 def test_budget_windows_and_their_reset() -> None:
@@ -240,8 +254,11 @@ def test_budget_windows_and_their_reset() -> None:
             }
         }
 
-    spent = spent_levels({"key": key("2026-12-04T00:00:00+00:00", 0.02)})
-    assert spent == (Spent("key_window", "recorded", "2026-12-04T00:00:00+00:00"),)
+    def spent_levels(records: dict[str, Any]) -> tuple[Spent, ...]:
+        return spent(chain(records))
+
+    found = spent_levels({"key": key("2026-12-04T00:00:00+00:00", 0.02)})
+    assert found == (Spent("key_window", "recorded", "2026-12-04T00:00:00+00:00"),)
     assert spent_levels({"key": key("2026-12-04T00:00:00Z", 0.02, limits_as_json=True)})
     # past reset_at LiteLLM keeps enforcing the counter until its reset job runs: still spent
     assert spent_levels({"key": key("2026-12-03T11:59:00+00:00", 0.02)})
@@ -252,7 +269,7 @@ def test_sources_are_not_asked_for_what_they_cannot_answer() -> None:
     async def main() -> None:
         budgets = BudgetBook(None, ttl=30, metrics=Metrics())
         with pytest.raises(SourceFailed, match="no admin credential"):
-            await budgets.recorded(Principal("t" * 64, True))
+            await budgets.levels(Principal("t" * 64, True))
 
     asyncio.run(main())
 

@@ -16,6 +16,7 @@ import pytest
 
 from sidecar import fallback
 from sidecar.fallback import BODY_LIMIT
+from sidecar.litellm import budget_errors
 from sidecar.settings import SettingsError, load_settings
 from tests import official_clients as official
 from tests.conftest import SidecarFactory, bearer
@@ -433,14 +434,17 @@ def test_a_retry_litellm_does_not_answer_in_time_is_refused_with_the_original_an
 
 @pytest.fixture
 def parsed(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every text the fallback parses as JSON (a request's body or an answer's), as it parses it."""
+    """Every text the fallback parses as JSON (a request's body, or an answer's, which ``Refusal.read``
+    parses for it), as it parses it."""
     texts: list[bytes] = []
 
     def loads(text: bytes | bytearray) -> Any:
         texts.append(bytes(text))
         return json.loads(text)
 
-    monkeypatch.setattr(fallback, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+    watched = SimpleNamespace(loads=loads, dumps=json.dumps)
+    monkeypatch.setattr(fallback, "json", watched)
+    monkeypatch.setattr(budget_errors, "json", watched)
     return texts
 
 

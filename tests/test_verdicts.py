@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
+from sidecar.litellm.budget_errors import stated
 from sidecar.litellm.credentials import key_hash
-from sidecar.litellm.levels import Level, judge, stated
+from sidecar.litellm.levels import Level, judge
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, load_recordings
 from tests.seeded import BROKE, END_USER_BROKE, FREE_MODELS, SCOPE
-from tests.test_budget_state import events
+from tests.test_budget_state import events, refusal_of
 
 PAID_CHAT = {"model": "paid-model", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 PAID_STREAM = {**PAID_CHAT, "stream": True}
@@ -263,7 +264,7 @@ def test_an_end_users_phantom_is_named_by_its_id() -> None:
             "message": f"ExceededBudget: End User={END_USER_BROKE} over budget. Spend=0.02, Budget=0.01"
         }
     }
-    verdict = judge(body, levels)
+    verdict = judge(refusal_of(422, body), levels)
     assert (verdict.verdict, verdict.scope, verdict.enforced) == ("phantom", "end_user", 0.02)
     assert verdict.fields()["id"] == END_USER_BROKE
 
@@ -272,6 +273,7 @@ def test_a_refusal_naming_no_level_is_judged_against_the_key_and_the_membership(
     """LiteLLM <= 1.88: "Current cost: ..." for a key's and a team member's budget alike."""
     body = {"error": {"message": "Budget has been exceeded! Current cost: 0.02, Max budget: 0.5"}}
     key, member = Level("key", "", 0.1, 1.0), Level("team_member", "u:t", 0.1, 0.5)
-    assert judge(body, (key, member)).scope == "team_member"  # the budget it states is the member's
-    assert judge(body, (key, Level("team_member", "u:t", 0.5, 0.5))).verdict == "spent"
-    assert judge(body, ()).verdict == "unknown"
+    refusal = refusal_of(422, body)
+    assert judge(refusal, (key, member)).scope == "team_member"  # the budget it states is the member's
+    assert judge(refusal, (key, Level("team_member", "u:t", 0.5, 0.5))).verdict == "spent"
+    assert judge(refusal, ()).verdict == "unknown"

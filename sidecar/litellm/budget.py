@@ -49,26 +49,23 @@ disagreement has lasted ``phantom_after`` seconds; then it is ``phantom``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sidecar.cache import Recent, SingleFlightCache
 from sidecar.litellm.admin import SHED, AdminLookups, LookupFailed
-from sidecar.litellm.budget_errors import UNNAMED, budget_scope, is_budget_error
+from sidecar.litellm.budget_errors import UNNAMED, Reading, Refusal
 from sidecar.litellm.credentials import caller_key, end_user_of, key_hash, key_label
-from sidecar.litellm.levels import Level, Verdict, chain, judge, stated
+from sidecar.litellm.levels import NOT_ADMITTED, BudgetState, Level, Spent, Verdict, chain, judge, spent
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.types import Scope
 
 log = logging.getLogger("sidecar.litellm.budget")
-
-SCOPES = ("key", "key_window", "team", "team_member", "user", "end_user", "org", "unknown")
-# The order levels are named in when several are spent: the narrowest first.
-_ORDER = {scope: rank for rank, scope in enumerate(SCOPES)}
 
 
 class SourceFailed(Exception):
@@ -93,58 +90,37 @@ def principal_of(scope: Scope) -> Principal | None:
     return Principal(key_hash(key), key.startswith("sk-"), end_user_of(scope), key_label(key))
 
 
-@dataclass(frozen=True, slots=True)
-class Spent:
-    """One spent budget level, as one source reports it."""
-
-    scope: str
-    source: str  # "enforced", "recorded" or "seen"
-    reset_at: str | None = None
+WITHIN = BudgetState()
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetState:
-    """What the sidecar knows of one principal's budget."""
+class Seen:
+    """The last budget refusal LiteLLM sent one principal (within ``ttl``), with its verdict."""
 
-    spent: tuple[Spent, ...] = ()
-    known: bool = True  # False: no source could answer (``reason`` says why)
-    reason: str = ""
-    verdict: Verdict | None = None  # LiteLLM's refusal judged against the records, when it refused
+    level: str  # as the refusal names it: UNNAMED when it names none
+    verdict: Verdict | None = None
 
     @property
-    def phantom(self) -> bool:
-        return self.verdict is not None and self.verdict.verdict == "phantom"
+    def named(self) -> bool:
+        return self.level != UNNAMED
 
-    @property
-    def admitted(self) -> bool:
-        """False when LiteLLM refused the credential itself: not a budget question, nothing to warn of."""
-        return self.reason != NOT_ADMITTED
-
-    @property
-    def over(self) -> bool:
-        return bool(self.spent)
-
-    @property
-    def scope(self) -> str:
-        """The level to name: the one a refusal named, else the narrowest recorded one."""
-        named = [s for s in self.spent if s.source != "recorded"]
-        chosen = named or list(self.spent)
-        return min((s.scope for s in chosen), key=lambda s: _ORDER.get(s, len(SCOPES)), default="unknown")
+    def over(self, state: BudgetState = WITHIN) -> BudgetState:
+        """``state`` with this refusal, seen since it was established (its verdict the newer one)."""
+        verdict = self.verdict or state.verdict
+        return BudgetState((Spent(state.named(self.level, verdict), "seen"), *state.spent), verdict=verdict)
 
 
 PROBE_ROUTE = "/cursor/v1/models"
 NO_ADMIN = "no admin credential configured"
 NOT_A_VIRTUAL_KEY = "the credential is not a LiteLLM virtual key (JWT or other auth)"
-NOT_ADMITTED = "LiteLLM does not admit the credential"
 _NOT_ADMITTED = BudgetState(known=False, reason=NOT_ADMITTED)
 _ADMITTED_FOR = 3600.0  # seconds a credential LiteLLM admitted is probed alongside, not after, its request
 # How the sidecar is set up, or a bound it keeps (counted on its own): not a failure of the source.
 _EXPECTED = frozenset({NO_ADMIN, NOT_A_VIRTUAL_KEY, SHED})
 _LOG_EVERY = 60.0
 _FORGET = 300.0  # a disagreement not seen again for this long starts over
-Probe = Callable[[], Awaitable[tuple[int, Any]]]
+Probe = Callable[[], Awaitable[Reading]]
 T = TypeVar("T")
-Seen = tuple[tuple[Spent, Verdict | None], ...]  # refusals seen within ``ttl``, with their verdicts
 
 
 class BudgetBook:
@@ -153,6 +129,7 @@ class BudgetBook:
     def __init__(
         self,
         admin: AdminLookups | None,
+        *,
         ttl: float,
         metrics: Metrics,
         phantom_after: float = 30.0,
@@ -163,31 +140,34 @@ class BudgetBook:
         self.ttl = ttl
         self.phantom_after = phantom_after
         self.states: SingleFlightCache[Principal, BudgetState] = SingleFlightCache(ttl, max_entries)
-        # Refusals seen, per principal: evidence about that caller alone.
-        self._seen: Recent[Principal, tuple[Spent, Verdict | None]] = Recent(max_entries)
+        # The last refusal seen, per principal: evidence about that caller alone.
+        self._seen: Recent[Principal, Seen] = Recent(max_entries)
         # Credentials LiteLLM admitted lately (their tokens): probed alongside their requests.
         self._admitted: Recent[str, bool] = Recent(max_entries * 10)
         # Since when a principal's refusal at a level is not borne out by the records: (first, last seen).
         self._disagreeing: Recent[tuple[str, str | None, str], tuple[float, float]] = Recent(max_entries)
         self._logged: dict[tuple[str, str], float] = {}  # (source, reason): bounded by the reasons
+        self._judging: set[asyncio.Future[Verdict]] = set()  # verdicts outliving their refusal
 
     def cached(self, who: Principal) -> BudgetState | None:
         """The state if it is known without a round trip (a refusal seen, or a fresh cache entry)."""
-        seen = self._seen_by(who)
-        if seen and not _unnamed(seen):
-            return _seen_state(seen)
+        seen = self._seen.get(who)
+        if seen is not None and seen.named:
+            return seen.over()
         known = self.states.peek(who)
-        return None if known is None else _with_seen(known, seen)
+        if known is None or seen is None:
+            return known
+        return seen.over(known)
 
     async def state(self, who: Principal, probe: Probe) -> BudgetState:
         """The principal's state; ``probe`` asks LiteLLM's enforced state with the caller's headers.
 
         A refusal seen within ``ttl`` answers at once, unless it names no level: then the chain does."""
-        seen = self._seen_by(who)
-        if seen and not _unnamed(seen):
-            return _seen_state(seen)
+        seen = self._seen.get(who)
+        if seen is not None and seen.named:
+            return seen.over()
         known = await self.states.get(who, lambda: self._establish(who, probe))
-        return _with_seen(known, seen)
+        return known if seen is None else seen.over(known)
 
     def admitted(self, who: Principal) -> bool:
         """Whether LiteLLM admitted this credential lately (a probe or a request of its answered past
@@ -203,28 +183,19 @@ class BudgetBook:
         self._admitted.pop(who.token)
         return _NOT_ADMITTED
 
-    def saw(
-        self, who: Principal | None, status: int, body: Any, verdict: Verdict | None = None
-    ) -> Spent | None:
-        """Record a budget refusal LiteLLM sent ``who``; returns the level it names, if it was one."""
-        if not is_budget_error(status, body):
-            return None
-        spent = Spent(budget_scope(body, unnamed=UNNAMED), "seen")
+    def saw(self, who: Principal | None, refusal: Refusal, verdict: Verdict | None = None) -> Spent:
+        """Record a budget refusal LiteLLM sent ``who``; returns the level it names."""
         if who is not None:
             if self.ttl > 0:
-                self._seen.put(who, (spent, verdict), time.monotonic() + self.ttl)
+                self._seen.put(who, Seen(refusal.level, verdict), time.monotonic() + self.ttl)
             self.admit(who)
             self.states.forget(who)
-        return spent
+        return Spent(refusal.level, "seen")
 
-    async def refused(self, who: Principal | None, status: int, body: Any, route: str) -> Verdict | None:
-        """A budget refusal LiteLLM sent a caller on ``route``: recorded, judged, counted and logged.
-
-        Returns the verdict, or ``None`` when the answer is not a budget refusal."""
-        if not is_budget_error(status, body):
-            return None
-        verdict = await self.verdict(who, body)
-        self.saw(who, status, body, verdict)
+    async def refused(self, who: Principal | None, refusal: Refusal, route: str) -> Verdict:
+        """A budget refusal LiteLLM sent a caller on ``route``: recorded, judged, counted and logged."""
+        verdict = await self.verdict(who, refusal)
+        self.saw(who, refusal, verdict)
         self._metrics.budget_refusals.labels(verdict.scope, verdict.verdict).inc()
         fields: dict[str, Any] = {"route": route, **verdict.fields()}
         if who is not None and who.label:
@@ -235,18 +206,31 @@ class BudgetBook:
         event(log, level, "budget_refusal", **fields)
         return verdict
 
-    async def verdict(self, who: Principal | None, body: Any) -> Verdict:
-        """The budget refusal ``body`` judged against ``who``'s recorded chain (``levels.judge``)."""
-        if who is None:
-            return _unjudged(body, "the request carries no credential")
-        return self.judge_refusal(who, body, await self._source("recorded", self.levels(who)))
+    async def refused_within(
+        self, who: Principal | None, refusal: Refusal, route: str, wait: float
+    ) -> Verdict | None:
+        """``refused``, waited for at most ``wait`` seconds: a slower verdict is still recorded, counted
+        and logged when it comes, and ``None`` is returned meanwhile."""
+        judging = asyncio.ensure_future(self.refused(who, refusal, route))
+        self._judging.add(judging)
+        judging.add_done_callback(self._judging.discard)
+        try:
+            return await asyncio.wait_for(asyncio.shield(judging), wait)
+        except TimeoutError:
+            return None
 
-    def judge_refusal(self, who: Principal, body: Any, levels: tuple[Level, ...] | str) -> Verdict:
+    async def verdict(self, who: Principal | None, refusal: Refusal) -> Verdict:
+        """``refusal`` judged against ``who``'s recorded chain (``levels.judge``)."""
+        if who is None:
+            return _unjudged(refusal, "the request carries no credential")
+        return self.judge_refusal(who, refusal, await self._source("recorded", self.levels(who)))
+
+    def judge_refusal(self, who: Principal, refusal: Refusal, levels: tuple[Level, ...] | str) -> Verdict:
         """``levels.judge``; a phantom only once it has lasted ``phantom_after``. ``levels`` may be the
         reason they could not be read: then the verdict is unknown."""
         if isinstance(levels, str):
-            return _unjudged(body, levels)
-        verdict = judge(body, levels)
+            return _unjudged(refusal, levels)
+        verdict = judge(refusal, levels)
         key = (who.token, who.end_user, verdict.scope)
         now = time.monotonic()
         if verdict.verdict != "phantom":
@@ -267,27 +251,14 @@ class BudgetBook:
             )
         return verdict
 
-    def _seen_by(self, who: Principal) -> Seen:
-        entry = self._seen.get(who)
-        return () if entry is None else (entry,)
-
-    async def enforced(self, probe: Probe) -> tuple[Spent, ...]:
-        """LiteLLM's enforced state: the level its budget error on the probe route names, if any."""
-        return (await self._enforced(probe))[0]
-
-    async def _enforced(self, probe: Probe) -> tuple[tuple[Spent, ...], Any]:
-        status, body = await probe()
-        if is_budget_error(status, body):
-            return (Spent(budget_scope(body, unnamed=UNNAMED), "enforced"),), body
-        if status == 200 or past_budget_checks(status, body):
-            return (), None  # past LiteLLM's budget checks
-        if refuses_credential(status, body):
+    async def _enforced(self, probe: Probe) -> Reading:
+        """LiteLLM's enforced state: the probe's answer, a refusal or past the budget checks."""
+        reading = await probe()
+        if reading.refusal is not None or reading.passed:
+            return reading
+        if reading.refuses_credential:
             raise _NotAdmitted
-        raise SourceFailed(f"{PROBE_ROUTE} answered {status}")
-
-    async def recorded(self, who: Principal) -> tuple[Spent, ...]:
-        """The spent levels of the principal's budget chain in LiteLLM's database."""
-        return _spent(await self.levels(who))
+        raise SourceFailed(f"{PROBE_ROUTE} answered {reading.status}")
 
     async def levels(self, who: Principal) -> tuple[Level, ...]:
         """Every level with a budget in the principal's chain, as LiteLLM's database records it."""
@@ -309,17 +280,19 @@ class BudgetBook:
             return self.not_admitted(who)  # cached for ``ttl`` like any state: the negative cache
         if not isinstance(reading, str):
             self.admit(who)
-        if not isinstance(reading, str) and reading[0] == ():
-            return BudgetState()  # within budget as LiteLLM enforces it: no admin look-up
+            if reading.refusal is None:
+                return BudgetState()  # within budget as LiteLLM enforces it: no admin look-up
         levels = await self._source("recorded", self.levels(who))
-        recorded = () if isinstance(levels, str) else _spent(levels)
+        recorded = BudgetState(() if isinstance(levels, str) else spent(levels))
         if isinstance(reading, str):
             if isinstance(levels, str):
                 return BudgetState(known=False, reason=f"enforced: {reading}; recorded: {levels}")
-            return BudgetState(recorded)
-        enforced, refusal = reading
+            return recorded
+        refusal = reading.refusal
+        assert refusal is not None
         verdict = self.judge_refusal(who, refusal, levels)
-        return BudgetState(_resolve(enforced, recorded, verdict), verdict=verdict)
+        enforced = Spent(recorded.named(refusal.level, verdict), "enforced")
+        return BudgetState((enforced, *recorded.spent), verdict=verdict)
 
     async def _source(self, name: str, answer: Awaitable[T]) -> T | str:
         """A source's answer, or why it could not answer (counted, logged at most once a minute)."""
@@ -340,72 +313,6 @@ class _NotAdmitted(Exception):
     """The probe's answer refuses the credential itself."""
 
 
-# What LiteLLM answers a credential it does not admit (a wrong, expired or blocked key), when the body is not
-# a budget error.
-NOT_ADMITTED_STATUSES = frozenset({401, 403})
-
-
-def _unjudged(body: Any, reason: str) -> Verdict:
-    scope = budget_scope(body, unnamed=UNNAMED)
-    return Verdict("unknown", "unknown" if scope == UNNAMED else scope, stated(body)[0], reason=reason)
-
-
-def _seen_state(seen: Seen) -> BudgetState:
-    verdicts = [v for _, v in seen if v is not None]
-    return BudgetState(tuple(s for s, _ in seen), verdict=verdicts[0] if verdicts else None)
-
-
-def refuses_credential(status: int, body: Any) -> bool:
-    """LiteLLM's answer refuses the credential itself (a wrong, expired or blocked key): 401/403 that is
-    neither a budget error nor past the budget checks."""
-    return (
-        status in NOT_ADMITTED_STATUSES
-        and not is_budget_error(status, body)
-        and not past_budget_checks(status, body)
-    )
-
-
-def past_budget_checks(status: int, body: Any) -> bool:
-    """LiteLLM up to 1.88 answers a caller past its budget checks 401 "Cursor API key not found" on the
-    probe route when no Cursor credentials are configured: past the budget checks, so within budget."""
-    detail = body.get("detail") if isinstance(body, dict) else None
-    return status == 401 and isinstance(detail, str) and detail.startswith("Cursor API key not found")
-
-
-def _resolve(
-    refused: tuple[Spent, ...], recorded: tuple[Spent, ...], verdict: Verdict | None = None
-) -> tuple[Spent, ...]:
-    """The union, with a refusal that names no level ("Current cost: ...", LiteLLM <= 1.88 for a key's
-    and a team member's budget) named after the chain where it tells which - a spent level, else the one
-    the verdict found it meant - else ``key``."""
-    levels = [r.scope for r in recorded if r.scope in ("key", "team_member")]
-    if len(levels) == 1:
-        named = levels[0]
-    elif verdict is not None and verdict.scope in ("key", "team_member"):
-        named = verdict.scope
-    else:
-        named = "key"
-    return (*(Spent(named, s.source) if s.scope == UNNAMED else s for s in refused), *recorded)
-
-
-def _unnamed(seen: Seen) -> bool:
-    return any(spent.scope == UNNAMED for spent, _ in seen)
-
-
-def _with_seen(state: BudgetState, seen: Seen) -> BudgetState:
-    """``state`` with the refusals seen since it was established (their verdicts the newer ones)."""
-    if not seen:
-        return state
-    recorded = tuple(s for s in state.spent if s.source == "recorded")
-    verdict = next((v for _, v in seen if v is not None), state.verdict)
-    refused = _resolve(tuple(spent for spent, _ in seen), recorded, verdict)
-    return BudgetState((*refused, *state.spent), verdict=verdict)
-
-
-def spent_levels(records: Mapping[str, Any]) -> tuple[Spent, ...]:
-    """The spent levels in the admin answers of one principal's chain (``levels.chain``)."""
-    return _spent(chain(records))
-
-
-def _spent(levels: tuple[Level, ...]) -> tuple[Spent, ...]:
-    return tuple(Spent(level.scope, "recorded", level.resets_at) for level in levels if level.spent)
+def _unjudged(refusal: Refusal, reason: str) -> Verdict:
+    scope = "unknown" if refusal.level == UNNAMED else refusal.level
+    return Verdict("unknown", scope, refusal.enforced, reason=reason)

@@ -9,11 +9,18 @@ a few paths use 403. The body is ``{"error": {"message": ..., "type": ..., ...}}
 reached.") carry ``"None"``, so the message is matched too, against LiteLLM's own wording. Anything
 else - a 401 for a bad key, a 403 "access denied", a 5xx, a body that is not JSON - is *not* a budget
 error and is passed through untouched.
+
+A refusal is read once (``Refusal.of``: a status and a parsed body to a ``Refusal`` or nothing), and that
+value serves every reader: discovery, the budget state, the budget view, ``doctor`` and the fallback. An
+answer on a budget-checked route is read once too (``Reading``): a refusal, past the budget checks, or the
+credential itself refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 BUDGET_STATUSES = frozenset({400, 403, 422, 429})
@@ -42,6 +49,17 @@ _SCOPE_NAMES = {
 }
 # LiteLLM <= 1.88 names no principal for a key's own budget nor for a team member's: "Current cost: ..."
 UNNAMED = "unnamed"
+
+# The figures of LiteLLM's budget messages: "Current cost: 0.02, Max budget: 0.01" (key, team, team member,
+# organisation), "Spend=0.02, Budget=0.01" (user, end user), "Spend=$0.0200, Limit=$0.01" (key window).
+_FIGURES = re.compile(
+    r"(?:Current cost:\s*|Spend=\$?)(?P<spend>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+    r"(?:,\s*(?:Max budget:\s*|Budget=|Limit=\$?)(?P<budget>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?))?"
+)
+_WINDOW = re.compile(r"Key over (\S+) budget")
+# What LiteLLM answers a credential it does not admit (a wrong, expired or blocked key), when the body is not
+# a budget error.
+NOT_ADMITTED_STATUSES = frozenset({401, 403})
 
 
 def error_of(body: Any) -> dict[str, Any] | None:
@@ -79,3 +97,90 @@ def budget_scope(body: Any, unnamed: str = "key") -> str:
     if match is None:
         return "unknown"
     return _SCOPE_NAMES.get(match.group(1), unnamed)
+
+
+def stated(body: Any) -> tuple[float | None, float | None]:
+    """The spend and the budget a LiteLLM budget message states, where it states them."""
+    match = _FIGURES.search(_message(body))
+    if match is None:
+        return None, None
+    budget = match.group("budget")
+    return float(match.group("spend")), None if budget is None else float(budget)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """LiteLLM's budget refusal, read once: the level its message names and the figures it states."""
+
+    status: int
+    level: str  # key, key_window, team, team_member, user, end_user, org; UNNAMED; or unknown
+    message: str | None
+    enforced: float | None = None  # the spend it states: LiteLLM's counter
+    budget: float | None = None  # the budget it states
+    window: str | None = None  # the key budget window it names ("Key over 1d budget": "1d")
+
+    @classmethod
+    def of(cls, status: int, body: Any) -> Refusal | None:
+        """The refusal ``status`` and the parsed JSON ``body`` are, or ``None`` when they are not one."""
+        if not is_budget_error(status, body):
+            return None
+        message = _message(body)
+        enforced, budget = stated(body)
+        window = _WINDOW.search(message)
+        return cls(
+            status,
+            budget_scope(body, unnamed=UNNAMED),
+            message if isinstance((error_of(body) or {}).get("message"), str) else None,
+            enforced,
+            budget,
+            window.group(1) if window else None,
+        )
+
+    @classmethod
+    def read(cls, status: int, raw: bytes | bytearray) -> Refusal | None:
+        """The refusal in an answer's bytes (a small answer: its reader bounds it), if it is one."""
+        if status not in BUDGET_STATUSES:
+            return None
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
+            return None
+        return cls.of(status, body)
+
+    @property
+    def named(self) -> str:
+        """The level as shown: one the message does not name is a key's (LiteLLM's most common case)."""
+        return "key" if self.level == UNNAMED else self.level
+
+    def shown(self) -> dict[str, Any]:
+        """The refusal as the budget view and ``doctor`` show it: the level it names, the spend it states
+        (LiteLLM's counter) and its message."""
+        return {"scope": self.named, "enforced": self.enforced, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """LiteLLM's answer on a budget-checked route (the probe route, or discovery's own), read once."""
+
+    status: int
+    refusal: Refusal | None = None
+    passed: bool = False  # past LiteLLM's budget checks: within budget as it enforces it
+
+    @classmethod
+    def of(cls, status: int, body: Any) -> Reading:
+        """``body``: the parsed JSON of a (small) 4xx answer; anything for another status."""
+        refusal = Refusal.of(status, body)
+        return cls(status, refusal, refusal is None and (status == 200 or past_budget_checks(status, body)))
+
+    @property
+    def refuses_credential(self) -> bool:
+        """LiteLLM refused the credential itself (a wrong, expired or blocked key): 401/403 that is
+        neither a budget error nor past the budget checks."""
+        return self.status in NOT_ADMITTED_STATUSES and self.refusal is None and not self.passed
+
+
+def past_budget_checks(status: int, body: Any) -> bool:
+    """LiteLLM up to 1.88 answers a caller past its budget checks 401 "Cursor API key not found" on the
+    probe route when no Cursor credentials are configured: past the budget checks, so within budget."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return status == 401 and isinstance(detail, str) and detail.startswith("Cursor API key not found")

@@ -22,23 +22,17 @@ counter ("Current cost: 0.02", "Spend=0.02"). The verdict:
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.litellm.budget_errors import UNNAMED, budget_scope, error_of
+from sidecar.litellm.budget_errors import UNNAMED, Refusal
 
+SCOPES = ("key", "key_window", "team", "team_member", "user", "end_user", "org", "unknown")
+# The order levels are named in when several are spent: the narrowest first.
+_ORDER = {scope: rank for rank, scope in enumerate(SCOPES)}
 # Levels that are spent at max_budget already; the others (team, end user) only past it.
 _AT_LIMIT = frozenset({"key", "key_window", "team_member", "user", "org"})
-
-# The figures of LiteLLM's budget messages: "Current cost: 0.02, Max budget: 0.01" (key, team, team member,
-# organisation), "Spend=0.02, Budget=0.01" (user, end user), "Spend=$0.0200, Limit=$0.01" (key window).
-_FIGURES = re.compile(
-    r"(?:Current cost:\s*|Spend=\$?)(?P<spend>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
-    r"(?:,\s*(?:Max budget:\s*|Budget=|Limit=\$?)(?P<budget>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?))?"
-)
-_WINDOW = re.compile(r"Key over (\S+) budget")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +69,6 @@ class Level:
         }
 
 
-def refusal_shown(body: Any) -> dict[str, Any]:
-    """A budget refusal as the budget view and ``doctor`` show it: the level it names, the spend it states
-    (LiteLLM's counter) and its message."""
-    message = (error_of(body) or {}).get("message")
-    return {
-        "scope": budget_scope(body),
-        "enforced": stated(body)[0],
-        "message": message if isinstance(message, str) else None,
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What a budget refusal says: ``spent``, ``phantom`` or ``unknown``, for the level that refused."""
@@ -109,25 +92,14 @@ class Verdict:
         return found
 
 
-def stated(body: Any) -> tuple[float | None, float | None]:
-    """The spend and the budget a LiteLLM budget message states, where it states them."""
-    message = (error_of(body) or {}).get("message")
-    match = _FIGURES.search(message) if isinstance(message, str) else None
-    if match is None:
-        return None, None
-    budget = match.group("budget")
-    return float(match.group("spend")), None if budget is None else float(budget)
-
-
-def judge(body: Any, levels: tuple[Level, ...]) -> Verdict:
-    """The verdict on the budget refusal ``body``, against the caller's recorded ``levels``."""
-    enforced, budget = stated(body)
-    scope = budget_scope(body, unnamed=UNNAMED)
+def judge(refusal: Refusal, levels: tuple[Level, ...]) -> Verdict:
+    """The verdict on ``refusal``, against the caller's recorded ``levels``."""
+    enforced, budget, scope = refusal.enforced, refusal.budget, refusal.level
     if scope == UNNAMED:  # LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's budget
         candidates = [lv for lv in levels if lv.scope in ("key", "team_member")]
     elif scope == "key_window":
-        window = _WINDOW.search(str((error_of(body) or {}).get("message")))
-        candidates = [lv for lv in levels if lv.scope == scope and (not window or lv.id == window.group(1))]
+        window = refusal.window
+        candidates = [lv for lv in levels if lv.scope == scope and (not window or lv.id == window)]
     else:
         candidates = [lv for lv in levels if lv.scope == scope]
     if not candidates:
@@ -240,3 +212,72 @@ def _windows(key: Mapping[str, Any]) -> list[Level]:
         reset = reset if isinstance(reset, str) else None
         found += _level("key_window", duration, spend, window.get("max_budget"), reset)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """One spent budget level, as one source reports it."""
+
+    scope: str
+    source: str  # "enforced", "recorded" or "seen"
+    reset_at: str | None = None
+
+
+NOT_ADMITTED = "LiteLLM does not admit the credential"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """What the sidecar knows of one principal's budget."""
+
+    spent: tuple[Spent, ...] = ()
+    known: bool = True  # False: no source could answer (``reason`` says why)
+    reason: str = ""
+    verdict: Verdict | None = None  # LiteLLM's refusal judged against the records, when it refused
+
+    @property
+    def phantom(self) -> bool:
+        return self.verdict is not None and self.verdict.verdict == "phantom"
+
+    @property
+    def admitted(self) -> bool:
+        """False when LiteLLM refused the credential itself: not a budget question, nothing to warn of."""
+        return self.reason != NOT_ADMITTED
+
+    @property
+    def over(self) -> bool:
+        return bool(self.spent)
+
+    @property
+    def recorded(self) -> tuple[Spent, ...]:
+        return tuple(s for s in self.spent if s.source == "recorded")
+
+    @property
+    def scope(self) -> str:
+        """The level to name: the one a refusal named, else the narrowest recorded one."""
+        named = [s for s in self.spent if s.source != "recorded"]
+        chosen = named or list(self.spent)
+        return min((s.scope for s in chosen), key=lambda s: _ORDER.get(s, len(SCOPES)), default="unknown")
+
+    def named(self, level: str, verdict: Verdict | None = None) -> str:
+        """The level a refusal names, as this state names it: the one place a refusal that names no
+        level ("Current cost: ...", LiteLLM <= 1.88 for a key's and a team member's budget) is named -
+        after the chain where it tells which (its one spent key or team-member level), else after the
+        level the verdict found it meant, else ``key``."""
+        if level != UNNAMED:
+            return level
+        return _unnamed_level((s.scope for s in self.recorded), verdict)
+
+
+def _unnamed_level(recorded: Iterable[str], verdict: Verdict | None) -> str:
+    levels = [scope for scope in recorded if scope in ("key", "team_member")]
+    if len(levels) == 1:
+        return levels[0]
+    if verdict is not None and verdict.scope in ("key", "team_member"):
+        return verdict.scope
+    return "key"
+
+
+def spent(levels: tuple[Level, ...]) -> tuple[Spent, ...]:
+    """The spent levels of a chain, as the recorded source reports them."""
+    return tuple(Spent(level.scope, "recorded", level.resets_at) for level in levels if level.spent)

@@ -98,7 +98,6 @@ def downstream_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, 
     return [header for header in lowered if header[0] not in dropped]
 
 
-def reply_headers(upstream: RawHeaders, extra: RawHeaders) -> RawHeaders:
+def reply_headers(upstream: RawHeaders, extra: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
     """Headers for an answer the sidecar wrote itself, keeping the upstream's others (date, server, ...)."""
-    kept = [(n, v) for n, v in upstream if n not in _REPLACED_IN_REPLY]
-    return kept + extra
+    return [*((n, v) for n, v in upstream if n not in _REPLACED_IN_REPLY), *extra]

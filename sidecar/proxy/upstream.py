@@ -47,11 +47,9 @@ T = TypeVar("T")
 _GRACE = 0.05  # seconds an exchange runs before its caller is watched for a disconnect
 
 
-# The largest passed-through answer an observer (``Upstream.notice``) is shown: LiteLLM's error bodies are
-# a few hundred bytes.
-NOTICE_LIMIT = 64 * 1024
-# Shown a passed-through answer (scope, status, body); returns headers to add where it still can.
-Observer = Callable[[Scope, int, bytes], Awaitable[RawHeaders]]
+# The most bytes of a small error answer the sidecar reads (LiteLLM's are a few hundred bytes): what a
+# ``Hold`` holds back, and what discovery reads of an error answer.
+SMALL_ANSWER = 64 * 1024
 
 
 class StreamBroken(AbortedResponse):
@@ -119,6 +117,20 @@ class Answer:
             return None
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Which passed-through answers are held back, and who is shown them.
+
+    An answer whose status is in ``statuses`` is read before anything of it is sent, up to
+    ``SMALL_ANSWER`` bytes (one that declares a larger length is not read ahead at all). Whole within that,
+    it is shown to ``hook``, which returns the answer to send - the same, or with headers added - or
+    ``None``: then it is not sent, and the hook keeps it (to send it later, or something else). Past that,
+    it goes to the caller as it came, unshown. No other answer is held or read ahead."""
+
+    statuses: frozenset[int]
+    hook: Callable[[Scope, Answer], Awaitable[Answer | None]]
+
+
 async def send_json(send: Send, status: int, body: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -143,8 +155,6 @@ class Upstream:
         self.host = host
         self._prefix = parts.path.rstrip("/").encode()  # LiteLLM mounted under a path, if any
         self._metrics = metrics
-        self._noticed: frozenset[int] = frozenset()
-        self._on_answer: Observer | None = None
         self._pool = ConnectionPool(
             parts.hostname or "127.0.0.1",
             parts.port or (443 if tls else 80),
@@ -157,17 +167,6 @@ class Upstream:
 
     async def close(self) -> None:
         self._pool.close()
-
-    def notice(self, statuses: frozenset[int], on_answer: Observer) -> None:
-        """Show ``on_answer(scope, status, body)`` each passed-through answer whose status is in
-        ``statuses`` and whose body is at most ``NOTICE_LIMIT`` bytes (a small error answer).
-
-        An answer that declares such a length (``content-length``) is read whole first and sent with the
-        headers ``on_answer`` returns added - its status and body unchanged. Any other answer streams to the
-        caller as always, the sidecar keeping a copy of at most that many bytes, shown once it is sent.
-        No other answer is held or copied."""
-        self._noticed = statuses
-        self._on_answer = on_answer
 
     def _head(self, method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         target = self._prefix + raw_path + (b"?" + query if query else b"")
@@ -222,8 +221,11 @@ class Upstream:
             response.release()
         return response.status
 
-    async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Forward one request as is and stream the answer back.
+    async def pass_through(
+        self, scope: Scope, receive: Receive, send: Send, hold: Hold | None = None
+    ) -> None:
+        """Forward one request as is and stream the answer back (a small error answer ``hold`` names is
+        held back and shown to it first).
 
         Once the whole request is read, the caller is watched (``CallerWatch``): if it goes away, the
         upstream connection is closed at once (within ``_GRACE`` seconds under another server than the
@@ -237,7 +239,7 @@ class Upstream:
         if response is None:
             return
         try:
-            await self._stream_down(scope, response, send, watch)
+            await self._stream_down(scope, response, send, watch, hold)
         except Cancelled:
             self._metrics.abandoned.inc()
         finally:
@@ -281,80 +283,84 @@ class Upstream:
         self._metrics.request("passthrough", response.status)
         return response
 
-    async def _stream_down(self, scope: Scope, response: Response, send: Send, watch: CallerWatch) -> None:
+    async def _stream_down(
+        self, scope: Scope, response: Response, send: Send, watch: CallerWatch, hold: Hold | None
+    ) -> None:
         headers = downstream_headers(response.headers)
         if response.status in (204, 304):  # no body follows; a length would make the server wait for one
             headers = [(name, value) for name, value in headers if name != b"content-length"]
-        noticed = response.status in self._noticed
-        if noticed and _declared_length(headers) <= NOTICE_LIMIT:
-            await self._annotated(scope, response, headers, send, watch)
-            return
+        ahead = b""  # what was read before the head is sent
+        if (
+            hold is not None
+            and response.status in hold.statuses
+            and _declared_length(headers) <= SMALL_ANSWER
+        ):
+            try:
+                ahead = await _read_up_to(response, SMALL_ANSWER)
+            except UpstreamError as exc:
+                watch.stop()
+                error = self._failed(exc, scope["raw_path"])
+                await send_json(send, error.status, error.body())
+                return
+            if response.complete and len(ahead) <= SMALL_ANSWER:
+                watch.stop()
+                await self._held(hold, scope, Answer(response.status, headers, ahead), send)
+                return
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         del headers  # the head is out: a stream keeps no copy of it (LiteLLM's come to 1-2 KiB)
         response.headers.clear()
-        chunk = await response.chunk()
-        kept: list[bytes] | None = [] if noticed else None
+        chunk = ahead or await response.chunk()
         if response.complete:
             watch.stop()  # the upstream's part is over: nothing left to abandon
             await send({"type": "http.response.body", "body": chunk})
-            if kept is not None and len(chunk) <= NOTICE_LIMIT:
-                await self._tell(scope, response.status, chunk)
             return
-        size = 0
         try:
             while chunk:
-                if kept is not None:
-                    size += len(chunk)
-                    if size <= NOTICE_LIMIT:
-                        kept.append(chunk)
-                    else:
-                        kept = None
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await response.chunk()
             watch.stop()
             await send({"type": "http.response.body", "body": b""})
-            if kept is not None:
-                await self._tell(scope, response.status, b"".join(kept))
         except UpstreamError as exc:
             # Headers are out; the only honest signal left is an aborted response.
             self._metrics.upstream_errors.labels("stream_broken").inc()
             event(log, logging.WARNING, "upstream_error", kind="stream_broken", error=str(exc))
             raise StreamBroken(str(exc)) from exc
 
-    async def _annotated(
-        self, scope: Scope, response: Response, headers: RawHeaders, send: Send, watch: CallerWatch
-    ) -> None:
-        """A small noticed answer: read whole, shown to the observer, sent with the headers it adds."""
+    async def _held(self, hold: Hold, scope: Scope, answer: Answer, send: Send) -> None:
+        """A small answer held back whole: shown to the hook, then sent as the hook returns it, if it does."""
         try:
-            body = await response.read()
-        except UpstreamError as exc:
-            watch.stop()
-            error = self._failed(exc, scope["raw_path"])
-            await send_json(send, error.status, error.body())
-            return
-        watch.stop()
-        added = await self._tell(scope, response.status, body)
-        await send({"type": "http.response.start", "status": response.status, "headers": [*headers, *added]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _tell(self, scope: Scope, status: int, body: bytes) -> RawHeaders:
-        assert self._on_answer is not None
-        try:
-            return await self._on_answer(scope, status, body)
+            shown = await hold.hook(scope, answer)
         except Exception:
             log.exception("answer observer failed")
-            return []
+            shown = answer
+        if shown is not None:
+            await send({"type": "http.response.start", "status": shown.status, "headers": shown.headers})
+            await send({"type": "http.response.body", "body": shown.body})
+
+
+async def _read_up_to(response: Response, limit: int) -> bytes:
+    """The answer's body as far as it comes within ``limit`` bytes (one chunk past it, if it goes on)."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit and not response.complete:
+        chunk = await response.chunk()
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _declared_length(headers: RawHeaders) -> int:
-    """The ``content-length`` an answer declares; without one, more than any limit."""
+    """The ``content-length`` an answer declares; 0 without one (a stream: read to see), more than any
+    limit for one that is not a number."""
     for name, value in headers:
         if name == b"content-length":
             try:
                 return int(value)
             except ValueError:
-                break
-    return NOTICE_LIMIT + 1
+                return SMALL_ANSWER + 1
+    return 0
 
 
 class CallerWatch:

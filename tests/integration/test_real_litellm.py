@@ -23,8 +23,8 @@ import openai
 import pytest
 
 from sidecar.litellm.admin import AdminLookups, admin_http_client
-from sidecar.litellm.budget import BudgetBook, Principal, Spent
-from sidecar.litellm.budget_errors import is_budget_error
+from sidecar.litellm.budget import BudgetBook, Principal
+from sidecar.litellm.budget_errors import Refusal, is_budget_error
 from sidecar.litellm.credentials import key_hash
 from sidecar.metrics import Metrics
 from tests.integration.conftest import REPORT, VIEWER_KEY, LiteLLM
@@ -257,22 +257,21 @@ def test_compose_init_step_spends_a_team_budget_on_real_litellm(litellm: LiteLLM
     assert [m["id"] for m in answer.json()["data"]] == FREE_MODELS
 
 
-def _sources(litellm: LiteLLM, principal: str) -> tuple[tuple[Spent, ...], tuple[Spent, ...]]:
-    """What each source alone says of ``principal``: LiteLLM's probe route, and its budget chain."""
+def _sources(litellm: LiteLLM, principal: str) -> tuple[Refusal | None, list[str]]:
+    """What each source alone says of ``principal``: LiteLLM's probe route (its refusal, if it refuses), and
+    its budget chain (the levels it records as spent)."""
     headers = auth(litellm, principal)
     key = headers["Authorization"].removeprefix("Bearer ")
 
-    async def main() -> tuple[tuple[Spent, ...], tuple[Spent, ...]]:
+    async def main() -> tuple[Refusal | None, list[str]]:
         client = admin_http_client(litellm.url, litellm.master_key, timeout=30)
         async with client, httpx.AsyncClient(base_url=litellm.url, timeout=30) as caller:
-            budgets = BudgetBook(AdminLookups(client, 0, 0, Metrics(), budget_ttl=0), 0, Metrics())
-
-            async def probe() -> tuple[int, object]:
-                answer = await caller.get("/cursor/v1/models", headers=headers)
-                return answer.status_code, answer.json()
-
+            admin = AdminLookups(client, catalog_ttl=0, scope_ttl=0, metrics=Metrics(), budget_ttl=0)
+            budgets = BudgetBook(admin, ttl=0, metrics=Metrics())
+            answer = await caller.get("/cursor/v1/models", headers=headers)
             who = Principal(key_hash(key), True, headers.get(END_USER_HEADER))
-            return await budgets.enforced(probe), await budgets.recorded(who)
+            recorded = [level.scope for level in await budgets.levels(who) if level.spent]
+            return Refusal.of(answer.status_code, answer.json()), recorded
 
     return asyncio.run(main())
 
@@ -286,19 +285,19 @@ WINDOW_UNRECORDED = ("1.88.6",)
 def test_each_source_alone_sees_each_spent_level(litellm: LiteLLM, principal: str) -> None:
     """Notices a LiteLLM that changes how it checks (the probe) or reports (the chain) a budget level."""
     enforced, recorded = _sources(litellm, principal)
-    assert len(enforced) == 1, enforced  # refused on the probe route, as on a paid call
+    assert enforced is not None, enforced  # refused on the probe route, as on a paid call
     if principal == "KEY_WINDOW_BROKE" and litellm.version in WINDOW_UNRECORDED:
-        assert recorded == ()
+        assert recorded == []
         return
     deadline = time.monotonic() + 30  # LiteLLM writes spend to Postgres in batches
     while not recorded and time.monotonic() < deadline:
         time.sleep(1)
         enforced, recorded = _sources(litellm, principal)
-    assert [s.scope for s in recorded] == [SCOPE[principal]]
+    assert recorded == [SCOPE[principal]]
 
 
 def test_healthy_callers_are_within_on_both_sources(litellm: LiteLLM) -> None:
-    assert _sources(litellm, "KEY_HEALTHY") == ((), ())
+    assert _sources(litellm, "KEY_HEALTHY") == (None, [])
 
 
 # Levels LiteLLM shows only an admin: the caller's budget view leaves them out.

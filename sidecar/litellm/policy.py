@@ -1,0 +1,149 @@
+"""What a caller gets on model discovery: every rule of the decision, and nothing else.
+
+Like ``h11/_state.py`` for HTTP/1.1, this module holds the whole decision and does no I/O: plain data in,
+plain data out. ``discovery.py`` gathers the inputs (LiteLLM's answer, the caller's budget state, the
+verdict on a refusal), asks ``decide`` and carries the outcome out; its metric and its log line follow
+from the outcome alone.
+
+The inputs:
+
+- the **policy** the operator chose (``all``, ``free_only``, ``blocked``);
+- whether LiteLLM's answer on this **route** can be cut to the free models: every discovery route but
+  ``/v2/model/info``, whose pages and counts LiteLLM computes over every model;
+- LiteLLM's **status**, and its **refusal** if the answer is a budget refusal (``budget_errors.Refusal``)
+  with its verdict (``levels.Verdict``);
+- the caller's **budget state** (``levels.BudgetState``): ``None`` when it is not established (the
+  ``blocked`` policy never asks, a request without a credential cannot be asked about).
+
+The outcomes:
+
+==============================================  =========  ==============================================
+LiteLLM's answer                                policy     outcome
+==============================================  =========  ==============================================
+a budget refusal                                blocked    ``block``: the refusal as it is
+a budget refusal                                other      ``rescue``: rendered from the admin's view
+200, caller over budget                         all        ``mark``: LiteLLM's answer, marked
+200, caller over budget, route that can be cut  free_only  ``filter``: LiteLLM's answer, paid cut out
+200, caller over budget, ``/v2/model/info``     free_only  ``filter``, rendered from the admin's view
+anything else                                   any        ``pass``: LiteLLM's answer as it is
+==============================================  =========  ==============================================
+
+A ``pass`` whose budget state could not be established says why (``unknown``). When an outcome cannot be
+carried out - the caller's access or the catalog cannot be looked up, LiteLLM's answer has an unknown
+shape - it fails towards LiteLLM's answer (``Outcome.failed``): unchanged but for the phantom mark.
+
+The marks (``Outcome.marks``): a marked, filtered or rescued answer carries ``x-sidecar-budget-exceeded:
+true``, ``x-sidecar-policy`` and ``x-sidecar-budget-scope`` (the spent level: ``key``, ``key_window``,
+``team``, ``team_member``, ``user``, ``end_user``, ``org`` or ``unknown``); any answer that follows a
+phantom refusal (LiteLLM's records show that level within budget) carries ``x-sidecar-budget-phantom:
+true`` - a blocked or failed one too, and a refusal on a passed-through call (``phantom_marks``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from sidecar.litellm.budget_errors import Refusal
+from sidecar.litellm.levels import BudgetState, Verdict
+
+Marks = tuple[tuple[bytes, bytes], ...]
+Visible = Callable[[str], bool]
+
+EXCEEDED = b"x-sidecar-budget-exceeded"
+POLICY = b"x-sidecar-policy"
+LEVEL = b"x-sidecar-budget-scope"  # the spent level; the header's name is older than the word
+PHANTOM = (b"x-sidecar-budget-phantom", b"true")
+
+
+class Policy(enum.StrEnum):
+    """What a caller over budget gets on discovery (the ``policy`` setting)."""
+
+    ALL = "all"  # every model it may access
+    FREE_ONLY = "free_only"  # only the free models it may access
+    BLOCKED = "blocked"  # LiteLLM's answer as it is
+
+    @property
+    def asks_budget(self) -> bool:
+        """Whether discovery establishes a caller's budget state: ``blocked`` answers as LiteLLM does."""
+        return self is not Policy.BLOCKED
+
+    def visible(self, is_free: Visible, allowed: Visible) -> Visible:
+        """Which models an answer rendered for a caller over budget shows: those it may access, and under
+        ``free_only`` only the free ones among them."""
+        if self is Policy.FREE_ONLY:
+            return lambda name: is_free(name) and allowed(name)
+        return allowed
+
+
+class Action(enum.StrEnum):
+    PASS = "pass"  # LiteLLM's answer as it is
+    BLOCK = "block"  # LiteLLM's refusal as it is, under ``blocked``
+    MARK = "mark"  # LiteLLM's answer, marked
+    FILTER = "filter"  # LiteLLM's answer with the paid models cut out, marked
+    RESCUE = "rescue"  # an answer rendered from the admin's view in place of LiteLLM's refusal, marked
+    FAIL = "fail"  # LiteLLM's answer, because the outcome decided could not be carried out
+
+
+_MARKED = frozenset({Action.MARK, Action.FILTER, Action.RESCUE})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to answer: the action, and what the marks, the metric and the log line say of it."""
+
+    action: Action
+    policy: Policy
+    level: str | None = None  # the spent level; None within budget
+    phantom: bool = False
+    rendered: bool = False  # rendered from the admin's view rather than cut from LiteLLM's answer
+    verdict: Verdict | None = None
+    unknown: str = ""  # ``pass``: why the budget state could not be established
+    reason: str = ""  # ``fail``: why the outcome decided could not be carried out
+    cause: str = ""  # ``fail``: the kind of that reason, a metric's label
+
+    @property
+    def marks(self) -> Marks:
+        phantom = (PHANTOM,) if self.phantom else ()
+        if self.action not in _MARKED:
+            return phantom
+        level = (self.level or "unknown").encode()
+        return ((EXCEEDED, b"true"), (POLICY, self.policy.value.encode()), (LEVEL, level), *phantom)
+
+    def failed(self, reason: str, cause: str) -> Outcome:
+        """This outcome, not carried out: LiteLLM's answer instead."""
+        return replace(self, action=Action.FAIL, rendered=False, reason=reason, cause=cause)
+
+
+def decide(
+    policy: Policy,
+    *,
+    cuttable: bool,
+    status: int,
+    refusal: Refusal | None,
+    verdict: Verdict | None,
+    state: BudgetState | None,
+) -> Outcome:
+    """The outcome for one discovery answer (the table above)."""
+    if refusal is not None:
+        level = (state or BudgetState()).named(refusal.level, verdict)
+        phantom = verdict is not None and verdict.verdict == "phantom"
+        action = Action.BLOCK if policy is Policy.BLOCKED else Action.RESCUE
+        return Outcome(action, policy, level, phantom, action is Action.RESCUE, verdict)
+    if state is None:
+        return Outcome(Action.PASS, policy)
+    if not state.known and state.admitted:
+        return Outcome(Action.PASS, policy, unknown=state.reason)
+    if not state.over or status != 200:
+        return Outcome(Action.PASS, policy)
+    if policy is Policy.ALL:
+        action, rendered = Action.MARK, False
+    else:
+        action, rendered = Action.FILTER, not cuttable
+    return Outcome(action, policy, state.scope, state.phantom, rendered, state.verdict)
+
+
+def phantom_marks(verdict: Verdict | None) -> Marks:
+    """The marks of a budget refusal on a passed-through call: its status and body go unchanged."""
+    return (PHANTOM,) if verdict is not None and verdict.verdict == "phantom" else ()

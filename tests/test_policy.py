@@ -1,0 +1,186 @@
+"""What a caller gets on discovery (``sidecar/litellm/policy.py``): tables of plain data, no sockets.
+
+Each row is one situation - the policy, whether LiteLLM's answer can be cut (every route but
+``/v2/model/info``), LiteLLM's status, its refusal and the verdict on it, the caller's budget state - and
+the outcome that must follow, with its marks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sidecar.litellm.budget_errors import UNNAMED, Refusal
+from sidecar.litellm.levels import NOT_ADMITTED, BudgetState, Spent, Verdict
+from sidecar.litellm.policy import Action, Outcome, Policy, decide, phantom_marks
+
+ALL, FREE_ONLY, BLOCKED = Policy.ALL, Policy.FREE_ONLY, Policy.BLOCKED
+PASS, BLOCK, MARK, FILTER, RESCUE = Action.PASS, Action.BLOCK, Action.MARK, Action.FILTER, Action.RESCUE
+
+TEAM_REFUSAL = Refusal(
+    422, "team", "Budget has been exceeded! Team=t Current cost: 2, Max budget: 1", 2.0, 1.0
+)
+UNNAMED_REFUSAL = Refusal(400, UNNAMED, "Budget has been exceeded! Current cost: 2, Max budget: 1", 2.0, 1.0)
+SPENT = Verdict("spent", "team")
+PHANTOM = Verdict("phantom", "team")
+
+WITHIN = BudgetState()
+OVER_TEAM = BudgetState((Spent("team", "enforced"), Spent("team", "recorded")), verdict=SPENT)
+OVER_PHANTOM = BudgetState((Spent("team", "enforced"),), verdict=PHANTOM)
+OVER_RECORDED = BudgetState((Spent("user", "recorded"), Spent("team", "recorded")))
+UNKNOWN = BudgetState(known=False, reason="enforced: down; recorded: down")
+REFUSED_CREDENTIAL = BudgetState(known=False, reason=NOT_ADMITTED)
+
+EXCEEDED = (b"x-sidecar-budget-exceeded", b"true")
+PHANTOM_MARK = (b"x-sidecar-budget-phantom", b"true")
+
+
+def marks(policy: str, level: str, *more: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
+    return (
+        EXCEEDED,
+        (b"x-sidecar-policy", policy.encode()),
+        (b"x-sidecar-budget-scope", level.encode()),
+        *more,
+    )
+
+
+# policy, cuttable, status, refusal, verdict, state -> action, level, rendered, marks
+TABLE: list[tuple[Any, ...]] = [
+    # LiteLLM refused the call for budget (up to 1.108, some routes to some levels)
+    (BLOCKED, True, 422, TEAM_REFUSAL, SPENT, None, BLOCK, "team", False, ()),
+    (BLOCKED, True, 422, TEAM_REFUSAL, PHANTOM, None, BLOCK, "team", False, (PHANTOM_MARK,)),
+    (BLOCKED, True, 422, TEAM_REFUSAL, None, None, BLOCK, "team", False, ()),  # no credential: not judged
+    (ALL, True, 422, TEAM_REFUSAL, SPENT, OVER_TEAM, RESCUE, "team", True, marks("all", "team")),
+    (FREE_ONLY, True, 422, TEAM_REFUSAL, SPENT, WITHIN, RESCUE, "team", True, marks("free_only", "team")),
+    (FREE_ONLY, False, 422, TEAM_REFUSAL, SPENT, None, RESCUE, "team", True, marks("free_only", "team")),
+    (
+        ALL,
+        True,
+        422,
+        TEAM_REFUSAL,
+        PHANTOM,
+        OVER_PHANTOM,
+        RESCUE,
+        "team",
+        True,
+        marks("all", "team", PHANTOM_MARK),
+    ),
+    # the refusal names the level, whatever the state says
+    (ALL, True, 422, TEAM_REFUSAL, SPENT, OVER_RECORDED, RESCUE, "team", True, marks("all", "team")),
+    # LiteLLM answered 200 to a caller over budget (1.109 and later answer every discovery route)
+    (ALL, True, 200, None, None, OVER_TEAM, MARK, "team", False, marks("all", "team")),
+    (ALL, False, 200, None, None, OVER_TEAM, MARK, "team", False, marks("all", "team")),
+    (FREE_ONLY, True, 200, None, None, OVER_TEAM, FILTER, "team", False, marks("free_only", "team")),
+    (FREE_ONLY, False, 200, None, None, OVER_TEAM, FILTER, "team", True, marks("free_only", "team")),
+    (
+        FREE_ONLY,
+        True,
+        200,
+        None,
+        None,
+        OVER_PHANTOM,
+        FILTER,
+        "team",
+        False,
+        marks("free_only", "team", PHANTOM_MARK),
+    ),
+    (FREE_ONLY, True, 200, None, None, OVER_RECORDED, FILTER, "team", False, marks("free_only", "team")),
+    # anything else: LiteLLM's answer as it is
+    (BLOCKED, True, 200, None, None, None, PASS, None, False, ()),  # blocked never asks the state
+    (ALL, True, 200, None, None, WITHIN, PASS, None, False, ()),
+    (FREE_ONLY, True, 200, None, None, WITHIN, PASS, None, False, ()),
+    (FREE_ONLY, True, 404, None, None, OVER_TEAM, PASS, None, False, ()),  # an error LiteLLM gave is its own
+    (FREE_ONLY, True, 401, None, None, REFUSED_CREDENTIAL, PASS, None, False, ()),
+    (FREE_ONLY, True, 200, None, None, UNKNOWN, PASS, None, False, ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "cuttable", "status", "refusal", "verdict", "state", "action", "level", "rendered", "marked"),
+    TABLE,
+)
+def test_the_outcome_of_each_situation(
+    policy: Policy,
+    cuttable: bool,
+    status: int,
+    refusal: Refusal | None,
+    verdict: Verdict | None,
+    state: BudgetState | None,
+    action: Action,
+    level: str | None,
+    rendered: bool,
+    marked: tuple[tuple[bytes, bytes], ...],
+) -> None:
+    outcome = decide(policy, cuttable=cuttable, status=status, refusal=refusal, verdict=verdict, state=state)
+    assert (outcome.action, outcome.level, outcome.rendered) == (action, level, rendered)
+    assert outcome.marks == marked
+
+
+def test_a_state_no_source_could_establish_passes_and_says_why() -> None:
+    outcome = decide(FREE_ONLY, cuttable=True, status=200, refusal=None, verdict=None, state=UNKNOWN)
+    assert outcome.unknown == "enforced: down; recorded: down"
+    refused = decide(
+        FREE_ONLY, cuttable=True, status=401, refusal=None, verdict=None, state=REFUSED_CREDENTIAL
+    )
+    assert refused.unknown == ""  # a credential LiteLLM refuses is not a budget question: nothing to warn of
+
+
+@pytest.mark.parametrize(
+    ("outcome", "marked"),
+    [
+        (Outcome(RESCUE, ALL, "team", rendered=True), ()),
+        (Outcome(RESCUE, ALL, "team", phantom=True, rendered=True), (PHANTOM_MARK,)),
+        (Outcome(FILTER, FREE_ONLY, "key", phantom=True), (PHANTOM_MARK,)),
+    ],
+)
+def test_an_outcome_that_cannot_be_carried_out_fails_towards_litellms_answer(
+    outcome: Outcome, marked: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    failed = outcome.failed("/model/info answered 500", "lookup_failed")
+    assert (failed.action, failed.rendered, failed.cause) == (Action.FAIL, False, "lookup_failed")
+    assert failed.marks == marked  # LiteLLM's answer: only a phantom is still said
+
+
+@pytest.mark.parametrize(
+    ("verdict", "marked"),
+    [(None, ()), (Verdict("unknown", "team"), ()), (SPENT, ()), (PHANTOM, (PHANTOM_MARK,))],
+)
+def test_a_refusal_on_a_passed_through_call_is_marked_only_when_phantom(
+    verdict: Verdict | None, marked: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    assert phantom_marks(verdict) == marked
+
+
+# The one rule that names the level of a refusal naming none ("Current cost: ...", LiteLLM <= 1.88 for a
+# key's and a team member's budget): recorded levels of the state, verdict -> the level named.
+NAMING: list[tuple[tuple[str, ...], Verdict | None, str]] = [
+    (("key",), None, "key"),
+    (("team_member",), None, "team_member"),
+    (("team_member", "team"), Verdict("spent", "key"), "team_member"),  # the one spent key/member level
+    (("key", "team_member"), Verdict("phantom", "team_member"), "team_member"),  # two: the verdict's
+    ((), Verdict("phantom", "team_member"), "team_member"),
+    ((), Verdict("spent", "team"), "key"),  # a verdict elsewhere cannot be what it meant
+    ((), None, "key"),
+]
+
+
+@pytest.mark.parametrize(("recorded", "verdict", "named"), NAMING)
+def test_a_refusal_naming_no_level_is_named_in_one_place(
+    recorded: tuple[str, ...], verdict: Verdict | None, named: str
+) -> None:
+    state = BudgetState(tuple(Spent(level, "recorded") for level in recorded))
+    assert state.named(UNNAMED, verdict) == named
+    assert state.named("org", verdict) == "org"  # a level the refusal names is the level
+    outcome = decide(ALL, cuttable=True, status=400, refusal=UNNAMED_REFUSAL, verdict=verdict, state=state)
+    assert outcome.level == named
+
+
+@pytest.mark.parametrize(
+    ("policy", "asks", "shown"),
+    [(ALL, True, ["free", "paid"]), (FREE_ONLY, True, ["free"]), (BLOCKED, False, ["free", "paid"])],
+)
+def test_what_each_policy_asks_and_shows(policy: Policy, asks: bool, shown: list[str]) -> None:
+    visible = policy.visible(lambda name: name == "free", lambda name: name != "denied")
+    assert policy.asks_budget is asks
+    assert [name for name in ("free", "paid", "denied") if visible(name)] == shown
