@@ -59,11 +59,11 @@ class SidecarApp:
         self.max_connections = connection_bound(self.open_files, settings.max_connections)
         self.upstream = Upstream(
             settings.upstream_url,
-            settings.upstream_host,
-            settings.connect_timeout,
-            settings.read_timeout,
-            self.metrics,
-            settings.max_header_bytes,
+            host=settings.upstream_host,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            metrics=self.metrics,
+            max_header_bytes=settings.max_header_bytes,
             max_idle=idle_bound(self.open_files),
         )
         self._at_capacity = Sparse(log, "at_capacity", "refused")
@@ -87,12 +87,12 @@ class SidecarApp:
             )
             self.admin = AdminLookups(
                 self._admin_client,
-                settings.catalog_ttl,
-                settings.scope_ttl,
-                self.metrics,
-                settings.free_models,
-                settings.budget_ttl,
-                LookupBound(settings.admin_lookup_rate, settings.admin_lookup_concurrency),
+                catalog_ttl=settings.catalog_ttl,
+                scope_ttl=settings.scope_ttl,
+                metrics=self.metrics,
+                extra_free=settings.free_models,
+                budget_ttl=settings.budget_ttl,
+                bound=LookupBound(settings.admin_lookup_rate, settings.admin_lookup_concurrency),
             )
         self.budget = BudgetBook(
             self.admin, ttl=settings.budget_ttl, metrics=self.metrics, phantom_after=settings.phantom_after

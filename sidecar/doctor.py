@@ -193,7 +193,14 @@ async def diagnose(
         settings.upstream_url, settings.admin_key.get_secret_value(), settings.admin_timeout
     )
     async with caller, admin_client:
-        admin = AdminLookups(admin_client, 0, 0, Metrics(), settings.free_models, budget_ttl=0)
+        admin = AdminLookups(
+            admin_client,
+            catalog_ttl=0,
+            scope_ttl=0,
+            metrics=Metrics(),
+            extra_free=settings.free_models,
+            budget_ttl=0,
+        )
         started, waited = time.monotonic(), 0.0
         while True:
             diagnosis = await _diagnose(settings.upstream_url, caller, admin, key, end_user)

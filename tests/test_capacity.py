@@ -104,7 +104,9 @@ def test_a_connect_that_fails_for_want_of_descriptors_is_local_not_litellm() -> 
 
         loop.create_connection = out_of_descriptors  # type: ignore[method-assign]
         metrics = Metrics()
-        upstream = Upstream("http://127.0.0.1:9", "litellm", 1.0, 1.0, metrics)
+        upstream = Upstream(
+            "http://127.0.0.1:9", host="litellm", connect_timeout=1.0, read_timeout=1.0, metrics=metrics
+        )
         scope = {"type": "http", "headers": [], "client": None, "scheme": "http"}
         try:
             await upstream.fetch(scope, b"/v1/models", b"")

@@ -112,6 +112,7 @@ class AdminLookups:
     def __init__(
         self,
         client: httpx.AsyncClient,
+        *,
         catalog_ttl: float,
         scope_ttl: float,
         metrics: Metrics,

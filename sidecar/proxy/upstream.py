@@ -143,6 +143,7 @@ class Upstream:
     def __init__(
         self,
         base_url: str,
+        *,
         host: str,
         connect_timeout: float,
         read_timeout: float,
