@@ -380,3 +380,34 @@ def test_a_stream_litellm_breaks_off_is_one_warning_not_an_error_and_a_traceback
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["kind"] for line in lines if line.get("event") == "upstream_error"] == ["stream_broken"]
     assert not [line for line in lines if line["level"] == "error"], lines
+
+
+def test_a_stream_that_stalls_before_its_first_chunk_is_one_warning_not_an_error(process) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak (LiteLLM paused after sending a stream's head): the wait for the first chunk
+    timed out outside the stream's error handling, and uvicorn logged "Exception in ASGI application"."""
+
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()  # then nothing, until the sidecar gives up
+
+    with ScriptedUpstream(stalls) as upstream:
+        proc, url, log = process(
+            upstream_url=upstream.url, policy="blocked", admin_key="", read_timeout="0.5"
+        )
+        with (
+            httpx.Client(timeout=5) as client,
+            pytest.raises(httpx.RemoteProtocolError),
+            client.stream("POST", url + "/v1/chat/completions", content=b"{}") as answer,
+        ):
+            assert answer.status_code == 200
+            answer.read()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["kind"] for line in lines if line.get("event") == "upstream_error"] == ["stream_broken"]
+    assert not [line for line in lines if line["level"] == "error"], lines

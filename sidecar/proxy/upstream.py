@@ -310,12 +310,12 @@ class Upstream:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         del headers  # the head is out: a stream keeps no copy of it (LiteLLM's come to 1-2 KiB)
         response.headers.clear()
-        chunk = ahead or await response.chunk()
-        if response.complete:
-            watch.stop()  # the upstream's part is over: nothing left to abandon
-            await send({"type": "http.response.body", "body": chunk})
-            return
         try:
+            chunk = ahead or await response.chunk()
+            if response.complete:
+                watch.stop()  # the upstream's part is over: nothing left to abandon
+                await send({"type": "http.response.body", "body": chunk})
+                return
             while chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await response.chunk()
