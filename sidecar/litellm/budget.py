@@ -53,13 +53,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 from sidecar.cache import Recent, SingleFlightCache
 from sidecar.litellm.admin import SHED, AdminLookups, LookupFailed
 from sidecar.litellm.budget_errors import UNNAMED, Reading, Refusal
-from sidecar.litellm.credentials import caller_key, end_user_of, key_hash, key_label
+from sidecar.litellm.credentials import caller, key_hash, key_label
 from sidecar.litellm.levels import NOT_ADMITTED, BudgetState, Level, Spent, Verdict, chain, judge, spent
 from sidecar.logs import event
 from sidecar.metrics import Metrics
@@ -72,22 +72,25 @@ class SourceFailed(Exception):
     """A source could not answer; the message says why (path and status, never a credential)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """One caller as LiteLLM budgets it: its credential's hash and the end user it names."""
+class Principal(NamedTuple):
+    """One caller as LiteLLM budgets it: its credential's hash and the end user it names.
+
+    A tuple, not a dataclass: it is made for every discovery request and keys the budget caches, and a
+    tuple's hash and equality run in C (a dataclass's are Python functions, a few per request). The label
+    is part of equality, harmlessly: it is a function of the same credential as the token."""
 
     token: str  # SHA-256 of the credential; LiteLLM's token when ``virtual_key``
     virtual_key: bool  # an ``sk-`` key LiteLLM's admin API can be asked about
     end_user: str | None = None
-    label: str = field(default="", compare=False)  # ``key_label`` of the credential, for logs
+    label: str = ""  # ``key_label`` of the credential, for logs
 
 
 def principal_of(scope: Scope) -> Principal | None:
     """The principal a request is made for, or ``None`` when it carries no credential."""
-    key = caller_key(scope)
+    key, end_user = caller(scope)
     if key is None:
         return None
-    return Principal(key_hash(key), key.startswith("sk-"), end_user_of(scope), key_label(key))
+    return Principal(key_hash(key), key.startswith("sk-"), end_user, key_label(key))
 
 
 WITHIN = BudgetState()

@@ -50,31 +50,46 @@ END_USER_HEADERS = (b"x-litellm-customer-id", b"x-litellm-end-user-id")
 _END_USER_PARAMS = ("user", "safety_identifier")
 
 _end_user_headers: tuple[bytes, ...] = END_USER_HEADERS
+_read: frozenset[bytes] = frozenset(name for name, _ in KEY_SOURCES) | frozenset(END_USER_HEADERS)
 
 
 def configure(end_user_headers: tuple[str, ...] = ()) -> None:
     """The operator's ``user_header_mappings`` (role ``customer``) or ``user_header_name``, in LiteLLM's
     config order: read after LiteLLM's standard headers, as LiteLLM reads them."""
-    global _end_user_headers
+    global _end_user_headers, _read
     extra = tuple(name.strip().lower().encode("latin-1") for name in end_user_headers if name.strip())
     _end_user_headers = END_USER_HEADERS + tuple(h for h in extra if h not in END_USER_HEADERS)
+    _read = frozenset(name for name, _ in KEY_SOURCES) | frozenset(_end_user_headers)
 
 
-def _first(scope: Scope, name: bytes) -> str | None:
-    header: bytes
-    value: bytes
-    for header, value in scope["headers"]:
-        if header == name:
-            return value.decode("latin-1")
-    return None
+def _credential_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The first value of each header LiteLLM reads a caller from, in one pass over the request's."""
+    found: dict[bytes, bytes] = {}
+    read = _read
+    for name, value in scope["headers"]:
+        if name in read and name not in found:
+            found[name] = value
+    return found
+
+
+def caller(scope: Scope) -> tuple[str | None, str | None]:
+    """The key and the end user LiteLLM reads from this request (``caller_key``, ``end_user_of``)."""
+    headers = _credential_headers(scope)
+    key = _key(headers)
+    return key, (_end_user(scope, headers) if key is not None else None)
 
 
 def caller_key(scope: Scope) -> str | None:
     """The key LiteLLM reads from this request, or ``None`` where it reads none (or an empty one)."""
+    return _key(_credential_headers(scope))
+
+
+def _key(headers: dict[bytes, bytes]) -> str | None:
     for name, prefixes in KEY_SOURCES:
-        text = _first(scope, name)
-        if not text:
+        raw = headers.get(name)
+        if not raw:
             continue
+        text = raw.decode("latin-1")
         for prefix in prefixes:
             if text.startswith(prefix):
                 return text[len(prefix) :].strip() or None
@@ -84,20 +99,34 @@ def caller_key(scope: Scope) -> str | None:
     return None
 
 
+# LiteLLM's token and the sidecar's label start from these states (copying a hash state is cheaper than
+# making a new one: OpenSSL looks the algorithm up each time).
+_TOKEN = hashlib.sha256()
+_LABEL = hashlib.sha256(b"litellm-budget-sidecar:")
+
+
 def key_hash(key: str) -> str:
     """LiteLLM's token for a virtual key: the SHA-256 hex of the key, usable only by an admin look-up."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    digest = _TOKEN.copy()
+    digest.update(key.encode("utf-8"))
+    return digest.hexdigest()
 
 
 def key_label(key: str) -> str:
     """A short, non-reversible label for logs: 12 hex digits of a hash distinct from LiteLLM's token."""
-    return hashlib.sha256(b"litellm-budget-sidecar:" + key.encode("utf-8")).hexdigest()[:12]
+    digest = _LABEL.copy()
+    digest.update(key.encode("utf-8"))
+    return digest.hexdigest()[:12]
 
 
 def end_user_of(scope: Scope) -> str | None:
     """The end user (LiteLLM's customer) LiteLLM reads from this request's headers or query, or ``None``."""
+    return _end_user(scope, _credential_headers(scope))
+
+
+def _end_user(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
     for name in _end_user_headers:
-        text = (_first(scope, name) or "").strip()
+        text = headers.get(name, b"").decode("latin-1").strip()
         if text:
             return text
     query = scope.get("query_string") or b""

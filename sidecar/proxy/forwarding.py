@@ -35,6 +35,7 @@ HOP_BY_HOP = frozenset(
 )
 _REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for"}
 _FRAMING = frozenset({b"content-length", b"expect"})  # a request's body, never that of a request we build
+_BUILT_DROPPED = _REQUEST_DROPPED | _FRAMING
 _REPLACED_IN_REPLY = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
 
 
@@ -48,10 +49,20 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 
 def upstream_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
     """The caller's headers as they go upstream."""
+    return _upstream(scope, upstream_host, _REQUEST_DROPPED)
+
+
+def built_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
+    """The caller's headers for a body-less request the sidecar builds on its behalf: no framing."""
+    return _upstream(scope, upstream_host, _BUILT_DROPPED)
+
+
+def _upstream(scope: Scope, upstream_host: str, dropped: frozenset[bytes]) -> RawHeaders:
     raw: RawHeaders = scope["headers"]
-    dropped = _REQUEST_DROPPED
-    if any(name == b"connection" for name, _ in raw):
-        dropped = dropped | _connection_tokens(raw)
+    for name, _ in raw:  # (a loop, not any(): no generator per request)
+        if name == b"connection":
+            dropped = dropped | _connection_tokens(raw)
+            break
     out: RawHeaders = []
     host = forwarded_for = None
     has_proto = has_host = False
@@ -79,11 +90,6 @@ def upstream_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
     if not has_host and host:
         out.append((b"x-forwarded-host", host))
     return out
-
-
-def built_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
-    """The caller's headers for a body-less request the sidecar builds on its behalf: no framing."""
-    return [(n, v) for n, v in upstream_request_headers(scope, upstream_host) if n not in _FRAMING]
 
 
 def downstream_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
