@@ -157,6 +157,8 @@ class Discovery:
             verdict=verdict,
             state=state,
         )
+        if outcome.action is Action.PASS and not outcome.unknown:  # most answers: nothing to carry out
+            return _listed(asked, route, from_list)
         outcome, answer = await self._carried_out(outcome, route, scope, who, asked, from_list)
         self._report(outcome, route, scope, state, answer.status)
         return answer
@@ -298,8 +300,13 @@ class Discovery:
         return 200, shapes.model_group_info(await self._admin.view(View.MODEL_GROUP_INFO), visible, query)
 
 
+_ANSWERED = Reading.of(200, None)
+
+
 def _reading(answer: Answer) -> Reading:
     """LiteLLM's answer read once: the body of a (small) 4xx parsed, a refusal told apart."""
+    if answer.status == 200:
+        return _ANSWERED  # the same for every 200: no refusal, past the budget checks
     body = answer.json(limit=SMALL_ANSWER) if 400 <= answer.status < 500 else None
     return Reading.of(answer.status, body)
 

@@ -132,16 +132,19 @@ def decide(
         action = Action.BLOCK if policy is Policy.BLOCKED else Action.RESCUE
         return Outcome(action, policy, level, phantom, action is Action.RESCUE, verdict)
     if state is None:
-        return Outcome(Action.PASS, policy)
+        return _PASS[policy]
     if not state.known and state.admitted:
         return Outcome(Action.PASS, policy, unknown=state.reason)
     if not state.over or status != 200:
-        return Outcome(Action.PASS, policy)
+        return _PASS[policy]
     if policy is Policy.ALL:
         action, rendered = Action.MARK, False
     else:
         action, rendered = Action.FILTER, not cuttable
     return Outcome(action, policy, state.scope, state.phantom, rendered, state.verdict)
+
+
+_PASS = {policy: Outcome(Action.PASS, policy) for policy in Policy}  # the most common outcome, made once
 
 
 def phantom_marks(verdict: Verdict | None) -> Marks:
