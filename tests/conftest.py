@@ -34,7 +34,7 @@ def _fake_server() -> Iterator[tuple[FakeLiteLLM, str]]:
 @pytest.fixture
 def fake(_fake_server: tuple[FakeLiteLLM, str]) -> Iterator[FakeLiteLLM]:
     instance, url = _fake_server
-    instance.url = url  # type: ignore[attr-defined]
+    instance.url = url
     instance.version = "1.88.6"
     instance.reset()
     yield instance
@@ -51,7 +51,7 @@ def sidecar(fake: FakeLiteLLM) -> Iterator[SidecarFactory]:
 
     def start(**overrides: Any) -> str:
         values: dict[str, Any] = {
-            "upstream_url": fake.url,  # type: ignore[attr-defined]
+            "upstream_url": fake.url,
             "admin_key": KEYS["MASTER"],
             "port": 1,  # the test server binds its own socket
         }

@@ -16,7 +16,7 @@ import hashlib
 import inspect
 import json
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -83,6 +83,7 @@ Reply = tuple[int, list[tuple[str, str]], bytes]
 @dataclass
 class FakeLiteLLM:
     version: str = "1.88.6"
+    url: str = ""  # where the tests serve it (the ``fake`` fixture sets it)
     seen: list[Seen] = field(default_factory=list)
     overrides: dict[tuple[str, str], Callable[[Seen], Reply | Awaitable[Reply]]] = field(default_factory=dict)
     delay: float = 0.0
@@ -115,8 +116,8 @@ class FakeLiteLLM:
         self.use_version(self.version)
 
     def answer(
-        self, method: str, target: str, status: int, body: Any, headers: list[tuple[str, str]] = ()
-    ) -> None:  # type: ignore[assignment]
+        self, method: str, target: str, status: int, body: Any, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         """Answer ``method target`` (path and query as sent) with ``body`` whoever asks."""
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         hdrs = list(headers) or [("content-type", "application/json")]

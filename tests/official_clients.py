@@ -4,13 +4,18 @@ streamed. One place for the unit tests (against the fake) and the integration te
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import openai
+from anthropic.types import MessageParam, RawContentBlockDeltaEvent, RawMessageStartEvent, TextDelta
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.responses import Response, ResponseCompletedEvent
 
-HI = [{"role": "user", "content": "hi"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 Asked = tuple[Any, str, str]
+T = TypeVar("T")
 
 
 def key_and_rest(headers: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -29,45 +34,51 @@ def anthropic_for(base: str, headers: dict[str, str]) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=base, api_key=key, default_headers=rest, max_retries=0)
 
 
+def parsed(raw: Any, kind: type[T]) -> T:
+    """``raw.parse()``, which the clients' raw-response wrappers type as "streamed or not", as the one it
+    must be for the ``stream`` the caller asked for."""
+    answer = raw.parse()
+    if not isinstance(answer, kind):
+        raise TypeError(f"expected {kind.__name__}, the client parsed {type(answer).__name__}")
+    return answer
+
+
 def ask_chat(client: openai.OpenAI, model: str, stream: bool) -> Asked:
-    create = client.chat.completions.with_raw_response.create
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI, stream=stream)
     if stream:
-        raw = create(model=model, messages=HI, stream=True)  # type: ignore[arg-type]
-        chunks = list(raw.parse())
+        chunks: list[ChatCompletionChunk] = list(parsed(raw, openai.Stream))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         return raw, chunks[0].model, text
-    raw = create(model=model, messages=HI)  # type: ignore[arg-type]
-    completion = raw.parse()
+    completion = parsed(raw, ChatCompletion)
     return raw, completion.model, completion.choices[0].message.content or ""
 
 
 def ask_completion(client: openai.OpenAI, model: str, stream: bool) -> Asked:
-    create = client.completions.with_raw_response.create
-    raw = create(model=model, prompt="hi", stream=stream)
+    raw = client.completions.with_raw_response.create(model=model, prompt="hi", stream=stream)
     if stream:
-        chunks = list(raw.parse())
+        chunks: list[Completion] = list(parsed(raw, openai.Stream))
         return raw, chunks[0].model, "".join(c.choices[0].text for c in chunks if c.choices)
-    completion = raw.parse()
+    completion = parsed(raw, Completion)
     return raw, completion.model, completion.choices[0].text
 
 
 def ask_responses(client: openai.OpenAI, model: str, stream: bool) -> Asked:
-    create = client.responses.with_raw_response.create
-    raw = create(model=model, input="hi", stream=stream)
+    raw = client.responses.with_raw_response.create(model=model, input="hi", stream=stream)
     if stream:
-        done = [e for e in raw.parse() if e.type == "response.completed"]
+        done = [e for e in parsed(raw, openai.Stream) if isinstance(e, ResponseCompletedEvent)]
         return raw, done[0].response.model, done[0].response.output_text
-    response = raw.parse()
+    response = parsed(raw, Response)
     return raw, response.model, response.output_text
 
 
 def ask_messages(client: anthropic.Anthropic, model: str, stream: bool) -> Asked:
-    create = client.messages.with_raw_response.create
-    raw = create(model=model, max_tokens=16, messages=HI, stream=stream)  # type: ignore[call-overload]
+    hi: list[MessageParam] = [{"role": "user", "content": "hi"}]
+    raw = client.messages.with_raw_response.create(model=model, max_tokens=16, messages=hi, stream=stream)
     if stream:
-        events = list(raw.parse())
-        started = [e for e in events if e.type == "message_start"]
-        text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+        events = list(parsed(raw, anthropic.Stream))
+        started = [e for e in events if isinstance(e, RawMessageStartEvent)]
+        deltas = [e.delta for e in events if isinstance(e, RawContentBlockDeltaEvent)]
+        text = "".join(d.text for d in deltas if isinstance(d, TextDelta))
         return raw, started[0].message.model, text
-    message = raw.parse()
+    message = parsed(raw, anthropic.types.Message)
     return raw, message.model, "".join(b.text for b in message.content if b.type == "text")

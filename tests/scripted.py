@@ -61,7 +61,7 @@ def _serving(handler: Handler, stats: Stats) -> Handler:
                 stats.requests.append(data)
             return data
 
-        reader.readuntil = recording_readuntil  # type: ignore[method-assign]
+        reader.readuntil = recording_readuntil  # type: ignore[method-assign,assignment]
         try:
             await handler(reader, writer)
             if reader.at_eof():  # the handler read until the client closed (``await reader.read()``)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sidecar.litellm.access import Scope, ScopeUnknown, scope_from_admin_answers
@@ -10,8 +12,8 @@ from tests.fake_litellm import HASH_OWNER, VERSIONS, load_recordings
 from tests.seeded import ACCESS, ALL_MODELS
 
 
-def deployment(name: str, groups: tuple[str, ...] = (), team_id: str | None = None) -> dict:
-    info: dict = {"id": f"id-{name}", "access_groups": list(groups)}
+def deployment(name: str, groups: tuple[str, ...] = (), team_id: str | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {"id": f"id-{name}", "access_groups": list(groups)}
     if team_id:
         info["team_id"] = team_id
     return {"model_name": name, "litellm_params": {"model": f"openai/{name}"}, "model_info": info}
@@ -113,7 +115,9 @@ def test_all_team_models_on_a_team_is_unknown() -> None:
         ({"info": {"models": [], "team_id": 7}}, None),
     ],
 )
-def test_malformed_admin_answers_make_the_scope_unknown(key_info: dict, team_info: dict | None) -> None:
+def test_malformed_admin_answers_make_the_scope_unknown(
+    key_info: dict[str, Any], team_info: dict[str, Any] | None
+) -> None:
     with pytest.raises(ScopeUnknown):
         scope_from_admin_answers(key_info, team_info)
 
@@ -126,7 +130,7 @@ def test_team_without_a_models_list_does_not_restrict() -> None:
     assert visible(scope) == [n for n in CATALOG.names if n != "team-a-private"]
 
 
-def _admin_answers(version: str) -> dict[str, dict]:
+def _admin_answers(version: str) -> dict[str, dict[str, Any]]:
     answers = {}
     for entry in load_recordings(version):
         target = entry["request"].split(" ", 1)[1]

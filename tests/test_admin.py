@@ -8,7 +8,7 @@ import httpx
 import pytest
 import respx
 
-from sidecar.litellm.access import ScopeUnknown
+from sidecar.litellm.access import Scope, ScopeUnknown
 from sidecar.litellm.admin import AdminLookups, LookupFailed, View, admin_http_client
 from sidecar.litellm.credentials import key_hash
 from sidecar.metrics import Metrics
@@ -24,8 +24,7 @@ def lookups(**kwargs: float) -> tuple[AdminLookups, httpx.AsyncClient]:
     return AdminLookups(client, catalog_ttl=60, scope_ttl=60, metrics=Metrics()), client
 
 
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
+run = asyncio.run
 
 
 @respx.mock(base_url=BASE, assert_all_called=False)
@@ -38,13 +37,13 @@ def test_scope_of_a_team_key_reads_key_then_team(respx_mock: respx.MockRouter) -
     )
     user = respx_mock.get("/user/info")
 
-    async def main() -> object:
+    async def main() -> Scope:
         admin, client = lookups()
         async with client:
             return await admin.scope(TOKEN)
 
     scope = run(main())
-    assert scope.key_models == ("a", "b") and scope.team_models == ("b",)  # type: ignore[attr-defined]
+    assert scope.key_models == ("a", "b") and scope.team_models == ("b",)
     assert key.called and team.called and not user.called  # user models bound personal keys only
     request = key.calls.last.request
     assert request.headers["authorization"] == f"Bearer {ADMIN}"
@@ -57,12 +56,12 @@ def test_personal_key_reads_the_user(respx_mock: respx.MockRouter) -> None:
     respx_mock.get("/key/info").respond(json={"info": {"models": [], "team_id": None, "user_id": "u1"}})
     respx_mock.get("/user/info", params={"user_id": "u1"}).respond(json={"user_info": {"models": ["x"]}})
 
-    async def main() -> object:
+    async def main() -> Scope:
         admin, client = lookups()
         async with client:
             return await admin.scope(TOKEN)
 
-    assert run(main()).user_models == ("x",)  # type: ignore[attr-defined]
+    assert run(main()).user_models == ("x",)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +74,9 @@ def test_personal_key_reads_the_user(respx_mock: respx.MockRouter) -> None:
         (httpx.ReadTimeout("slow"), "timed out"),
     ],
 )
-def test_failures_name_path_and_status_never_the_credential(response: object, message: str) -> None:
+def test_failures_name_path_and_status_never_the_credential(
+    response: httpx.Response | Exception, message: str
+) -> None:
     with respx.mock(base_url=BASE) as mock:
         route = mock.get("/key/info")
         if isinstance(response, Exception):

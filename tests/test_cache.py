@@ -11,9 +11,7 @@ import pytest
 
 from sidecar.cache import Recent, SingleFlightCache
 
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
+run = asyncio.run
 
 
 def test_concurrent_misses_share_one_load() -> None:
@@ -44,7 +42,7 @@ def test_failed_load_reaches_every_waiter_and_is_not_kept() -> None:
             raise RuntimeError("upstream down")
         return "recovered"
 
-    async def main() -> tuple[list[object], str]:
+    async def main() -> tuple[list[str | BaseException], str]:
         cache: SingleFlightCache[str, str] = SingleFlightCache(ttl=60)
         first = await asyncio.gather(*(cache.get("k", load) for _ in range(3)), return_exceptions=True)
         return first, await cache.get("k", load)
@@ -103,7 +101,7 @@ def test_size_is_bounded() -> None:
     assert run(main()) == 10
 
 
-def load_of(value: str, loads: list[str]):  # type: ignore[no-untyped-def]
+def load_of(value: str, loads: list[str]) -> Callable[[], Awaitable[str]]:
     async def load() -> str:
         loads.append(value)
         return value
@@ -177,7 +175,7 @@ def test_single_flight_holds_in_a_full_cache() -> None:
     async def main() -> list[str]:
         cache: SingleFlightCache[str, str] = SingleFlightCache(ttl=60, max_entries=1)
 
-        def load_for(key: str):  # type: ignore[no-untyped-def]
+        def load_for(key: str) -> Callable[[], Awaitable[str]]:
             async def load() -> str:
                 calls[key] = calls.get(key, 0) + 1
                 await asyncio.sleep(0.02)

@@ -107,7 +107,7 @@ def test_a_connect_that_fails_for_want_of_descriptors_is_local_not_litellm() -> 
         upstream = Upstream(
             "http://127.0.0.1:9", host="litellm", connect_timeout=1.0, read_timeout=1.0, metrics=metrics
         )
-        scope = {"type": "http", "headers": [], "client": None, "scheme": "http"}
+        scope: dict[str, Any] = {"type": "http", "headers": [], "client": None, "scheme": "http"}
         try:
             await upstream.fetch(scope, b"/v1/models", b"")
         except UpstreamUnavailable as exc:

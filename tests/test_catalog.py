@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,7 @@ from sidecar.litellm.catalog import ModelCatalog, is_secret_param, public_deploy
 from tests.fake_litellm import VERSIONS, load_recordings
 
 
-def dep(name: str, **params: object) -> dict:
+def dep(name: str, **params: object) -> dict[str, Any]:
     return {"model_name": name, "litellm_params": {"model": "openai/x", **params}, "model_info": {"id": name}}
 
 

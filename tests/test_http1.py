@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -281,7 +282,7 @@ def test_closing_a_released_answer_leaves_its_pooled_connection_alone() -> None:
     assert run(keep_alive, test)["connections"] == 1
 
 
-def test_https_upstreams_are_verified_and_spoken_to(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_https_upstreams_are_verified_and_spoken_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A LiteLLM behind TLS: the certificate is checked against the trusted CAs (here, a test CA)."""
     import shutil
     import ssl

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from asyncio import StreamReader as Reader
+from asyncio import StreamWriter as Writer
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,10 +24,9 @@ from sidecar.proxy.http1 import (
     UpstreamError,
     UpstreamProtocolError,
 )
-from tests.scripted import GET, Stats, ok, read_request, run
+from tests.scripted import GET, Handler, Stats, ok, read_request, run
 
 POST = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n"
-Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
 
 
 async def fill_pool(pool: ConnectionPool, count: int) -> None:
@@ -39,7 +40,7 @@ async def fill_pool(pool: ConnectionPool, count: int) -> None:
     await asyncio.gather(*(one() for _ in range(count)))
 
 
-def answers_then_drops(answered: int) -> object:
+def answers_then_drops(answered: int) -> Handler:
     """Each connection answers its first ``answered`` requests, then takes the next one and hangs up."""
 
     async def handler(reader: Reader, writer: Writer) -> None:
@@ -130,7 +131,7 @@ async def two_requests(pool: ConnectionPool) -> list[tuple[int, list[tuple[bytes
     return seen
 
 
-def answer_by_path(reply_first: bytes) -> object:
+def answer_by_path(reply_first: bytes) -> Handler:
     """``/first`` gets ``reply_first`` (hostile); any other request a well-formed answer naming it."""
 
     async def handler(reader: Reader, writer: Writer) -> None:
@@ -374,7 +375,7 @@ BEHAVIOURS = (
 )
 
 
-def scripted_by_request() -> tuple[object, dict[bytes, str]]:
+def scripted_by_request() -> tuple[Handler, dict[bytes, str]]:
     """An upstream whose answer to each request is planned by its path. It runs in the test's own event
     loop, so bytes written together arrive together: the races of bytes in flight while a connection is
     taken again are left to the deterministic test of idle bytes above."""

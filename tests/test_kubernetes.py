@@ -52,7 +52,8 @@ LITELLM_BACKEND = ("litellm", 4000)
 def manifest(filename: str) -> dict[str, Any]:
     documents = [d for d in yaml.safe_load_all((MANIFESTS / filename).read_text()) if d]
     assert len(documents) == 1, f"{filename}: one resource per file"
-    return documents[0]
+    document: dict[str, Any] = documents[0]
+    return document
 
 
 def manifest_files() -> list[str]:
@@ -64,17 +65,20 @@ def deployment() -> dict[str, Any]:
 
 
 def pod_spec() -> dict[str, Any]:
-    return deployment()["spec"]["template"]["spec"]
+    spec: dict[str, Any] = deployment()["spec"]["template"]["spec"]
+    return spec
 
 
 def pod_labels() -> dict[str, str]:
-    return deployment()["spec"]["template"]["metadata"]["labels"]
+    labels: dict[str, str] = deployment()["spec"]["template"]["metadata"]["labels"]
+    return labels
 
 
 def container() -> dict[str, Any]:
     containers = pod_spec()["containers"]
     assert len(containers) == 1
-    return containers[0]
+    only: dict[str, Any] = containers[0]
+    return only
 
 
 def container_port_names() -> dict[str, int]:
@@ -299,7 +303,8 @@ def settings_file() -> tuple[str, str]:
     """The ConfigMap's one key and its text."""
     data = manifest("configmap.yaml")["data"]
     assert len(data) == 1, data
-    return next(iter(data.items()))
+    key, text = next(iter(data.items()))
+    return str(key), str(text)
 
 
 @pytest.fixture
@@ -433,7 +438,8 @@ def ingress_paths() -> list[dict[str, Any]]:
     ingress = manifest("ingress-split.yaml")
     assert "defaultBackend" not in ingress["spec"]
     [rule] = ingress["spec"]["rules"]
-    return rule["http"]["paths"]
+    paths: list[dict[str, Any]] = rule["http"]["paths"]
+    return paths
 
 
 def backend_for(request_path: str) -> Backend | None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -166,13 +166,16 @@ def test_upstream_errors_are_counted(sidecar: SidecarFactory, client: httpx.Clie
 
 def _env(fake: FakeLiteLLM, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    env.update(SIDECAR_UPSTREAM_URL=fake.url, SIDECAR_ADMIN_KEY=KEYS["MASTER"])  # type: ignore[attr-defined]
+    env.update(SIDECAR_UPSTREAM_URL=fake.url, SIDECAR_ADMIN_KEY=KEYS["MASTER"])
     env.update({f"SIDECAR_{k.upper()}": v for k, v in settings.items()})
     return env
 
 
+StartSidecar = Callable[..., tuple[subprocess.Popen[bytes], str, Path]]
+
+
 @pytest.fixture
-def process(fake: FakeLiteLLM, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+def process(fake: FakeLiteLLM, tmp_path: Path) -> Iterator[StartSidecar]:
     started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def start(**settings: str) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -200,7 +203,9 @@ def process(fake: FakeLiteLLM, tmp_path: Path) -> Iterator:  # type: ignore[type
             proc.wait()
 
 
-def test_ctrl_c_drains_and_ends_by_the_signal_without_a_traceback(process, fake: FakeLiteLLM) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_drains_and_ends_by_the_signal_without_a_traceback(
+    process: StartSidecar, fake: FakeLiteLLM
+) -> None:
     """Issue 28: Ctrl-C on a foreground sidecar shut down cleanly, then printed a KeyboardInterrupt
     traceback. It ends by SIGINT, as an interrupted program should (130 in a shell), quietly."""
     proc, url, log = process()
@@ -213,8 +218,8 @@ def test_ctrl_c_drains_and_ends_by_the_signal_without_a_traceback(process, fake:
 
 
 def test_logs_are_json_lines_one_per_rescue_with_no_access_log_and_no_secrets(
-    process, fake: FakeLiteLLM
-) -> None:  # type: ignore[no-untyped-def]
+    process: StartSidecar, fake: FakeLiteLLM
+) -> None:
     proc, url, log = process()
     httpx.get(url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))
     httpx.post(url + "/echo", content=b"x", headers=bearer("KEY_HEALTHY"))
@@ -230,7 +235,9 @@ def test_logs_are_json_lines_one_per_rescue_with_no_access_log_and_no_secrets(
     assert key_hash(KEYS["KEY_TEAM_BROKE"]) not in text
 
 
-def test_sigterm_lets_streams_finish_and_readiness_goes_false_first(process, fake: FakeLiteLLM) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_lets_streams_finish_and_readiness_goes_false_first(
+    process: StartSidecar, fake: FakeLiteLLM
+) -> None:
     proc, url, _ = process(drain_delay="0.6", shutdown_timeout="10")
     received: list[bytes] = []
 
@@ -252,7 +259,7 @@ def test_sigterm_lets_streams_finish_and_readiness_goes_false_first(process, fak
         httpx.get(url + "/healthz", timeout=1)
 
 
-def test_streams_longer_than_the_shutdown_timeout_are_cut(process, fake: FakeLiteLLM) -> None:  # type: ignore[no-untyped-def]
+def test_streams_longer_than_the_shutdown_timeout_are_cut(process: StartSidecar, fake: FakeLiteLLM) -> None:
     proc, url, _ = process(shutdown_timeout="1")
     received: list[bytes] = []
 
@@ -290,7 +297,7 @@ def test_check_flag_reports_ready(fake: FakeLiteLLM) -> None:
     result = _check(fake, port=str(port))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"settings: ok (upstream {fake.url}, policy all)",  # type: ignore[attr-defined]
+        f"settings: ok (upstream {fake.url}, policy all)",
         "upstream: ok",
         "admin_credential: ok (4 models)",
         f"listen: ok (127.0.0.1:{port})",
@@ -352,7 +359,9 @@ def test_check_flag_reports_bad_settings_like_start_up(fake: FakeLiteLLM) -> Non
     assert result.returncode == 2 and "policy" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_stream_litellm_breaks_off_is_one_warning_not_an_error_and_a_traceback(process) -> None:  # type: ignore[no-untyped-def]
+def test_a_stream_litellm_breaks_off_is_one_warning_not_an_error_and_a_traceback(
+    process: StartSidecar,
+) -> None:
     """Found by the soak: every stream the upstream broke off also gave uvicorn's "Exception in ASGI
     application" at error level, with a traceback - an error line per upstream event."""
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+from asyncio import StreamReader as Reader
+from asyncio import StreamWriter as Writer
 
 import httpx
 
 from tests.conftest import SidecarFactory
 from tests.scripted import ScriptedUpstream, connect, ok, read_answer, read_request
-
-Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
 
 
 def test_a_request_head_over_the_bound_gets_431_and_never_goes_upstream(sidecar: SidecarFactory) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sidecar.litellm import shapes
 
 NAMES = [f"m{i}" for i in range(7)]
-V2_VIEW = {
+V2_VIEW: dict[str, Any] = {
     "data": [
         {"model_name": n, "litellm_params": {"api_key": "x"}, "model_info": {"id": f"id-{n}"}} for n in NAMES
     ],
@@ -23,7 +25,7 @@ def odd(name: str) -> bool:
 
 
 def test_openai_list_keeps_its_envelope() -> None:
-    view = {
+    view: dict[str, Any] = {
         "data": [{"id": n, "object": "model", "created": 1, "owned_by": "openai"} for n in NAMES],
         "object": "list",
     }
@@ -58,7 +60,7 @@ def test_anthropic_list_recomputes_first_last_and_has_more() -> None:
     ],
 )
 def test_v2_pages_are_recut_from_the_visible_models(
-    query: dict, ids: list[str], page: int, pages: int, size: int
+    query: dict[str, str], ids: list[str], page: int, pages: int, size: int
 ) -> None:
     answer = shapes.model_info_page(V2_VIEW, odd, query)
     assert [d["model_name"] for d in answer["data"]] == ids
@@ -74,7 +76,7 @@ def test_v2_with_nothing_visible_has_zero_pages() -> None:
 
 
 @pytest.mark.parametrize("query", [{"page": "0"}, {"size": "0"}, {"page": "x"}, {"size": "-1"}])
-def test_v2_refuses_what_litellm_refuses(query: dict) -> None:
+def test_v2_refuses_what_litellm_refuses(query: dict[str, str]) -> None:
     with pytest.raises(shapes.BadQuery):
         shapes.model_info_page(V2_VIEW, odd, query)
 

@@ -54,7 +54,7 @@ def test_a_ready_start_says_so_in_one_line(fake: FakeLiteLLM, tmp_path: Path) ->
     line = startup_line(lines)
     assert line["level"] == "info" and line["ready"] is True
     assert (line["upstream"], line["admin_credential"]) == ("ok", "ok (4 models)")
-    assert (line["listen"], line["upstream_url"], line["policy"]) == (url, fake.url, "all")  # type: ignore[attr-defined]
+    assert (line["listen"], line["upstream_url"], line["policy"]) == (url, fake.url, "all")
     assert KEYS["MASTER"] not in json.dumps(lines)
     assert not [line for line in lines if line.get("event") == "setting_warning"]
 
@@ -88,13 +88,13 @@ def test_without_an_admin_key_the_line_says_what_that_costs(fake: FakeLiteLLM, t
 def test_an_upstream_url_ending_in_v1_is_used_without_it_with_a_warning(
     fake: FakeLiteLLM, tmp_path: Path, suffix: str
 ) -> None:
-    given = fake.url + suffix  # type: ignore[attr-defined]
+    given = fake.url + suffix
     lines, _ = run_until_announced(_env(fake, upstream_url=given), tmp_path)
     (warning,) = [line for line in lines if line.get("event") == "setting_warning"]
     assert warning["level"] == "warning"
-    assert warning["message"].startswith(f"upstream_url {given} ends in /v1: the sidecar uses {fake.url} ")  # type: ignore[attr-defined]
+    assert warning["message"].startswith(f"upstream_url {given} ends in /v1: the sidecar uses {fake.url} ")
     line = startup_line(lines)
-    assert (line["upstream_url"], line["ready"]) == (fake.url, True)  # type: ignore[attr-defined]
+    assert (line["upstream_url"], line["ready"]) == (fake.url, True)
 
 
 def test_a_misspelt_environment_variable_is_named_with_the_closest_setting(

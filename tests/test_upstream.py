@@ -46,7 +46,7 @@ def test_method_path_query_headers_and_body_arrive_as_sent(
     assert headers["x-custom"] == "v1"
     assert headers["content-type"] == "application/json"
     assert headers["content-length"] == str(len(body))
-    assert headers["host"] == fake.url.removeprefix("http://")  # type: ignore[attr-defined]
+    assert headers["host"] == fake.url.removeprefix("http://")
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
     assert headers["x-forwarded-host"] == url.removeprefix("http://")

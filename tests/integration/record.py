@@ -114,7 +114,7 @@ CHARGED = {
 def _wait_for_spend(client: httpx.Client, master_key: str, keys: dict[str, str], timeout: float = 60) -> None:
     """LiteLLM writes spend to Postgres in batches (every 1-6 s here), so right after ``seed`` its records
     may not show the seeded spend yet: wait until every one does, so the recording is of a settled state."""
-    records = {
+    records: dict[str, str | None] = {
         f"/key/info?key={hashlib.sha256(keys[p].encode()).hexdigest()}": "info" for p in SPENDERS if p in keys
     }
     records.update(CHARGED)
