@@ -232,6 +232,13 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="sidecar-demo-", dir="/tmp"))
     state.chmod(0o711)  # as root, the harness runs PostgreSQL as user postgres, which must reach into it
     os.environ["LITELLM_UPSTREAM_STATE"] = str(state)  # everything the harness starts lives there
+    # On stderr beside the harness's progress, so stdout stays the table; says where the logs are, and lets
+    # a caller (the tests) find what this demo started from its own output.
+    print(
+        f"demo: state dir {state} (LiteLLM's, PostgreSQL's and the sidecars' logs)",
+        file=sys.stderr,
+        flush=True,
+    )
     sidecars: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     stop_on_sigterm()
     try:
