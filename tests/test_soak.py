@@ -30,5 +30,9 @@ def test_a_short_soak_loses_no_answer_and_leaks_nothing() -> None:
         soak.send_signal(signal.SIGTERM)  # the soak stops the sidecar and the stand-in it started
         output, _ = soak.communicate(timeout=30)
         raise AssertionError(f"the soak took over {DEADLINE} s:\n{output[-6000:]}") from None
+    finally:  # interrupted (Ctrl-C): the soak still stops what it started
+        if soak.poll() is None:
+            soak.send_signal(signal.SIGTERM)
+            soak.communicate(timeout=30)
     assert soak.returncode == 0, output[-8000:]
     assert "ok: every answer whole" in output
