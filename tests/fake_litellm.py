@@ -85,7 +85,9 @@ class FakeLiteLLM:
     version: str = "1.88.6"
     url: str = ""  # where the tests serve it (the ``fake`` fixture sets it)
     seen: list[Seen] = field(default_factory=list)
-    overrides: dict[tuple[str, str], Callable[[Seen], Reply | Awaitable[Reply]]] = field(default_factory=dict)
+    overrides: dict[tuple[str, str], Callable[[Seen], Reply | Awaitable[Reply] | None]] = field(
+        default_factory=dict
+    )
     delay: float = 0.0
     events: list[str] = field(default_factory=list)
     # (principal, method, target [+ "#model" for a POST] [+ "@end user" it names], anthropic) -> entry

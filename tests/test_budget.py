@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from tests.fake_litellm import VERSIONS, all_recordings, load_recordings
 RECORDED = all_recordings()
 
 
-def _is_spent_budget_per_recording(entry: dict) -> bool:
+def _is_spent_budget_per_recording(entry: dict[str, Any]) -> bool:
     """Independent oracle: the seeded principals whose budget is spent, answered with a 4xx error that
     mentions a budget, on a route that is not an admin look-up."""
     body = entry["body"]
@@ -25,7 +26,7 @@ def _is_spent_budget_per_recording(entry: dict) -> bool:
     RECORDED,
     ids=[f"{e['version']}-{e['principal'][:20]}-{e['request'][:40]}-{e['status']}" for e in RECORDED],
 )
-def test_every_recorded_answer_is_classified_like_real_litellm_meant_it(entry: dict) -> None:
+def test_every_recorded_answer_is_classified_like_real_litellm_meant_it(entry: dict[str, Any]) -> None:
     assert is_budget_error(entry["status"], entry["body"]) is _is_spent_budget_per_recording(entry)
 
 

@@ -37,7 +37,7 @@ def who(name: str) -> Principal:
 
 
 def book(fake: FakeLiteLLM, admin: bool = True) -> tuple[BudgetBook, httpx.AsyncClient]:
-    client = admin_http_client(fake.url, KEYS["MASTER"], timeout=5)  # type: ignore[attr-defined]
+    client = admin_http_client(fake.url, KEYS["MASTER"], timeout=5)
     lookups = AdminLookups(client, catalog_ttl=60, scope_ttl=60, metrics=Metrics()) if admin else None
     return BudgetBook(lookups, ttl=30, metrics=Metrics()), client
 
@@ -46,7 +46,7 @@ def probe_of(fake: FakeLiteLLM, name: str) -> Any:
     """LiteLLM's own answer to the probe route, asked with the caller's headers (as discovery does)."""
 
     async def probe() -> Reading:
-        async with httpx.AsyncClient(base_url=fake.url) as caller:  # type: ignore[attr-defined]
+        async with httpx.AsyncClient(base_url=fake.url) as caller:
             answer = await caller.get("/cursor/v1/models", headers=bearer(name))
         return Reading.of(answer.status_code, answer.json())
 
@@ -97,7 +97,7 @@ def test_each_source_alone_names_the_spent_level(fake: FakeLiteLLM, version: str
 def test_callers_within_budget_are_within_on_both_sources(fake: FakeLiteLLM, version: str, name: str) -> None:
     fake.use_version(version)
 
-    async def main() -> tuple[Any, Any, int]:
+    async def main() -> tuple[Any, Any, list[str]]:
         budgets, client = book(fake)
         async with client:
             enforced = (await probe_of(fake, name)()).refusal
@@ -326,7 +326,7 @@ def test_within_budget_callers_get_litellms_bytes_and_warm_calls_cost_one_round_
 ) -> None:
     fake.use_version("1.110.2")
     url = sidecar(policy="free_only")
-    direct = client.get(fake.url + "/v1/models", headers=bearer("KEY_HEALTHY"))  # type: ignore[attr-defined]
+    direct = client.get(fake.url + "/v1/models", headers=bearer("KEY_HEALTHY"))
     first = client.get(url + "/v1/models", headers=bearer("KEY_HEALTHY"))
     before = len(fake.seen)
     second = client.get(url + "/v1/models", headers=bearer("KEY_HEALTHY"))
@@ -342,7 +342,7 @@ def test_unknown_state_falls_back_to_litellms_answer_and_logs_why(
     fake.answer("GET", "/cursor/v1/models", 502, b"bad gateway")
     fake.answer("GET", f"/key/info?key={key_hash(KEYS['KEY_TEAM_BROKE'])}", 500, {"error": "db down"})
     url = sidecar(policy="free_only")
-    direct = client.get(fake.url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))  # type: ignore[attr-defined]
+    direct = client.get(fake.url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))
     with caplog.at_level(logging.WARNING):
         answer = client.get(url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))
     assert answer.content == direct.content and "x-sidecar-budget-exceeded" not in answer.headers

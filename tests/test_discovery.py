@@ -26,7 +26,7 @@ def test_policy_all_lists_what_the_caller_may_access(
     fake.use_version(version)
     url = sidecar(policy="all")
     for path in LIST_ROUTES:
-        direct = client.get(fake.url + path, headers=bearer(principal))  # type: ignore[attr-defined]
+        direct = client.get(fake.url + path, headers=bearer(principal))
         answer = client.get(url + path, headers=bearer(principal))
         assert answer.status_code == 200, path
         if direct.status_code == 200:  # this LiteLLM version lists the models itself: its answer, marked
@@ -65,7 +65,7 @@ def test_policy_blocked_returns_litellms_error_byte_for_byte(
 ) -> None:
     fake.use_version(version)
     url = sidecar(policy="blocked", admin_key=None)
-    direct = client.get(fake.url + path, headers=bearer("KEY_KEY_BROKE"))  # type: ignore[attr-defined]
+    direct = client.get(fake.url + path, headers=bearer("KEY_KEY_BROKE"))
     answer = client.get(url + path, headers=bearer("KEY_KEY_BROKE"))
     assert (answer.status_code, answer.content) == (direct.status_code, direct.content)
     assert answer.headers["content-type"] == direct.headers["content-type"]
@@ -79,7 +79,7 @@ def test_healthy_key_answers_are_identical_with_and_without_sidecar(
 ) -> None:
     fake.use_version(version)
     url = sidecar()
-    direct = client.get(fake.url + path, headers=bearer("KEY_HEALTHY"))  # type: ignore[attr-defined]
+    direct = client.get(fake.url + path, headers=bearer("KEY_HEALTHY"))
     answer = client.get(url + path, headers=bearer("KEY_HEALTHY"))
     assert (answer.status_code, answer.content) == (direct.status_code, direct.content)
     assert answer.headers.get_list("date") == direct.headers.get_list("date")
@@ -189,7 +189,7 @@ class TestRetrieve:
     def test_healthy_key_retrieves_what_litellm_refuses_it(
         self, fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client
     ) -> None:
-        direct = client.get(fake.url + "/v1/models/paid-model", headers=bearer("KEY_HEALTHY"))  # type: ignore[attr-defined]
+        direct = client.get(fake.url + "/v1/models/paid-model", headers=bearer("KEY_HEALTHY"))
         assert direct.status_code == 401  # "Only proxy admin can be used ..."
         answer = client.get(sidecar() + "/v1/models/paid-model", headers=bearer("KEY_HEALTHY"))
         assert answer.status_code == 200 and answer.json()["id"] == "paid-model"
@@ -253,7 +253,7 @@ def test_other_errors_pass_through_unchanged(
 ) -> None:
     fake.answer("GET", "/v1/models", status, body, [("content-type", "text/plain"), ("x-upstream", "1")])
     answer = client.get(sidecar() + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))
-    direct = client.get(fake.url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))  # type: ignore[attr-defined]
+    direct = client.get(fake.url + "/v1/models", headers=bearer("KEY_TEAM_BROKE"))
     assert (answer.status_code, answer.content, answer.headers["x-upstream"]) == (status, direct.content, "1")
     assert not any(name.startswith("x-sidecar") for name in answer.headers)
 

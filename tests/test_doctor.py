@@ -38,7 +38,7 @@ def doctor(fake: FakeLiteLLM, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
 
     def run(*args: str, admin_key: str | None = KEYS["MASTER"]) -> tuple[int, str, str]:
         fake.answer("GET", "/openapi.json", 200, {"info": {"title": "LiteLLM API", "version": fake.version}})
-        monkeypatch.setenv("SIDECAR_UPSTREAM_URL", fake.url)  # type: ignore[attr-defined]
+        monkeypatch.setenv("SIDECAR_UPSTREAM_URL", fake.url)
         if admin_key is not None:
             monkeypatch.setenv("SIDECAR_ADMIN_KEY", admin_key)
         code = cli.main(["doctor", *args])
@@ -127,7 +127,7 @@ def test_the_table_shows_the_chain_the_refusing_level_and_each_policy(doctor: An
     code, out, _ = doctor("--key", KEYS["KEY_TEAM_BROKE"], "--settle", "0")
     assert code == 1
     lines = out.splitlines()
-    assert lines[0] == f"LiteLLM 1.110.2 at {fake.url}"  # type: ignore[attr-defined]
+    assert lines[0] == f"LiteLLM 1.110.2 at {fake.url}"
     token = key_hash(KEYS["KEY_TEAM_BROKE"])
     assert lines[1] == f"key {key_label(KEYS['KEY_TEAM_BROKE'])} (token {token[:12]}…)"
     assert any(line.startswith("LiteLLM refuses it now: 422 at the team level") for line in lines)
@@ -307,7 +307,7 @@ def test_a_reader_that_stops_early_ends_doctor_quietly_with_its_verdicts_exit_co
     fake.use_version("1.110.2")
     fake.answer("GET", "/openapi.json", 200, {"info": {"title": "LiteLLM API", "version": fake.version}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    env.update(SIDECAR_UPSTREAM_URL=fake.url, SIDECAR_ADMIN_KEY=KEYS["MASTER"])  # type: ignore[attr-defined]
+    env.update(SIDECAR_UPSTREAM_URL=fake.url, SIDECAR_ADMIN_KEY=KEYS["MASTER"])
     reader, writer = os.pipe()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "doctor", "--key", "-", "--json", "--settle", "0"],

@@ -313,7 +313,7 @@ def test_a_retry_that_fails_for_another_reason_gives_the_original_refusal_and_sa
     fake.use_version("1.110.2")
     url = sidecar(policy="free_only", fallback=RULE)
     paid = {"model": "paid-model", "input": "hi", "stream": False}
-    refusal = client.post(fake.url + "/v1/responses", headers=bearer("KEY_TEAM_BROKE"), json=paid)  # type: ignore[attr-defined]
+    refusal = client.post(fake.url + "/v1/responses", headers=bearer("KEY_TEAM_BROKE"), json=paid)
     assert refusal.status_code == 422
     fake.reset()
     fake.overrides[("POST", "/v1/responses")] = lambda seen: (
@@ -450,7 +450,8 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 def many_keys(model: str) -> bytes:
     """A JSON request just under ``BODY_LIMIT`` built to be slow to parse: a small key per few bytes."""
-    keys, size, head = [], 0, f'{{"model":"{model}","messages":[],'
+    keys: list[str] = []
+    size, head = 0, f'{{"model":"{model}","messages":[],'
     while size < BODY_LIMIT - len(head) - 16:
         keys.append(f'"k{len(keys)}":0')
         size += len(keys[-1]) + 1
