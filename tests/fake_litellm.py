@@ -89,6 +89,9 @@ class FakeLiteLLM:
         default_factory=dict
     )
     delay: float = 0.0
+    # Seconds between a recorded stream's events: each event its own write, as a model sends them; a test
+    # that measures how a stream arrives over time sets a pace it can tell from a buffered answer.
+    pace: float = 0.01
     events: list[str] = field(default_factory=list)
     # (principal, method, target [+ "#model" for a POST] [+ "@end user" it names], anthropic) -> entry
     _index: dict[tuple[str, str, str, bool], dict[str, Any]] = field(default_factory=dict)
@@ -114,6 +117,7 @@ class FakeLiteLLM:
         self.seen.clear()
         self.overrides.clear()
         self.delay = 0.0
+        self.pace = 0.01
         self.events.clear()
         self.use_version(self.version)
 
@@ -210,7 +214,7 @@ class FakeLiteLLM:
         if not any(name == "date" for name, _ in reply_headers):
             reply_headers = [*reply_headers, ("date", formatdate(usegmt=True)), ("server", "uvicorn")]
         if ("content-type", "text/event-stream") in [(k, v.split(";")[0]) for k, v in reply_headers]:
-            await _paced(send, status, reply_headers, payload)
+            await _paced(send, status, reply_headers, payload, self.pace)
             return
         await send(
             {
@@ -298,8 +302,8 @@ def _body_tag(body: Any) -> str:
     return f"#{body.get('model')}" + ("+stream" if body.get("stream") else "")
 
 
-async def _paced(send: Any, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
-    """A recorded stream, one event every 0.1 s, as a model would produce it."""
+async def _paced(send: Any, status: int, headers: list[tuple[str, str]], payload: bytes, pace: float) -> None:
+    """A recorded stream, one event every ``pace`` seconds, as a model would produce it."""
     await send(
         {
             "type": "http.response.start",
@@ -310,7 +314,7 @@ async def _paced(send: Any, status: int, headers: list[tuple[str, str]], payload
     for event in payload.split(b"\n\n"):
         if event.strip():
             await send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(pace)
     await send({"type": "http.response.body", "body": b""})
 
 

@@ -30,6 +30,7 @@ def test_models_list_succeeds_for_an_over_budget_key(
 
 
 def test_streamed_chat_arrives_incrementally(fake: FakeLiteLLM, sidecar: SidecarFactory) -> None:
+    fake.pace = 0.1  # one event every 0.1 s: a buffered answer would arrive all at once
     url = sidecar()
     client = openai.OpenAI(base_url=url + "/v1", api_key=KEYS["KEY_FREE_ONLY"], max_retries=0)
     arrivals = []
