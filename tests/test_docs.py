@@ -438,7 +438,7 @@ def test_a_curl_example_answers_as_shown(
     url = start(sidecar, policy or "free_only")
     output = ""
     for command in example.commands:
-        output += run(command.replace(LITELLM, litellm.url).replace(SIDECAR, url))  # type: ignore[attr-defined]
+        output += run(command.replace(LITELLM, litellm.url).replace(SIDECAR, url))
     assert matches(example.expected, output), f"{example}:\n{output}"
 
 
