@@ -23,7 +23,8 @@ p50/p99/max. Targets run one after another, each with a fresh upstream, in inter
 ``--rounds``. Everything started is stopped in a ``finally``; every wait is bounded.
 
     python bench/streams.py [--streams 2000,10000] [--seconds 15] [--rounds 1]
-        [--build sidecar=/path/to/tree ...] [--no-nginx] [--trace 2000] [--out bench/streams.json]
+        [--build sidecar=/path/to/tree ...] [--no-nginx] [--soft-limit 1024] [--trace 2000]
+        [--out bench/streams.json]
 
 ``--trace N`` runs each sidecar build once more at N streams with ``tracemalloc`` (1 frame) and prints the
 allocation sites that grew between start and plateau, in bytes per stream.
@@ -44,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -385,9 +387,16 @@ class Run:
         self.target, self.build, self.streams, self.seconds = target, build, streams, seconds
         self.processes: list[subprocess.Popen[bytes]] = []
 
+    # ``--soft-limit``: the soft descriptor limit the proxy starts under (systemd's and recent container
+    # runtimes' 1024), as a deployment gives it; the sidecar raises its own, nginx by worker_rlimit_nofile.
+    soft_limit: int | None = None
+
     def start(self, argv: list[str], what: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        soft = self.soft_limit if what == "proxy" else None
         with (self.work / f"{what}.log").open("wb") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+            process = subprocess.Popen(
+                argv, stdout=log, stderr=log, env=env, preexec_fn=_soft_limit(soft) if soft else None
+            )
         self.processes.append(process)
         return process
 
@@ -566,6 +575,13 @@ def _line(filename: str, lineno: int) -> str:
     return linecache.getline(filename, lineno).strip()[:70]
 
 
+def _soft_limit(soft: int) -> Callable[[], None]:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return lower
+
+
 def raise_fd_limit() -> None:
     """Our own descriptor limit, inherited by what we start (the sidecar raises its soft limit itself)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -593,9 +609,13 @@ def main() -> int:
         help="NAME=PATH: a sidecar tree to run (PYTHONPATH); repeatable (default sidecar=this tree)",
     )
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out")
+    parser.add_argument(
+        "--soft-limit", type=int, help="start each proxy under this soft descriptor limit (e.g. 1024)"
+    )
     parser.add_argument("--trace", type=int, help="N: also a tracemalloc run of each build at N streams")
     parser.add_argument("--out", default=str(HERE / "streams.json"), help="where to write the JSON results")
     args = parser.parse_args()
+    Run.soft_limit = args.soft_limit
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))  # so ``finally`` stops all
     raise_fd_limit()
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
