@@ -31,7 +31,6 @@ from sidecar.fallback import Fallback
 from sidecar.litellm import credentials
 from sidecar.litellm.admin import AdminLookups, LookupBound, LookupFailed, admin_http_client
 from sidecar.litellm.budget import BudgetBook
-from sidecar.litellm.policy import Policy
 from sidecar.logs import Sparse, event
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.proxy.capacity import connection_bound, idle_bound, open_files_now
@@ -103,7 +102,7 @@ class SidecarApp:
             self.upstream,
             self.admin,
             budget=self.budget,
-            policy=Policy(settings.policy),
+            policy=settings.policy,
             retrieve_from_list=settings.retrieve_from_list,
             metrics=self.metrics,
             render_ttl=min(settings.catalog_ttl, settings.scope_ttl),

@@ -34,8 +34,8 @@ from typing import Any
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, principal_of
-from sidecar.litellm.budget_errors import Reading, Refusal
-from sidecar.litellm.levels import Level, chain
+from sidecar.litellm.budget_errors import BudgetLevel, Reading, Refusal
+from sidecar.litellm.levels import Finding, Level, chain
 from sidecar.logs import event
 from sidecar.proxy.upstream import (
     SMALL_ANSWER,
@@ -51,7 +51,9 @@ log = logging.getLogger("sidecar.budget_view")
 
 ROUTE = b"/sidecar/v1/budget"
 # Levels LiteLLM shows a caller with its own key (its /key/info, /team/info and /user/info).
-_OWN_LEVELS = frozenset({"key", "key_window", "team", "team_member", "user"})
+_OWN_LEVELS = frozenset(
+    {BudgetLevel.KEY, BudgetLevel.KEY_WINDOW, BudgetLevel.TEAM, BudgetLevel.TEAM_MEMBER, BudgetLevel.USER}
+)
 
 
 class BudgetView:
@@ -97,7 +99,7 @@ class BudgetView:
                 event(log, logging.WARNING, "budget_view_incomplete", reason=str(exc), key=who.label)
         levels = tuple(level for level in everything if level.scope in _OWN_LEVELS)
         refused = None
-        verdict = "within"
+        verdict = Finding.WITHIN
         blocking = None
         if refusal is not None:
             # Judged on the whole chain, as every other refusal of this caller is (the phantom grace is
@@ -105,7 +107,7 @@ class BudgetView:
             judged = self._budget.judge_refusal(who, refusal, everything)
             verdict, blocking = judged.verdict, judged.level
             if blocking is not None and blocking.scope not in _OWN_LEVELS:
-                verdict, blocking = "unknown", None
+                verdict, blocking = Finding.UNKNOWN, None
             refused = refusal.shown()
         return {
             "verdict": verdict,

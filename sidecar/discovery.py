@@ -53,7 +53,7 @@ from sidecar.litellm.budget import (
     SourceFailed,
     principal_of,
 )
-from sidecar.litellm.budget_errors import Reading
+from sidecar.litellm.budget_errors import BudgetLevel, Reading
 from sidecar.litellm.credentials import caller_key, key_label
 from sidecar.litellm.levels import BudgetState
 from sidecar.litellm.policy import Action, Marks, Outcome, Policy, decide
@@ -223,7 +223,7 @@ class Discovery:
         self, outcome: Outcome, route: DiscoveryRoute, scope: Scope, state: BudgetState | None, status: int
     ) -> None:
         """The one metric and the one log line of an outcome (none for a plain pass)."""
-        action, policy, level = outcome.action, outcome.policy, outcome.level or "unknown"
+        action, policy, level = outcome.action, outcome.policy, outcome.level or BudgetLevel.UNKNOWN
         if action is Action.PASS:
             if outcome.unknown:
                 self._metrics.budget_unknown.inc()

@@ -45,14 +45,20 @@ import httpx
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.litellm.budget import PROBE_ROUTE
-from sidecar.litellm.budget_errors import Reading, error_of
+from sidecar.litellm.budget_errors import BudgetLevel, Reading, error_of
 from sidecar.litellm.credentials import key_hash, key_label
-from sidecar.litellm.levels import Level, Verdict, chain, judge
+from sidecar.litellm.levels import Finding, Level, Verdict, chain, judge
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, load_settings
 
-EXIT = {"within": 0, "spent": 0, "phantom": 1, "inconsistent": 1, "unknown": 2}
-DISAGREE = ("phantom", "inconsistent")  # LiteLLM's records and what it enforces part
+EXIT = {
+    Finding.WITHIN: 0,
+    Finding.SPENT: 0,
+    Finding.PHANTOM: 1,
+    Finding.INCONSISTENT: 1,
+    Finding.UNKNOWN: 2,
+}
+DISAGREE = (Finding.PHANTOM, Finding.INCONSISTENT)  # LiteLLM's records and what it enforces part
 SETTLE = 15.0  # seconds: LiteLLM's batch write (10 s by default) and a margin
 END_USER_HEADER = "x-litellm-end-user-id"
 
@@ -67,7 +73,7 @@ class Diagnosis:
     key: dict[str, Any]
     refused: dict[str, Any] | None
     levels: list[dict[str, Any]]
-    verdict: str
+    verdict: Finding
     reason: str
     models: dict[str, list[str]]
     policies: dict[str, Any]
@@ -257,13 +263,13 @@ async def _diagnose(
         spent = [level for level in levels if level.spent]
         blocking = None
         if spent:
-            verdict = "inconsistent"
+            verdict = Finding.INCONSISTENT
             reason = (
                 f"LiteLLM serves the key although its records show the {spent[0].scope} budget spent: its "
                 "counter is behind its records, or a budget reset has not reached them yet"
             )
         else:
-            verdict, reason = "within", "LiteLLM serves the key and its records show no spent budget"
+            verdict, reason = Finding.WITHIN, "LiteLLM serves the key and its records show no spent budget"
     diagnosis = Diagnosis(
         litellm={"url": url, "version": version},
         key={"label": key_label(key), "token": token, "end_user": end_user},
@@ -278,9 +284,9 @@ async def _diagnose(
             "blocked": _litellms_answer(listed),
         },
     )
-    if verdict == "phantom" and blocking is not None:
+    if verdict == Finding.PHANTOM and blocking is not None:
         diagnosis.advice = phantom_advice(version, blocking, token)
-    elif verdict == "inconsistent":
+    elif verdict == Finding.INCONSISTENT:
         diagnosis.advice = [
             "Check the level's reset time: LiteLLM's reset job writes the records after it resets counters."
         ]
@@ -330,9 +336,9 @@ def _litellms_answer(listed: httpx.Response) -> dict[str, Any]:
 
 def _reason(judged: Verdict) -> str:
     level = judged.level
-    if judged.verdict == "spent" and level is not None:
+    if judged.verdict == Finding.SPENT and level is not None:
         return f"the {level.scope} budget is spent: recorded {_figure(level.spend)} of {level.max_budget:g}"
-    if judged.verdict == "phantom" and level is not None:
+    if judged.verdict == Finding.PHANTOM and level is not None:
         return (
             f"LiteLLM enforces {_figure(judged.enforced)} at the {level.scope} level, its records say "
             f"{_figure(level.spend)} of {level.max_budget:g}: its spend counter runs ahead of its own records"
@@ -351,9 +357,9 @@ def _release(version: str | None) -> tuple[int, int, int] | None:
 
 def counter_name(level: Level, token: str) -> str:
     """The name of LiteLLM's spend counter that enforces ``level`` (``proxy_server.py``)."""
-    if level.scope == "key":
+    if level.scope == BudgetLevel.KEY:
         return f"spend:key:{token}"
-    if level.scope == "key_window":
+    if level.scope == BudgetLevel.KEY_WINDOW:
         return f"spend:key:{token}:window:{level.id}"
     return f"spend:{level.scope}:{level.id}"  # a team member's id is "user:team", as LiteLLM's counter
 
@@ -371,24 +377,24 @@ def phantom_advice(version: str | None, level: Level, token: str) -> list[str]:
         "(a restart clears it); with Redis it expires 60 s after its last increment, unless a leaked "
         "budget reservation keeps it alive (LiteLLM #27639).",
     ]
-    if before_188 and level.scope in ("user", "end_user", "org"):
+    if before_188 and level.scope in (BudgetLevel.USER, BudgetLevel.END_USER, BudgetLevel.ORG):
         return [
             f"LiteLLM {version} checks {level.scope} budgets on its cached {level.scope} object (60 s; "
             "organisations on every request from the database): the refusal should clear within a minute. "
             "If it does not, restart LiteLLM."
         ]
-    if level.scope == "key" and modern:
+    if level.scope == BudgetLevel.KEY and modern:
         advice.append(
             f'Clear it now: POST /key/{token}/reset_spend with {{"reset_to": {spend}}} (an admin key): '
             "LiteLLM sets the counter to the recorded spend at once."
         )
-    elif level.scope == "team_member" and modern:
+    elif level.scope == BudgetLevel.TEAM_MEMBER and modern:
         user, _, team = level.id.partition(":")
         advice.append(
             f'Clear it now: POST /team/{team}/member/{user}/reset_spend with {{"reset_to": {spend}}} '
             "(an admin key): LiteLLM sets the counter to the recorded spend at once."
         )
-    elif level.scope == "user" and modern:
+    elif level.scope == BudgetLevel.USER and modern:
         advice.append(
             f'Clear it now: POST /user/update with {{"user_id": "{level.id}", "spend": {spend}}} (an '
             "admin key): LiteLLM drops the counter and reads the spend again."

@@ -25,7 +25,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
-Policy = Literal["all", "free_only", "blocked"]
+from sidecar.litellm.policy import Policy
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 SECRET_FIELDS = frozenset({"admin_key"})
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
 
     upstream_url: str = "http://127.0.0.1:4000"
     admin_key: SecretStr | None = None
-    policy: Policy = "all"
+    policy: Policy = Policy.ALL
     host: str = "127.0.0.1"
     port: int = Field(default=4001, ge=1, le=65535)
 
@@ -143,7 +144,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _admin_key_needed(self) -> Settings:
-        if self.policy != "blocked" and not (self.admin_key and self.admin_key.get_secret_value()):
+        if self.policy is not Policy.BLOCKED and not (self.admin_key and self.admin_key.get_secret_value()):
             raise ValueError(
                 f"admin_key is required when policy is '{self.policy}' "
                 "(set SIDECAR_ADMIN_KEY, or policy 'blocked' to never rescue)"
@@ -208,7 +209,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def _describe(error: Any) -> str:
     name = ".".join(str(part) for part in error["loc"]) or "settings"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "literal_error":
+    if error["type"] in ("literal_error", "enum"):
         allowed = error.get("ctx", {}).get("expected", "")
         message = f"allowed values are {allowed}"
     if error["type"] == "extra_forbidden":

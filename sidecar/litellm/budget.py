@@ -58,9 +58,20 @@ from typing import Any, NamedTuple, TypeVar
 
 from sidecar.cache import Recent, SingleFlightCache
 from sidecar.litellm.admin import SHED, AdminLookups, LookupFailed
-from sidecar.litellm.budget_errors import UNNAMED, Reading, Refusal
+from sidecar.litellm.budget_errors import UNNAMED, BudgetLevel, Reading, Refusal
 from sidecar.litellm.credentials import caller, key_hash, key_label
-from sidecar.litellm.levels import NOT_ADMITTED, BudgetState, Level, Spent, Verdict, chain, judge, spent
+from sidecar.litellm.levels import (
+    NOT_ADMITTED,
+    BudgetState,
+    Finding,
+    Level,
+    Source,
+    Spent,
+    Verdict,
+    chain,
+    judge,
+    spent,
+)
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.types import Scope
@@ -100,7 +111,7 @@ WITHIN = BudgetState()
 class Seen:
     """The last budget refusal LiteLLM sent one principal (within ``ttl``), with its verdict."""
 
-    level: str  # as the refusal names it: UNNAMED when it names none
+    level: BudgetLevel  # as the refusal names it: UNNAMED when it names none
     verdict: Verdict | None = None
 
     @property
@@ -110,7 +121,9 @@ class Seen:
     def over(self, state: BudgetState = WITHIN) -> BudgetState:
         """``state`` with this refusal, seen since it was established (its verdict the newer one)."""
         verdict = self.verdict or state.verdict
-        return BudgetState((Spent(state.named(self.level, verdict), "seen"), *state.spent), verdict=verdict)
+        return BudgetState(
+            (Spent(state.named(self.level, verdict), Source.SEEN), *state.spent), verdict=verdict
+        )
 
 
 PROBE_ROUTE = "/cursor/v1/models"
@@ -148,8 +161,10 @@ class BudgetBook:
         # Credentials LiteLLM admitted lately (their tokens): probed alongside their requests.
         self._admitted: Recent[str, bool] = Recent(max_entries * 10)
         # Since when a principal's refusal at a level is not borne out by the records: (first, last seen).
-        self._disagreeing: Recent[tuple[str, str | None, str], tuple[float, float]] = Recent(max_entries)
-        self._logged: dict[tuple[str, str], float] = {}  # (source, reason): bounded by the reasons
+        self._disagreeing: Recent[tuple[str, str | None, BudgetLevel], tuple[float, float]] = Recent(
+            max_entries
+        )
+        self._logged: dict[tuple[Source, str], float] = {}  # (source, reason): bounded by the reasons
         self._judging: set[asyncio.Future[Verdict]] = set()  # verdicts outliving their refusal
 
     def cached(self, who: Principal) -> BudgetState | None:
@@ -193,7 +208,7 @@ class BudgetBook:
                 self._seen.put(who, Seen(refusal.level, verdict), time.monotonic() + self.ttl)
             self.admit(who)
             self.states.forget(who)
-        return Spent(refusal.level, "seen")
+        return Spent(refusal.level, Source.SEEN)
 
     async def refused(self, who: Principal | None, refusal: Refusal, route: str) -> Verdict:
         """A budget refusal LiteLLM sent a caller on ``route``: recorded, judged, counted and logged."""
@@ -205,7 +220,7 @@ class BudgetBook:
             fields["key"] = who.label
         if who is not None and who.end_user is not None:
             fields["end_user"] = who.end_user
-        level = logging.WARNING if verdict.verdict == "phantom" else logging.INFO
+        level = logging.WARNING if verdict.verdict == Finding.PHANTOM else logging.INFO
         event(log, level, "budget_refusal", **fields)
         return verdict
 
@@ -226,7 +241,7 @@ class BudgetBook:
         """``refusal`` judged against ``who``'s recorded chain (``levels.judge``)."""
         if who is None:
             return _unjudged(refusal, "the request carries no credential")
-        return self.judge_refusal(who, refusal, await self._source("recorded", self.levels(who)))
+        return self.judge_refusal(who, refusal, await self._source(Source.RECORDED, self.levels(who)))
 
     def judge_refusal(self, who: Principal, refusal: Refusal, levels: tuple[Level, ...] | str) -> Verdict:
         """``levels.judge``; a phantom only once it has lasted ``phantom_after``. ``levels`` may be the
@@ -236,7 +251,7 @@ class BudgetBook:
         verdict = judge(refusal, levels)
         key = (who.token, who.end_user, verdict.scope)
         now = time.monotonic()
-        if verdict.verdict != "phantom":
+        if verdict.verdict != Finding.PHANTOM:
             self._disagreeing.pop(key)
             return verdict
         first, last = self._disagreeing.get(key) or (now, now)
@@ -245,7 +260,7 @@ class BudgetBook:
         self._disagreeing.put(key, (first, now), now + _FORGET)
         if now - first < self.phantom_after:
             return Verdict(
-                "unknown",
+                Finding.UNKNOWN,
                 verdict.scope,
                 verdict.enforced,
                 verdict.level,
@@ -278,14 +293,14 @@ class BudgetBook:
 
     async def _establish(self, who: Principal, probe: Probe) -> BudgetState:
         try:
-            reading = await self._source("enforced", self._enforced(probe))
+            reading = await self._source(Source.ENFORCED, self._enforced(probe))
         except _NotAdmitted:
             return self.not_admitted(who)  # cached for ``ttl`` like any state: the negative cache
         if not isinstance(reading, str):
             self.admit(who)
             if reading.refusal is None:
                 return BudgetState()  # within budget as LiteLLM enforces it: no admin look-up
-        levels = await self._source("recorded", self.levels(who))
+        levels = await self._source(Source.RECORDED, self.levels(who))
         recorded = BudgetState(() if isinstance(levels, str) else spent(levels))
         if isinstance(reading, str):
             if isinstance(levels, str):
@@ -294,10 +309,10 @@ class BudgetBook:
         refusal = reading.refusal
         assert refusal is not None
         verdict = self.judge_refusal(who, refusal, levels)
-        enforced = Spent(recorded.named(refusal.level, verdict), "enforced")
+        enforced = Spent(recorded.named(refusal.level, verdict), Source.ENFORCED)
         return BudgetState((enforced, *recorded.spent), verdict=verdict)
 
-    async def _source(self, name: str, answer: Awaitable[T]) -> T | str:
+    async def _source(self, name: Source, answer: Awaitable[T]) -> T | str:
         """A source's answer, or why it could not answer (counted, logged at most once a minute)."""
         try:
             return await answer
@@ -317,5 +332,5 @@ class _NotAdmitted(Exception):
 
 
 def _unjudged(refusal: Refusal, reason: str) -> Verdict:
-    scope = "unknown" if refusal.level == UNNAMED else refusal.level
-    return Verdict("unknown", scope, refusal.enforced, reason=reason)
+    scope = BudgetLevel.UNKNOWN if refusal.level == UNNAMED else refusal.level
+    return Verdict(Finding.UNKNOWN, scope, refusal.enforced, reason=reason)

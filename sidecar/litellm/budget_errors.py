@@ -18,12 +18,31 @@ credential itself refused.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 BUDGET_STATUSES = frozenset({400, 403, 422, 429})
+
+
+class BudgetLevel(enum.StrEnum):
+    """Which of a caller's budgets LiteLLM checks: the values of ``x-sidecar-budget-scope``, of the
+    ``scope`` log field and metric label, narrowest first (the order several spent levels are named in)."""
+
+    KEY = "key"  # the key's own max_budget
+    KEY_WINDOW = "key_window"  # one of the key's budget windows (budget_limits, LiteLLM >= 1.106)
+    TEAM = "team"
+    TEAM_MEMBER = "team_member"  # the key's user's membership of its team
+    USER = "user"  # the key's user (personal keys)
+    END_USER = "end_user"  # the end user (customer) the request names
+    ORG = "org"  # the organisation
+    UNKNOWN = "unknown"  # a level the sidecar cannot name
+    # A refusal that names no level (LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's
+    # budget): resolved against the caller's chain (``levels.BudgetState.named``), never shown.
+    UNNAMED = "unnamed"
+
 
 # How LiteLLM's own budget messages begin (every version from 1.83 to 1.110), after the "429: " that some
 # routes put before an HTTPException's detail (1.88's /v1/completions and /v1/messages: "429: Max budget
@@ -39,16 +58,16 @@ _SCOPE = re.compile(
     r"(End User=|Organization=|TeamMember=|Team=|User=|Key over|Key\b|Current cost)"
 )
 _SCOPE_NAMES = {
-    "End User=": "end_user",
-    "Organization=": "org",
-    "TeamMember=": "team_member",  # LiteLLM >= 1.106
-    "Team=": "team",
-    "User=": "user",
-    "Key over": "key_window",  # "Key over 1d budget"
-    "Key": "key",
+    "End User=": BudgetLevel.END_USER,
+    "Organization=": BudgetLevel.ORG,
+    "TeamMember=": BudgetLevel.TEAM_MEMBER,  # LiteLLM >= 1.106
+    "Team=": BudgetLevel.TEAM,
+    "User=": BudgetLevel.USER,
+    "Key over": BudgetLevel.KEY_WINDOW,  # "Key over 1d budget"
+    "Key": BudgetLevel.KEY,
 }
 # LiteLLM <= 1.88 names no principal for a key's own budget nor for a team member's: "Current cost: ..."
-UNNAMED = "unnamed"
+UNNAMED = BudgetLevel.UNNAMED
 
 # The figures of LiteLLM's budget messages: "Current cost: 0.02, Max budget: 0.01" (key, team, team member,
 # organisation), "Spend=0.02, Budget=0.01" (user, end user), "Spend=$0.0200, Limit=$0.01" (key window).
@@ -89,13 +108,13 @@ def _message(body: Any) -> str:
     return message if isinstance(message, str) else ""
 
 
-def budget_scope(body: Any, unnamed: str = "key") -> str:
+def budget_scope(body: Any, unnamed: BudgetLevel = BudgetLevel.KEY) -> BudgetLevel:
     """Whose budget is spent - ``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
     ``org`` - or ``unknown``. A message that names no principal (LiteLLM <= 1.88 for a key's and a team
     member's budget) gives ``unnamed``, by default ``key``."""
     match = _SCOPE.search(_message(body))
     if match is None:
-        return "unknown"
+        return BudgetLevel.UNKNOWN
     return _SCOPE_NAMES.get(match.group(1), unnamed)
 
 
@@ -113,7 +132,7 @@ class Refusal:
     """LiteLLM's budget refusal, read once: the level its message names and the figures it states."""
 
     status: int
-    level: str  # key, key_window, team, team_member, user, end_user, org; UNNAMED; or unknown
+    level: BudgetLevel  # the level its message names: UNNAMED when it names none, UNKNOWN
     message: str | None
     enforced: float | None = None  # the spend it states: LiteLLM's counter
     budget: float | None = None  # the budget it states
@@ -148,9 +167,9 @@ class Refusal:
         return cls.of(status, body)
 
     @property
-    def named(self) -> str:
+    def named(self) -> BudgetLevel:
         """The level as shown: one the message does not name is a key's (LiteLLM's most common case)."""
-        return "key" if self.level == UNNAMED else self.level
+        return BudgetLevel.KEY if self.level == UNNAMED else self.level
 
     def shown(self) -> dict[str, Any]:
         """The refusal as the budget view and ``doctor`` show it: the level it names, the spend it states

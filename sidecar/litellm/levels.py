@@ -21,25 +21,48 @@ counter ("Current cost: 0.02", "Spend=0.02"). The verdict:
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.litellm.budget_errors import UNNAMED, Refusal
+from sidecar.litellm.budget_errors import UNNAMED, BudgetLevel, Refusal
 
-SCOPES = ("key", "key_window", "team", "team_member", "user", "end_user", "org", "unknown")
 # The order levels are named in when several are spent: the narrowest first.
-_ORDER = {scope: rank for rank, scope in enumerate(SCOPES)}
+_ORDER = {level: rank for rank, level in enumerate(BudgetLevel)}
 # Levels that are spent at max_budget already; the others (team, end user) only past it.
-_AT_LIMIT = frozenset({"key", "key_window", "team_member", "user", "org"})
+_AT_LIMIT = frozenset(
+    {BudgetLevel.KEY, BudgetLevel.KEY_WINDOW, BudgetLevel.TEAM_MEMBER, BudgetLevel.USER, BudgetLevel.ORG}
+)
+# The levels a refusal that names none can mean (LiteLLM <= 1.88).
+_UNNAMED_MEANS = (BudgetLevel.KEY, BudgetLevel.TEAM_MEMBER)
+
+
+class Finding(enum.StrEnum):
+    """A verdict: the values of the ``verdict`` log field, metric label and JSON field."""
+
+    SPENT = "spent"  # the refusing level is recorded as spent too
+    PHANTOM = "phantom"  # the refusing level is recorded within budget
+    UNKNOWN = "unknown"  # the refusing level cannot be compared
+    WITHIN = "within"  # no refusal: the budget view's and ``doctor``'s
+    INCONSISTENT = "inconsistent"  # no refusal, a level recorded as spent: ``doctor``'s
+
+
+class Source(enum.StrEnum):
+    """What says a level is spent (``budget.py``): the values of the ``source``/``sources`` log fields
+    and of the ``source`` metric label."""
+
+    ENFORCED = "enforced"  # LiteLLM's refusal on the probe route
+    RECORDED = "recorded"  # LiteLLM's database, read with the admin credential
+    SEEN = "seen"  # a refusal LiteLLM sent the caller on its way
 
 
 @dataclass(frozen=True, slots=True)
 class Level:
     """One budget level of a caller's chain, as LiteLLM records it."""
 
-    scope: str  # key, key_window, team, team_member, user, end_user, org
+    scope: BudgetLevel
     id: str  # team, user, end-user or organisation id; "user:team" for a member; window duration; "" key
     spend: float | None
     max_budget: float
@@ -73,8 +96,8 @@ class Level:
 class Verdict:
     """What a budget refusal says: ``spent``, ``phantom`` or ``unknown``, for the level that refused."""
 
-    verdict: str
-    scope: str  # the refusing level; "unknown" when LiteLLM's message names none the chain shows
+    verdict: Finding
+    scope: BudgetLevel  # the refusing level; UNKNOWN when LiteLLM's message names none the chain shows
     enforced: float | None = None  # the spend LiteLLM's message states (its counter)
     level: Level | None = None  # that level as recorded
     reason: str = ""  # why ``unknown``
@@ -96,28 +119,28 @@ def judge(refusal: Refusal, levels: tuple[Level, ...]) -> Verdict:
     """The verdict on ``refusal``, against the caller's recorded ``levels``."""
     enforced, budget, scope = refusal.enforced, refusal.budget, refusal.level
     if scope == UNNAMED:  # LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's budget
-        candidates = [lv for lv in levels if lv.scope in ("key", "team_member")]
-    elif scope == "key_window":
+        candidates = [lv for lv in levels if lv.scope in _UNNAMED_MEANS]
+    elif scope == BudgetLevel.KEY_WINDOW:
         window = refusal.window
         candidates = [lv for lv in levels if lv.scope == scope and (not window or lv.id == window)]
     else:
         candidates = [lv for lv in levels if lv.scope == scope]
     if not candidates:
-        named = "unknown" if scope in (UNNAMED, "unknown") else scope
+        named = BudgetLevel.UNKNOWN if scope in (UNNAMED, BudgetLevel.UNKNOWN) else scope
         spent = [lv for lv in levels if lv.spent]
-        if named == "unknown" and spent:  # the message names no level, the records show a spent one
-            return Verdict("spent", spent[0].scope, enforced, spent[0])
-        return Verdict("unknown", named, enforced, reason="the records show no budget at that level")
+        if named == BudgetLevel.UNKNOWN and spent:  # the message names no level, the records show one spent
+            return Verdict(Finding.SPENT, spent[0].scope, enforced, spent[0])
+        return Verdict(Finding.UNKNOWN, named, enforced, reason="the records show no budget at that level")
     spent = [lv for lv in candidates if lv.spent]
     candidates = [lv for lv in candidates if lv.spent or lv.spend is not None]
     if not candidates:  # key budget windows before 1.106: LiteLLM keeps their spend in counters only
-        return Verdict("unknown", scope, enforced, reason="LiteLLM records no spend for that level")
+        return Verdict(Finding.UNKNOWN, scope, enforced, reason="LiteLLM records no spend for that level")
     if spent:
-        return Verdict("spent", spent[0].scope, enforced, spent[0])
+        return Verdict(Finding.SPENT, spent[0].scope, enforced, spent[0])
     # Every level the refusal can mean is within budget as recorded; name the one whose budget it states.
     level = next((lv for lv in candidates if budget is not None and _same(lv.max_budget, budget)), None)
     level = level or candidates[0]
-    return Verdict("phantom", level.scope, enforced, level)
+    return Verdict(Finding.PHANTOM, level.scope, enforced, level)
 
 
 def _same(a: float, b: float) -> bool:
@@ -141,7 +164,7 @@ def _reset(info: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _level(scope: str, id_: Any, spend: Any, max_budget: Any, resets_at: str | None) -> list[Level]:
+def _level(scope: BudgetLevel, id_: Any, spend: Any, max_budget: Any, resets_at: str | None) -> list[Level]:
     budget = _number(max_budget)
     if budget is None:
         return []
@@ -156,26 +179,34 @@ def chain(records: Mapping[str, Any]) -> tuple[Level, ...]:
     a level that does not apply, or that LiteLLM would not show, is missing."""
     found: list[Level] = []
     key = _object(records.get("key"), "info")
-    found += _level("key", "", key.get("spend"), key.get("max_budget"), _reset(key))
+    found += _level(BudgetLevel.KEY, "", key.get("spend"), key.get("max_budget"), _reset(key))
     found += _windows(key)
     team = _object(records.get("team"), "team_info")
-    found += _level("team", team.get("team_id"), team.get("spend"), team.get("max_budget"), _reset(team))
+    found += _level(
+        BudgetLevel.TEAM, team.get("team_id"), team.get("spend"), team.get("max_budget"), _reset(team)
+    )
     member = _membership(records.get("team"), key.get("user_id"))
     budget = _object(member, "litellm_budget_table")
     member_id = f"{member.get('user_id')}:{team.get('team_id')}"
-    found += _level("team_member", member_id, member.get("spend"), budget.get("max_budget"), _reset(budget))
+    found += _level(
+        BudgetLevel.TEAM_MEMBER, member_id, member.get("spend"), budget.get("max_budget"), _reset(budget)
+    )
     user = _object(records.get("user"), "user_info")
-    found += _level("user", user.get("user_id"), user.get("spend"), user.get("max_budget"), _reset(user))
+    found += _level(
+        BudgetLevel.USER, user.get("user_id"), user.get("spend"), user.get("max_budget"), _reset(user)
+    )
     end_user = _object(records, "end_user")
     budget = _object(end_user, "litellm_budget_table")
     reset = _reset(budget)
     found += _level(
-        "end_user", end_user.get("user_id"), end_user.get("spend"), budget.get("max_budget"), reset
+        BudgetLevel.END_USER, end_user.get("user_id"), end_user.get("spend"), budget.get("max_budget"), reset
     )
     org = _object(records, "org")
     budget = _object(org, "litellm_budget_table")
     reset = _reset(budget) or _reset(org)
-    found += _level("org", org.get("organization_id"), org.get("spend"), budget.get("max_budget"), reset)
+    found += _level(
+        BudgetLevel.ORG, org.get("organization_id"), org.get("spend"), budget.get("max_budget"), reset
+    )
     return tuple(found)
 
 
@@ -210,7 +241,7 @@ def _windows(key: Mapping[str, Any]) -> list[Level]:
         spend = _object(usage, duration).get("current_spend")
         reset = window.get("reset_at")
         reset = reset if isinstance(reset, str) else None
-        found += _level("key_window", duration, spend, window.get("max_budget"), reset)
+        found += _level(BudgetLevel.KEY_WINDOW, duration, spend, window.get("max_budget"), reset)
     return found
 
 
@@ -218,8 +249,8 @@ def _windows(key: Mapping[str, Any]) -> list[Level]:
 class Spent:
     """One spent budget level, as one source reports it."""
 
-    scope: str
-    source: str  # "enforced", "recorded" or "seen"
+    scope: BudgetLevel
+    source: Source
     reset_at: str | None = None
 
 
@@ -237,7 +268,7 @@ class BudgetState:
 
     @property
     def phantom(self) -> bool:
-        return self.verdict is not None and self.verdict.verdict == "phantom"
+        return self.verdict is not None and self.verdict.verdict == Finding.PHANTOM
 
     @property
     def admitted(self) -> bool:
@@ -250,16 +281,18 @@ class BudgetState:
 
     @property
     def recorded(self) -> tuple[Spent, ...]:
-        return tuple(s for s in self.spent if s.source == "recorded")
+        return tuple(s for s in self.spent if s.source == Source.RECORDED)
 
     @property
-    def scope(self) -> str:
+    def scope(self) -> BudgetLevel:
         """The level to name: the one a refusal named, else the narrowest recorded one."""
-        named = [s for s in self.spent if s.source != "recorded"]
+        named = [s for s in self.spent if s.source != Source.RECORDED]
         chosen = named or list(self.spent)
-        return min((s.scope for s in chosen), key=lambda s: _ORDER.get(s, len(SCOPES)), default="unknown")
+        return min(
+            (s.scope for s in chosen), key=lambda s: _ORDER.get(s, len(_ORDER)), default=BudgetLevel.UNKNOWN
+        )
 
-    def named(self, level: str, verdict: Verdict | None = None) -> str:
+    def named(self, level: BudgetLevel, verdict: Verdict | None = None) -> BudgetLevel:
         """The level a refusal names, as this state names it: the one place a refusal that names no
         level ("Current cost: ...", LiteLLM <= 1.88 for a key's and a team member's budget) is named -
         after the chain where it tells which (its one spent key or team-member level), else after the
@@ -269,15 +302,15 @@ class BudgetState:
         return _unnamed_level((s.scope for s in self.recorded), verdict)
 
 
-def _unnamed_level(recorded: Iterable[str], verdict: Verdict | None) -> str:
-    levels = [scope for scope in recorded if scope in ("key", "team_member")]
+def _unnamed_level(recorded: Iterable[BudgetLevel], verdict: Verdict | None) -> BudgetLevel:
+    levels = [scope for scope in recorded if scope in _UNNAMED_MEANS]
     if len(levels) == 1:
         return levels[0]
-    if verdict is not None and verdict.scope in ("key", "team_member"):
+    if verdict is not None and verdict.scope in _UNNAMED_MEANS:
         return verdict.scope
-    return "key"
+    return BudgetLevel.KEY
 
 
 def spent(levels: tuple[Level, ...]) -> tuple[Spent, ...]:
     """The spent levels of a chain, as the recorded source reports them."""
-    return tuple(Spent(level.scope, "recorded", level.resets_at) for level in levels if level.spent)
+    return tuple(Spent(level.scope, Source.RECORDED, level.resets_at) for level in levels if level.spent)

@@ -45,8 +45,8 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from sidecar.litellm.budget_errors import Refusal
-from sidecar.litellm.levels import BudgetState, Verdict
+from sidecar.litellm.budget_errors import BudgetLevel, Refusal
+from sidecar.litellm.levels import BudgetState, Finding, Verdict
 
 Marks = tuple[tuple[bytes, bytes], ...]
 Visible = Callable[[str], bool]
@@ -95,7 +95,7 @@ class Outcome:
 
     action: Action
     policy: Policy
-    level: str | None = None  # the spent level; None within budget
+    level: BudgetLevel | None = None  # the spent level; None within budget
     phantom: bool = False
     rendered: bool = False  # rendered from the admin's view rather than cut from LiteLLM's answer
     verdict: Verdict | None = None
@@ -108,7 +108,7 @@ class Outcome:
         phantom = (PHANTOM,) if self.phantom else ()
         if self.action not in _MARKED:
             return phantom
-        level = (self.level or "unknown").encode()
+        level = (self.level or BudgetLevel.UNKNOWN).encode()
         return ((EXCEEDED, b"true"), (POLICY, self.policy.value.encode()), (LEVEL, level), *phantom)
 
     def failed(self, reason: str, cause: str) -> Outcome:
@@ -128,7 +128,7 @@ def decide(
     """The outcome for one discovery answer (the table above)."""
     if refusal is not None:
         level = (state or BudgetState()).named(refusal.level, verdict)
-        phantom = verdict is not None and verdict.verdict == "phantom"
+        phantom = verdict is not None and verdict.verdict == Finding.PHANTOM
         action = Action.BLOCK if policy is Policy.BLOCKED else Action.RESCUE
         return Outcome(action, policy, level, phantom, action is Action.RESCUE, verdict)
     if state is None:
@@ -149,4 +149,4 @@ _PASS = {policy: Outcome(Action.PASS, policy) for policy in Policy}  # the most 
 
 def phantom_marks(verdict: Verdict | None) -> Marks:
     """The marks of a budget refusal on a passed-through call: its status and body go unchanged."""
-    return (PHANTOM,) if verdict is not None and verdict.verdict == "phantom" else ()
+    return (PHANTOM,) if verdict is not None and verdict.verdict == Finding.PHANTOM else ()
