@@ -115,7 +115,7 @@ class SidecarApp:
         if self.admin is not None:
             self.metrics.watch_caches(
                 views=self.admin.views,
-                scopes=self.admin.scopes,
+                scopes=self.admin.model_scopes,  # the label of its metrics: "scopes"
                 records=self.admin.records,
                 budgets=self.budget.states,
                 rendered=self.discovery.rendered,

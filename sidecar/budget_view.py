@@ -97,7 +97,7 @@ class BudgetView:
                 usable = await self._usable(who.token, free=refusal is not None)
             except LookupFailed as exc:
                 event(log, logging.WARNING, "budget_view_incomplete", reason=str(exc), key=who.label)
-        levels = tuple(level for level in everything if level.scope in _OWN_LEVELS)
+        levels = tuple(level for level in everything if level.name in _OWN_LEVELS)
         refused = None
         verdict = Finding.WITHIN
         blocking = None
@@ -105,8 +105,8 @@ class BudgetView:
             # Judged on the whole chain, as every other refusal of this caller is (the phantom grace is
             # shared); what the caller may not see is then withheld: its verdict stays unknown.
             judged = self._budget.judge_refusal(who, refusal, everything)
-            verdict, blocking = judged.verdict, judged.level
-            if blocking is not None and blocking.scope not in _OWN_LEVELS:
+            verdict, blocking = judged.verdict, judged.recorded
+            if blocking is not None and blocking.name not in _OWN_LEVELS:
                 verdict, blocking = Finding.UNKNOWN, None
             refused = refusal.shown()
         return {

@@ -19,9 +19,9 @@
    ``org`` or ``unknown``). Where LiteLLM's refusal is a phantom (its records show that level within
    budget, ``litellm/levels.py``) the answer follows it all the same - paid models fail for that caller
    right now - and carries ``x-sidecar-budget-phantom: true``.
-3. If the caller's budget state or scope cannot be established - no virtual key where one is needed (JWT,
-   OAuth), a failed look-up, an unknown special model name - LiteLLM's answer goes back unchanged and the
-   reason is logged.
+3. If the caller's budget state or model scope cannot be established - no virtual key where one is
+   needed (JWT, OAuth), a failed look-up, an unknown special model name - LiteLLM's answer goes back
+   unchanged and the reason is logged.
 
 ``/v1/models/{id}`` is answered from the caller's own ``/v1/models`` (LiteLLM refuses the route to
 ordinary keys): the entry if listed, else an OpenAI-style 404 ``model_not_found``.
@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl
 
 from sidecar.cache import SingleFlightCache
 from sidecar.litellm import shapes
-from sidecar.litellm.access import ScopeUnknown
+from sidecar.litellm.access import AccessUnknown
 from sidecar.litellm.admin import AdminLookups, LookupFailed, LookupShed, View
 from sidecar.litellm.budget import (
     NO_ADMIN,
@@ -75,7 +75,7 @@ class UnknownShape(Exception):
 
 
 _FAIL_REASONS = {
-    ScopeUnknown: "scope_unknown",
+    AccessUnknown: "scope_unknown",
     LookupFailed: "lookup_failed",
     LookupShed: "lookup_shed",
     shapes.BadQuery: "bad_query",
@@ -206,7 +206,7 @@ class Discovery:
                 return outcome, _json_answer(status, payload, reply_headers(asked.headers, outcome.marks))
             if outcome.action is Action.FILTER:
                 return outcome, await self._cut(route, asked, from_list, outcome.marks)
-        except (ScopeUnknown, LookupFailed, shapes.BadQuery, UnknownShape) as exc:
+        except (AccessUnknown, LookupFailed, shapes.BadQuery, UnknownShape) as exc:
             outcome = outcome.failed(str(exc), _FAIL_REASONS[type(exc)])
         return outcome, _marked(_listed(asked, route, from_list), outcome.marks)
 
@@ -261,9 +261,9 @@ class Discovery:
         """The answer rendered from the admin's view for this caller (cached per key and request)."""
         self._lookups()
         if who is None:
-            raise ScopeUnknown("the request carries no credential")
+            raise AccessUnknown("the request carries no credential")
         if not who.virtual_key:
-            raise ScopeUnknown(NOT_A_VIRTUAL_KEY)
+            raise AccessUnknown(NOT_A_VIRTUAL_KEY)
         token = who.token
         anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
         request = (token, route.kind, route.model_id, scope["query_string"], anthropic)

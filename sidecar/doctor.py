@@ -258,14 +258,14 @@ async def _diagnose(
 
     if refusal is not None:
         judged = judge(refusal, levels)
-        verdict, reason, blocking = judged.verdict, _reason(judged), judged.level
+        verdict, reason, blocking = judged.verdict, _reason(judged), judged.recorded
     else:
         spent = [level for level in levels if level.spent]
         blocking = None
         if spent:
             verdict = Finding.INCONSISTENT
             reason = (
-                f"LiteLLM serves the key although its records show the {spent[0].scope} budget spent: its "
+                f"LiteLLM serves the key although its records show the {spent[0].name} budget spent: its "
                 "counter is behind its records, or a budget reset has not reached them yet"
             )
         else:
@@ -335,12 +335,12 @@ def _litellms_answer(listed: httpx.Response) -> dict[str, Any]:
 
 
 def _reason(judged: Verdict) -> str:
-    level = judged.level
+    level = judged.recorded
     if judged.verdict == Finding.SPENT and level is not None:
-        return f"the {level.scope} budget is spent: recorded {_figure(level.spend)} of {level.max_budget:g}"
+        return f"the {level.name} budget is spent: recorded {_figure(level.spend)} of {level.max_budget:g}"
     if judged.verdict == Finding.PHANTOM and level is not None:
         return (
-            f"LiteLLM enforces {_figure(judged.enforced)} at the {level.scope} level, its records say "
+            f"LiteLLM enforces {_figure(judged.enforced)} at the {level.name} level, its records say "
             f"{_figure(level.spend)} of {level.max_budget:g}: its spend counter runs ahead of its own records"
         )
     return judged.reason or "the refusing level cannot be compared"
@@ -357,11 +357,11 @@ def _release(version: str | None) -> tuple[int, int, int] | None:
 
 def counter_name(level: Level, token: str) -> str:
     """The name of LiteLLM's spend counter that enforces ``level`` (``proxy_server.py``)."""
-    if level.scope == BudgetLevel.KEY:
+    if level.name == BudgetLevel.KEY:
         return f"spend:key:{token}"
-    if level.scope == BudgetLevel.KEY_WINDOW:
+    if level.name == BudgetLevel.KEY_WINDOW:
         return f"spend:key:{token}:window:{level.id}"
-    return f"spend:{level.scope}:{level.id}"  # a team member's id is "user:team", as LiteLLM's counter
+    return f"spend:{level.name}:{level.id}"  # a team member's id is "user:team", as LiteLLM's counter
 
 
 def phantom_advice(version: str | None, level: Level, token: str) -> list[str]:
@@ -377,24 +377,24 @@ def phantom_advice(version: str | None, level: Level, token: str) -> list[str]:
         "(a restart clears it); with Redis it expires 60 s after its last increment, unless a leaked "
         "budget reservation keeps it alive (LiteLLM #27639).",
     ]
-    if before_188 and level.scope in (BudgetLevel.USER, BudgetLevel.END_USER, BudgetLevel.ORG):
+    if before_188 and level.name in (BudgetLevel.USER, BudgetLevel.END_USER, BudgetLevel.ORG):
         return [
-            f"LiteLLM {version} checks {level.scope} budgets on its cached {level.scope} object (60 s; "
+            f"LiteLLM {version} checks {level.name} budgets on its cached {level.name} object (60 s; "
             "organisations on every request from the database): the refusal should clear within a minute. "
             "If it does not, restart LiteLLM."
         ]
-    if level.scope == BudgetLevel.KEY and modern:
+    if level.name == BudgetLevel.KEY and modern:
         advice.append(
             f'Clear it now: POST /key/{token}/reset_spend with {{"reset_to": {spend}}} (an admin key): '
             "LiteLLM sets the counter to the recorded spend at once."
         )
-    elif level.scope == BudgetLevel.TEAM_MEMBER and modern:
+    elif level.name == BudgetLevel.TEAM_MEMBER and modern:
         user, _, team = level.id.partition(":")
         advice.append(
             f'Clear it now: POST /team/{team}/member/{user}/reset_spend with {{"reset_to": {spend}}} '
             "(an admin key): LiteLLM sets the counter to the recorded spend at once."
         )
-    elif level.scope == BudgetLevel.USER and modern:
+    elif level.name == BudgetLevel.USER and modern:
         advice.append(
             f'Clear it now: POST /user/update with {{"user_id": "{level.id}", "spend": {spend}}} (an '
             "admin key): LiteLLM drops the counter and reads the spend again."

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.litellm.access import Scope, ScopeUnknown, scope_from_admin_answers
+from sidecar.litellm.access import AccessUnknown, ModelScope, model_scope_from_admin_answers
 from sidecar.litellm.catalog import ModelCatalog
 from tests.fake_litellm import HASH_OWNER, VERSIONS, load_recordings
 from tests.seeded import ACCESS, ALL_MODELS
@@ -33,75 +33,76 @@ CATALOG = ModelCatalog.from_model_info(
 )
 
 
-def visible(scope: Scope) -> list[str]:
+def visible(scope: ModelScope) -> list[str]:
     access = scope.allowed(CATALOG)
     return [name for name in CATALOG.names if access.allows(name)]
 
 
 def test_no_restriction_anywhere_sees_every_model_but_other_teams_private_ones() -> None:
-    assert visible(Scope(key_models=())) == [n for n in CATALOG.names if n != "team-a-private"]
+    assert visible(ModelScope(key_models=())) == [n for n in CATALOG.names if n != "team-a-private"]
 
 
 def test_team_only_model_is_visible_to_its_team() -> None:
-    assert "team-a-private" in visible(Scope(key_models=(), team_id="team-a"))
-    assert "team-a-private" not in visible(Scope(key_models=(), team_id="team-b"))
+    assert "team-a-private" in visible(ModelScope(key_models=(), team_id="team-a"))
+    assert "team-a-private" not in visible(ModelScope(key_models=(), team_id="team-b"))
 
 
 def test_key_list_restricts() -> None:
-    assert visible(Scope(key_models=("gpt-4o-mini", "llama"))) == ["gpt-4o-mini", "llama"]
+    assert visible(ModelScope(key_models=("gpt-4o-mini", "llama"))) == ["gpt-4o-mini", "llama"]
 
 
 def test_key_and_team_lists_intersect() -> None:
-    scope = Scope(
+    scope = ModelScope(
         key_models=("gpt-4o", "llama", "qwen"), team_id="t", team_models=("llama", "qwen", "gpt-4o-mini")
     )
     assert visible(scope) == ["llama", "qwen"]
 
 
 def test_access_group_stands_for_its_models() -> None:
-    assert visible(Scope(key_models=("free-group",))) == ["llama", "qwen"]
-    assert visible(Scope(key_models=("premium", "local"))) == ["gpt-4o", "llama"]
+    assert visible(ModelScope(key_models=("free-group",))) == ["llama", "qwen"]
+    assert visible(ModelScope(key_models=("premium", "local"))) == ["gpt-4o", "llama"]
 
 
 def test_wildcards_match_model_names() -> None:
-    assert visible(Scope(key_models=("openai/*",))) == ["openai/gpt-4.1", "openai/gpt-4.1-mini"]
-    assert visible(Scope(key_models=("openai/gpt-4.1*",))) == ["openai/gpt-4.1", "openai/gpt-4.1-mini"]
-    assert visible(Scope(key_models=("gpt-4o.*",))) == []  # dots are literal, not regex
+    assert visible(ModelScope(key_models=("openai/*",))) == ["openai/gpt-4.1", "openai/gpt-4.1-mini"]
+    assert visible(ModelScope(key_models=("openai/gpt-4.1*",))) == ["openai/gpt-4.1", "openai/gpt-4.1-mini"]
+    assert visible(ModelScope(key_models=("gpt-4o.*",))) == []  # dots are literal, not regex
 
 
 def test_all_proxy_models_lifts_a_level() -> None:
-    scope = Scope(key_models=("all-proxy-models",), team_id="t", team_models=("qwen",))
+    scope = ModelScope(key_models=("all-proxy-models",), team_id="t", team_models=("qwen",))
     assert visible(scope) == ["qwen"]
-    assert visible(Scope(key_models=("qwen",), team_id="t", team_models=("all-proxy-models",))) == ["qwen"]
+    only_qwen = ModelScope(key_models=("qwen",), team_id="t", team_models=("all-proxy-models",))
+    assert visible(only_qwen) == ["qwen"]
 
 
 def test_all_team_models_means_the_teams_list() -> None:
-    scope = Scope(key_models=("all-team-models",), team_id="t", team_models=("llama", "gpt-4o"))
+    scope = ModelScope(key_models=("all-team-models",), team_id="t", team_models=("llama", "gpt-4o"))
     assert visible(scope) == ["gpt-4o", "llama"]
 
 
 def test_user_list_bounds_personal_keys() -> None:
-    assert visible(Scope(key_models=(), user_models=("qwen", "llama"))) == ["llama", "qwen"]
-    assert visible(Scope(key_models=("qwen", "gpt-4o"), user_models=("qwen",))) == ["qwen"]
+    assert visible(ModelScope(key_models=(), user_models=("qwen", "llama"))) == ["llama", "qwen"]
+    assert visible(ModelScope(key_models=("qwen", "gpt-4o"), user_models=("qwen",))) == ["qwen"]
 
 
 def test_no_default_models_user_sees_nothing_with_a_personal_key() -> None:
-    assert visible(Scope(key_models=(), user_models=("no-default-models",))) == []
+    assert visible(ModelScope(key_models=(), user_models=("no-default-models",))) == []
 
 
 def test_a_model_the_proxy_does_not_have_is_not_invented() -> None:
-    assert visible(Scope(key_models=("gpt-5", "qwen"))) == ["qwen"]
+    assert visible(ModelScope(key_models=("gpt-5", "qwen"))) == ["qwen"]
 
 
 @pytest.mark.parametrize("name", ["all-org-models", "no-team-models", "all-models"])
 def test_unknown_special_names_make_the_scope_unknown(name: str) -> None:
-    with pytest.raises(ScopeUnknown):
-        Scope(key_models=(name,))
+    with pytest.raises(AccessUnknown):
+        ModelScope(key_models=(name,))
 
 
 def test_all_team_models_on_a_team_is_unknown() -> None:
-    with pytest.raises(ScopeUnknown):
-        Scope(key_models=(), team_id="t", team_models=("all-team-models",))
+    with pytest.raises(AccessUnknown):
+        ModelScope(key_models=(), team_id="t", team_models=("all-team-models",))
 
 
 @pytest.mark.parametrize(
@@ -118,12 +119,12 @@ def test_all_team_models_on_a_team_is_unknown() -> None:
 def test_malformed_admin_answers_make_the_scope_unknown(
     key_info: dict[str, Any], team_info: dict[str, Any] | None
 ) -> None:
-    with pytest.raises(ScopeUnknown):
-        scope_from_admin_answers(key_info, team_info)
+    with pytest.raises(AccessUnknown):
+        model_scope_from_admin_answers(key_info, team_info)
 
 
 def test_team_without_a_models_list_does_not_restrict() -> None:
-    scope = scope_from_admin_answers(
+    scope = model_scope_from_admin_answers(
         {"info": {"models": [], "team_id": "t"}}, {"team_info": {"models": None}}
     )
     assert scope.team_models == ()
@@ -151,5 +152,5 @@ def test_recorded_keys_get_the_models_litellm_gives_them(version: str) -> None:
         info = key_info["info"]
         team = answers.get(f"/team/info?team_id={info['team_id']}") if info.get("team_id") else None
         user = answers.get(f"/user/info?user_id={info['user_id']}") if info.get("user_id") else None
-        access = scope_from_admin_answers(key_info, team, user).allowed(catalog)
+        access = model_scope_from_admin_answers(key_info, team, user).allowed(catalog)
         assert [n for n in catalog.names if access.allows(n)] == expected[principal], principal

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import respx
 
-from sidecar.litellm.access import Scope, ScopeUnknown
+from sidecar.litellm.access import AccessUnknown, ModelScope
 from sidecar.litellm.admin import AdminLookups, LookupFailed, View, admin_http_client
 from sidecar.litellm.credentials import key_hash
 from sidecar.metrics import Metrics
@@ -37,10 +37,10 @@ def test_scope_of_a_team_key_reads_key_then_team(respx_mock: respx.MockRouter) -
     )
     user = respx_mock.get("/user/info")
 
-    async def main() -> Scope:
+    async def main() -> ModelScope:
         admin, client = lookups()
         async with client:
-            return await admin.scope(TOKEN)
+            return await admin.model_scope(TOKEN)
 
     scope = run(main())
     assert scope.key_models == ("a", "b") and scope.team_models == ("b",)
@@ -56,10 +56,10 @@ def test_personal_key_reads_the_user(respx_mock: respx.MockRouter) -> None:
     respx_mock.get("/key/info").respond(json={"info": {"models": [], "team_id": None, "user_id": "u1"}})
     respx_mock.get("/user/info", params={"user_id": "u1"}).respond(json={"user_info": {"models": ["x"]}})
 
-    async def main() -> Scope:
+    async def main() -> ModelScope:
         admin, client = lookups()
         async with client:
-            return await admin.scope(TOKEN)
+            return await admin.model_scope(TOKEN)
 
     assert run(main()).user_models == ("x",)
 
@@ -87,7 +87,7 @@ def test_failures_name_path_and_status_never_the_credential(
         async def main() -> None:
             admin, client = lookups()
             async with client:
-                await admin.scope(TOKEN)
+                await admin.model_scope(TOKEN)
 
         with pytest.raises(LookupFailed) as raised:
             run(main())
@@ -102,9 +102,9 @@ def test_malformed_key_info_is_an_unknown_scope(respx_mock: respx.MockRouter) ->
     async def main() -> None:
         admin, client = lookups()
         async with client:
-            await admin.scope(TOKEN)
+            await admin.model_scope(TOKEN)
 
-    with pytest.raises(ScopeUnknown):
+    with pytest.raises(AccessUnknown):
         run(main())
 
 

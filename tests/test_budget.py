@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.litellm.budget_errors import UNNAMED, budget_scope, is_budget_error
+from sidecar.litellm.budget_errors import UNNAMED, budget_level, is_budget_error
 from tests.fake_litellm import VERSIONS, all_recordings, load_recordings
 
 RECORDED = all_recordings()
@@ -113,11 +113,11 @@ def test_other_answers_are_not_budget_errors(status: int, body: object) -> None:
         ("Max budget limit reached.", "unknown"),
     ],
 )
-def test_budget_scope_names_whose_budget_is_spent(message: str, scope: str) -> None:
-    assert budget_scope({"error": {"message": message, "type": "budget_exceeded"}}) == scope
+def test_budget_level_names_whose_budget_is_spent(message: str, scope: str) -> None:
+    assert budget_level({"error": {"message": message, "type": "budget_exceeded"}}) == scope
 
 
 def test_a_message_naming_no_principal_is_told_apart_when_asked() -> None:
     body = {"error": {"message": "Budget has been exceeded! Current cost: 0.02, Max budget: 0.01"}}
-    assert budget_scope(body) == "key"
-    assert budget_scope(body, unnamed=UNNAMED) == UNNAMED
+    assert budget_level(body) == "key"
+    assert budget_level(body, unnamed=UNNAMED) == UNNAMED

@@ -55,7 +55,7 @@ def probe_of(fake: FakeLiteLLM, name: str) -> Any:
 
 async def recorded_spent(budgets: BudgetBook, principal: Principal) -> list[str]:
     """The levels the principal's chain records as spent (the recorded source alone)."""
-    return [level.scope for level in await budgets.levels(principal) if level.spent]
+    return [level.name for level in await budgets.levels(principal) if level.spent]
 
 
 def refusal_of(status: int, body: Any) -> Refusal:
@@ -89,7 +89,7 @@ def test_each_source_alone_names_the_spent_level(fake: FakeLiteLLM, version: str
         assert recorded == []
     else:
         assert recorded == [SCOPE[name]]
-    assert state.over and state.scope == SCOPE[name]
+    assert state.over and state.level == SCOPE[name]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -134,9 +134,9 @@ def test_a_failing_probe_leaves_the_chain_to_decide_and_says_so(
 
     with caplog.at_level(logging.WARNING):
         team, healthy, again, metrics = asyncio.run(main())
-    assert team.over and team.scope == "team" and [s.source for s in team.spent] == ["recorded"]
+    assert team.over and team.level == "team" and [s.source for s in team.spent] == ["recorded"]
     assert not healthy.over and healthy.known
-    assert again.scope == "team"
+    assert again.level == "team"
     failed = events(caplog, "budget_source_failed")
     assert len(failed) == 1  # once a minute per reason, however many callers
     assert failed[0]["source"] == "enforced" and failed[0]["reason"] == "/cursor/v1/models answered 404"
@@ -172,7 +172,7 @@ def test_an_unnamed_refusal_is_named_after_the_chain(fake: FakeLiteLLM) -> None:
                 assert refusal is not None and refusal.message is not None
                 assert "Current cost" in refusal.message and "=" not in refusal.message
                 budgets.saw(who(name), refusal)  # a refusal seen names no level either
-                out.append((await budgets.state(who(name), probe_of(fake, name))).scope)
+                out.append((await budgets.state(who(name), probe_of(fake, name))).level)
         return out
 
     assert asyncio.run(main()) == ["key", "team_member"]
@@ -188,7 +188,7 @@ def test_a_refusal_seen_decides_at_once_and_is_forgotten_after_ttl() -> None:
     assert Refusal.of(401, {"error": {"message": "bad key", "type": "auth_error"}}) is None
     assert budgets.saw(who, refusal_of(429, refusal)) == Spent("team", "seen")
     state = budgets.cached(who)
-    assert state is not None and state.over and state.scope == "team"
+    assert state is not None and state.over and state.level == "team"
 
     async def later() -> Any:
         await asyncio.sleep(0.25)
@@ -216,7 +216,7 @@ def test_a_refusal_is_evidence_about_the_principal_that_got_it_and_no_other() ->
     assert budgets.cached(Principal("b" * 64, True, crafted)) is None  # nor another key, same end user
     assert budgets.cached(Principal("a" * 64, True)) is None  # nor the same key without that end user
     own = budgets.cached(attacker)
-    assert own is not None and own.over and own.scope == "end_user"
+    assert own is not None and own.over and own.level == "end_user"
 
 
 def _records(**levels: Any) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def _records(**levels: Any) -> dict[str, Any]:
     ],
 )
 def test_levels_compare_as_litellm_checks_them(records: dict[str, Any], expected: list[str]) -> None:
-    assert [s.scope for s in spent(chain(records))] == expected
+    assert [s.level for s in spent(chain(records))] == expected
 
 
 def test_budget_windows_and_their_reset() -> None:

@@ -265,7 +265,7 @@ def test_an_end_users_phantom_is_named_by_its_id() -> None:
         }
     }
     verdict = judge(refusal_of(422, body), levels)
-    assert (verdict.verdict, verdict.scope, verdict.enforced) == ("phantom", "end_user", 0.02)
+    assert (verdict.verdict, verdict.level, verdict.enforced) == ("phantom", "end_user", 0.02)
     assert verdict.fields()["id"] == END_USER_BROKE
 
 
@@ -274,6 +274,6 @@ def test_a_refusal_naming_no_level_is_judged_against_the_key_and_the_membership(
     body = {"error": {"message": "Budget has been exceeded! Current cost: 0.02, Max budget: 0.5"}}
     key, member = Level("key", "", 0.1, 1.0), Level("team_member", "u:t", 0.1, 0.5)
     refusal = refusal_of(422, body)
-    assert judge(refusal, (key, member)).scope == "team_member"  # the budget it states is the member's
+    assert judge(refusal, (key, member)).level == "team_member"  # the budget it states is the member's
     assert judge(refusal, (key, Level("team_member", "u:t", 0.5, 0.5))).verdict == "spent"
     assert judge(refusal, ()).verdict == "unknown"

@@ -12,7 +12,8 @@ for a personal key (no team), its user (``/user/info``). Each level lists model 
 
 The caller may access a model only if every level allows it (key ∩ team ∩ user), as LiteLLM checks them
 on each request. Any name that looks special (``all-…-models``, ``no-…-models``) but is not one of the
-above makes the scope unknown, and an unknown scope fails closed: the caller gets the budget error back.
+above makes the key's model scope unknown, and an unknown one fails closed: the caller gets the budget
+error back.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ NO_DEFAULT_MODELS = "no-default-models"
 _SPECIAL_LOOKING = re.compile(r"^(all|no)-[a-z0-9_-]*models$")
 
 
-class ScopeUnknown(Exception):
+class AccessUnknown(Exception):
     """The caller's access cannot be established; the reason is logged, never shown to the caller."""
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
-    """The model lists that bound one key, as LiteLLM stores them."""
+class ModelScope:
+    """A key's model scope: the model lists that bound it, as LiteLLM stores them."""
 
     key_models: tuple[str, ...]
     team_id: str | None = None
@@ -47,10 +48,10 @@ class Scope:
             for name in names:
                 allowed = (ALL_PROXY_MODELS, ALL_TEAM_MODELS) if level == "key" else (ALL_PROXY_MODELS,)
                 if _SPECIAL_LOOKING.match(name) and name not in allowed:
-                    raise ScopeUnknown(f"unsupported special model name {name!r} on the {level}")
+                    raise AccessUnknown(f"unsupported special model name {name!r} on the {level}")
         for name in self.user_models or ():
             if _SPECIAL_LOOKING.match(name) and name not in (ALL_PROXY_MODELS, NO_DEFAULT_MODELS):
-                raise ScopeUnknown(f"unsupported special model name {name!r} on the user")
+                raise AccessUnknown(f"unsupported special model name {name!r} on the user")
 
     def allowed(self, catalog: ModelCatalog) -> Access:
         """The rule that says, for any model name, whether this caller may access it."""
@@ -105,27 +106,27 @@ class Access:
         return all(level.allows(model) for level in self.levels)
 
 
-def scope_from_admin_answers(
+def model_scope_from_admin_answers(
     key_info: object, team_info: object | None = None, user_info: object | None = None
-) -> Scope:
-    """Build a :class:`Scope` from the JSON of ``/key/info``, ``/team/info`` and ``/user/info``."""
+) -> ModelScope:
+    """Build a :class:`ModelScope` from the JSON of ``/key/info``, ``/team/info`` and ``/user/info``."""
     info = _field(key_info, "info")
     team_id = info.get("team_id")
-    scope_team_models: tuple[str, ...] = ()
+    team_models: tuple[str, ...] = ()
     if team_id is not None:
         if not isinstance(team_id, str):
-            raise ScopeUnknown("key info has a malformed team_id")
-        scope_team_models = _models(_field(team_info, "team_info"), "team")
+            raise AccessUnknown("key info has a malformed team_id")
+        team_models = _models(_field(team_info, "team_info"), "team")
     user_models = None
     if team_id is None and info.get("user_id") is not None:
         user_models = _models(_field(user_info, "user_info"), "user")
-    return Scope(_models(info, "key"), team_id, scope_team_models, user_models)
+    return ModelScope(_models(info, "key"), team_id, team_models, user_models)
 
 
 def _field(answer: object, name: str) -> dict[str, object]:
     value = answer.get(name) if isinstance(answer, dict) else None
     if not isinstance(value, dict):
-        raise ScopeUnknown(f"admin answer has no {name!r} object")
+        raise AccessUnknown(f"admin answer has no {name!r} object")
     return value
 
 
@@ -134,5 +135,5 @@ def _models(info: dict[str, object], level: str) -> tuple[str, ...]:
     if models is None:
         return ()
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise ScopeUnknown(f"{level} models are not a list of names")
+        raise AccessUnknown(f"{level} models are not a list of names")
     return tuple(models)

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from sidecar.cache import SingleFlightCache
-from sidecar.litellm.access import Access, Scope, scope_from_admin_answers
+from sidecar.litellm.access import Access, ModelScope, model_scope_from_admin_answers
 from sidecar.litellm.catalog import ModelCatalog
 from sidecar.logs import Sparse
 from sidecar.metrics import Metrics
@@ -126,7 +126,7 @@ class AdminLookups:
         self._bound = bound if bound is not None else LookupBound(50.0, 10)
         self._shed_log = Sparse(log, "admin_lookups_shed", "shed", _SHED_LOG_EVERY)
         self.views: SingleFlightCache[View | str, Any] = SingleFlightCache(catalog_ttl)
-        self.scopes: SingleFlightCache[str, Scope] = SingleFlightCache(scope_ttl)
+        self.model_scopes: SingleFlightCache[str, ModelScope] = SingleFlightCache(scope_ttl)
         # Budget records change with every paid call: kept only as long as budget states are.
         self.records: SingleFlightCache[tuple[str, str], Any] = SingleFlightCache(budget_ttl)
 
@@ -179,10 +179,10 @@ class AdminLookups:
         answer: dict[str, Any] = await self.views.get(view, load)
         return answer
 
-    async def scope(self, token_hash: str) -> Scope:
+    async def model_scope(self, token_hash: str) -> ModelScope:
         """The model lists that bound the key whose SHA-256 is ``token_hash`` (cached)."""
 
-        async def load() -> Scope:
+        async def load() -> ModelScope:
             # Through the budget records' cache: a caller's first look-ups serve both.
             key_info = await self._record("/key/info", "key", token_hash)
             info = key_info.get("info") if isinstance(key_info, dict) else None
@@ -192,16 +192,16 @@ class AdminLookups:
                     team_info = await self._record("/team/info", "team_id", info["team_id"])
                 elif isinstance(info.get("user_id"), str):
                     user_info = await self._record("/user/info", "user_id", info["user_id"])
-            return scope_from_admin_answers(key_info, team_info, user_info)
+            return model_scope_from_admin_answers(key_info, team_info, user_info)
 
-        return await self.scopes.get(token_hash, load)
+        return await self.model_scopes.get(token_hash, load)
 
     async def access(self, token_hash: str) -> tuple[ModelCatalog, Access]:
         """The catalog and which of its models the key may access: what discovery, the budget view, the
-        doctor and the fallback all ask (cached, as ``scope`` and ``catalog`` are)."""
-        scope = await self.scope(token_hash)
+        doctor and the fallback all ask (cached, as ``model_scope`` and ``catalog`` are)."""
+        model_scope = await self.model_scope(token_hash)
         catalog = await self.catalog()
-        return catalog, scope.allowed(catalog)
+        return catalog, model_scope.allowed(catalog)
 
     async def _record(self, path: str, param: str, value: str) -> Any:
         return await self.records.get((path, value), lambda: self._bounded(path, ((param, value),)))

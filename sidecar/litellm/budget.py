@@ -214,7 +214,7 @@ class BudgetBook:
         """A budget refusal LiteLLM sent a caller on ``route``: recorded, judged, counted and logged."""
         verdict = await self.verdict(who, refusal)
         self.saw(who, refusal, verdict)
-        self._metrics.budget_refusals.labels(verdict.scope, verdict.verdict).inc()
+        self._metrics.budget_refusals.labels(verdict.level, verdict.verdict).inc()
         fields: dict[str, Any] = {"route": route, **verdict.fields()}
         if who is not None and who.label:
             fields["key"] = who.label
@@ -249,7 +249,7 @@ class BudgetBook:
         if isinstance(levels, str):
             return _unjudged(refusal, levels)
         verdict = judge(refusal, levels)
-        key = (who.token, who.end_user, verdict.scope)
+        key = (who.token, who.end_user, verdict.level)
         now = time.monotonic()
         if verdict.verdict != Finding.PHANTOM:
             self._disagreeing.pop(key)
@@ -261,9 +261,9 @@ class BudgetBook:
         if now - first < self.phantom_after:
             return Verdict(
                 Finding.UNKNOWN,
-                verdict.scope,
-                verdict.enforced,
                 verdict.level,
+                verdict.enforced,
+                verdict.recorded,
                 f"recorded spend below max_budget for {now - first:.0f} s so far: LiteLLM writes spend "
                 f"in batches; phantom after {self.phantom_after:g} s",
             )
@@ -332,5 +332,5 @@ class _NotAdmitted(Exception):
 
 
 def _unjudged(refusal: Refusal, reason: str) -> Verdict:
-    scope = BudgetLevel.UNKNOWN if refusal.level == UNNAMED else refusal.level
-    return Verdict(Finding.UNKNOWN, scope, refusal.enforced, reason=reason)
+    level = BudgetLevel.UNKNOWN if refusal.level == UNNAMED else refusal.level
+    return Verdict(Finding.UNKNOWN, level, refusal.enforced, reason=reason)

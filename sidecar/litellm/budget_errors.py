@@ -53,11 +53,11 @@ _BUDGET_MESSAGES = re.compile(
 )
 
 # Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=..").
-_SCOPE = re.compile(
+_LEVEL = re.compile(
     r"(?:Budget has been exceeded!|ExceededBudget:)\s*"
     r"(End User=|Organization=|TeamMember=|Team=|User=|Key over|Key\b|Current cost)"
 )
-_SCOPE_NAMES = {
+_LEVEL_NAMES = {
     "End User=": BudgetLevel.END_USER,
     "Organization=": BudgetLevel.ORG,
     "TeamMember=": BudgetLevel.TEAM_MEMBER,  # LiteLLM >= 1.106
@@ -108,14 +108,14 @@ def _message(body: Any) -> str:
     return message if isinstance(message, str) else ""
 
 
-def budget_scope(body: Any, unnamed: BudgetLevel = BudgetLevel.KEY) -> BudgetLevel:
+def budget_level(body: Any, unnamed: BudgetLevel = BudgetLevel.KEY) -> BudgetLevel:
     """Whose budget is spent - ``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
     ``org`` - or ``unknown``. A message that names no principal (LiteLLM <= 1.88 for a key's and a team
     member's budget) gives ``unnamed``, by default ``key``."""
-    match = _SCOPE.search(_message(body))
+    match = _LEVEL.search(_message(body))
     if match is None:
         return BudgetLevel.UNKNOWN
-    return _SCOPE_NAMES.get(match.group(1), unnamed)
+    return _LEVEL_NAMES.get(match.group(1), unnamed)
 
 
 def stated(body: Any) -> tuple[float | None, float | None]:
@@ -148,7 +148,7 @@ class Refusal:
         window = _WINDOW.search(message)
         return cls(
             status,
-            budget_scope(body, unnamed=UNNAMED),
+            budget_level(body, unnamed=UNNAMED),
             message if isinstance((error_of(body) or {}).get("message"), str) else None,
             enforced,
             budget,

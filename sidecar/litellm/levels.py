@@ -62,7 +62,7 @@ class Source(enum.StrEnum):
 class Level:
     """One budget level of a caller's chain, as LiteLLM records it."""
 
-    scope: BudgetLevel
+    name: BudgetLevel  # which budget it is
     id: str  # team, user, end-user or organisation id; "user:team" for a member; window duration; "" key
     spend: float | None
     max_budget: float
@@ -72,7 +72,7 @@ class Level:
     def spent(self) -> bool:
         if self.spend is None:
             return False
-        return self.spend >= self.max_budget if self.scope in _AT_LIMIT else self.spend > self.max_budget
+        return self.spend >= self.max_budget if self.name in _AT_LIMIT else self.spend > self.max_budget
 
     @property
     def remaining(self) -> float:
@@ -81,7 +81,7 @@ class Level:
     def shown(self, blocking: bool) -> dict[str, Any]:
         """The level as the budget view and ``doctor`` show it; ``blocking``: LiteLLM refuses at it now."""
         return {
-            "scope": self.scope,
+            "scope": self.name,
             "id": self.id,
             "spend": self.spend,
             "max_budget": self.max_budget,
@@ -97,15 +97,15 @@ class Verdict:
     """What a budget refusal says: ``spent``, ``phantom`` or ``unknown``, for the level that refused."""
 
     verdict: Finding
-    scope: BudgetLevel  # the refusing level; UNKNOWN when LiteLLM's message names none the chain shows
+    level: BudgetLevel  # the refusing level; UNKNOWN when LiteLLM's message names none the chain shows
     enforced: float | None = None  # the spend LiteLLM's message states (its counter)
-    level: Level | None = None  # that level as recorded
+    recorded: Level | None = None  # that level as recorded
     reason: str = ""  # why ``unknown``
 
     def fields(self) -> dict[str, Any]:
         """The verdict as log fields (and the budget view's), without the caller's identity."""
-        level = self.level
-        found: dict[str, Any] = {"verdict": self.verdict, "scope": self.scope, "enforced": self.enforced}
+        level = self.recorded
+        found: dict[str, Any] = {"verdict": self.verdict, "scope": self.level, "enforced": self.enforced}
         if level is not None:
             found.update(
                 id=level.id, recorded=level.spend, max_budget=level.max_budget, resets_at=level.resets_at
@@ -117,30 +117,31 @@ class Verdict:
 
 def judge(refusal: Refusal, levels: tuple[Level, ...]) -> Verdict:
     """The verdict on ``refusal``, against the caller's recorded ``levels``."""
-    enforced, budget, scope = refusal.enforced, refusal.budget, refusal.level
-    if scope == UNNAMED:  # LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's budget
-        candidates = [lv for lv in levels if lv.scope in _UNNAMED_MEANS]
-    elif scope == BudgetLevel.KEY_WINDOW:
+    enforced, budget, named = refusal.enforced, refusal.budget, refusal.level
+    if named == UNNAMED:  # LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's budget
+        candidates = [lv for lv in levels if lv.name in _UNNAMED_MEANS]
+    elif named == BudgetLevel.KEY_WINDOW:
         window = refusal.window
-        candidates = [lv for lv in levels if lv.scope == scope and (not window or lv.id == window)]
+        candidates = [lv for lv in levels if lv.name == named and (not window or lv.id == window)]
     else:
-        candidates = [lv for lv in levels if lv.scope == scope]
+        candidates = [lv for lv in levels if lv.name == named]
     if not candidates:
-        named = BudgetLevel.UNKNOWN if scope in (UNNAMED, BudgetLevel.UNKNOWN) else scope
+        if named == UNNAMED:
+            named = BudgetLevel.UNKNOWN
         spent = [lv for lv in levels if lv.spent]
         if named == BudgetLevel.UNKNOWN and spent:  # the message names no level, the records show one spent
-            return Verdict(Finding.SPENT, spent[0].scope, enforced, spent[0])
+            return Verdict(Finding.SPENT, spent[0].name, enforced, spent[0])
         return Verdict(Finding.UNKNOWN, named, enforced, reason="the records show no budget at that level")
     spent = [lv for lv in candidates if lv.spent]
     candidates = [lv for lv in candidates if lv.spent or lv.spend is not None]
     if not candidates:  # key budget windows before 1.106: LiteLLM keeps their spend in counters only
-        return Verdict(Finding.UNKNOWN, scope, enforced, reason="LiteLLM records no spend for that level")
+        return Verdict(Finding.UNKNOWN, named, enforced, reason="LiteLLM records no spend for that level")
     if spent:
-        return Verdict(Finding.SPENT, spent[0].scope, enforced, spent[0])
+        return Verdict(Finding.SPENT, spent[0].name, enforced, spent[0])
     # Every level the refusal can mean is within budget as recorded; name the one whose budget it states.
     level = next((lv for lv in candidates if budget is not None and _same(lv.max_budget, budget)), None)
     level = level or candidates[0]
-    return Verdict(Finding.PHANTOM, level.scope, enforced, level)
+    return Verdict(Finding.PHANTOM, level.name, enforced, level)
 
 
 def _same(a: float, b: float) -> bool:
@@ -164,11 +165,11 @@ def _reset(info: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _level(scope: BudgetLevel, id_: Any, spend: Any, max_budget: Any, resets_at: str | None) -> list[Level]:
+def _level(name: BudgetLevel, id_: Any, spend: Any, max_budget: Any, resets_at: str | None) -> list[Level]:
     budget = _number(max_budget)
     if budget is None:
         return []
-    return [Level(scope, id_ if isinstance(id_, str) else "", _number(spend), budget, resets_at)]
+    return [Level(name, id_ if isinstance(id_, str) else "", _number(spend), budget, resets_at)]
 
 
 def chain(records: Mapping[str, Any]) -> tuple[Level, ...]:
@@ -249,7 +250,7 @@ def _windows(key: Mapping[str, Any]) -> list[Level]:
 class Spent:
     """One spent budget level, as one source reports it."""
 
-    scope: BudgetLevel
+    level: BudgetLevel
     source: Source
     reset_at: str | None = None
 
@@ -284,12 +285,12 @@ class BudgetState:
         return tuple(s for s in self.spent if s.source == Source.RECORDED)
 
     @property
-    def scope(self) -> BudgetLevel:
+    def level(self) -> BudgetLevel:
         """The level to name: the one a refusal named, else the narrowest recorded one."""
         named = [s for s in self.spent if s.source != Source.RECORDED]
         chosen = named or list(self.spent)
         return min(
-            (s.scope for s in chosen), key=lambda s: _ORDER.get(s, len(_ORDER)), default=BudgetLevel.UNKNOWN
+            (s.level for s in chosen), key=lambda s: _ORDER.get(s, len(_ORDER)), default=BudgetLevel.UNKNOWN
         )
 
     def named(self, level: BudgetLevel, verdict: Verdict | None = None) -> BudgetLevel:
@@ -299,18 +300,18 @@ class BudgetState:
         level the verdict found it meant, else ``key``."""
         if level != UNNAMED:
             return level
-        return _unnamed_level((s.scope for s in self.recorded), verdict)
+        return _unnamed_level((s.level for s in self.recorded), verdict)
 
 
 def _unnamed_level(recorded: Iterable[BudgetLevel], verdict: Verdict | None) -> BudgetLevel:
-    levels = [scope for scope in recorded if scope in _UNNAMED_MEANS]
+    levels = [level for level in recorded if level in _UNNAMED_MEANS]
     if len(levels) == 1:
         return levels[0]
-    if verdict is not None and verdict.scope in _UNNAMED_MEANS:
-        return verdict.scope
+    if verdict is not None and verdict.level in _UNNAMED_MEANS:
+        return verdict.level
     return BudgetLevel.KEY
 
 
 def spent(levels: tuple[Level, ...]) -> tuple[Spent, ...]:
     """The spent levels of a chain, as the recorded source reports them."""
-    return tuple(Spent(level.scope, Source.RECORDED, level.resets_at) for level in levels if level.spent)
+    return tuple(Spent(level.name, Source.RECORDED, level.resets_at) for level in levels if level.spent)

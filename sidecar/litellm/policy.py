@@ -141,7 +141,7 @@ def decide(
         action, rendered = Action.MARK, False
     else:
         action, rendered = Action.FILTER, not cuttable
-    return Outcome(action, policy, state.scope, state.phantom, rendered, state.verdict)
+    return Outcome(action, policy, state.level, state.phantom, rendered, state.verdict)
 
 
 _PASS = {policy: Outcome(Action.PASS, policy) for policy in Policy}  # the most common outcome, made once

@@ -270,7 +270,7 @@ def _sources(litellm: LiteLLM, principal: str) -> tuple[Refusal | None, list[str
             budgets = BudgetBook(admin, ttl=0, metrics=Metrics())
             answer = await caller.get("/cursor/v1/models", headers=headers)
             who = Principal(key_hash(key), True, headers.get(END_USER_HEADER))
-            recorded = [level.scope for level in await budgets.levels(who) if level.spent]
+            recorded = [level.name for level in await budgets.levels(who) if level.spent]
             return Refusal.of(answer.status_code, answer.json()), recorded
 
     return asyncio.run(main())
