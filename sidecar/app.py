@@ -10,6 +10,10 @@ Its own routes are named so as not to shadow any LiteLLM route and are never pas
 the admin credential accepted; false as soon as shutdown begins), ``/sidecar/metrics`` (Prometheus) and
 ``/sidecar/v1/budget`` (a caller's own budget, ``budget_view.py``).
 
+Everything that serves a caller is built at start-up, with the clients, into one ``Running`` state: a
+request before it (an ASGI server that skipped the lifespan) gets 503, as does one after shutdown began
+to close the clients; ``/healthz``, ``/readyz`` and ``/sidecar/metrics`` answer throughout.
+
 ``/readyz`` answers anyone, so it is cheap and says little: its checks run at most once every
 ``READY_TTL`` seconds however many ask (single flight), and its body is only ``{"status": ...}``. Why it
 is not ready - LiteLLM unreachable, the admin credential refused - goes to the log (a ``readiness`` line
@@ -19,6 +23,7 @@ each time the answer changes) and to ``--check``, never to whoever asks.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,9 +50,77 @@ log = logging.getLogger("sidecar.app")
 HEALTHZ = b"/healthz"
 READYZ = b"/readyz"
 METRICS = b"/sidecar/metrics"
-_OWN_ROUTES = frozenset({HEALTHZ, READYZ, METRICS, budget_view.ROUTE})
 READY_TTL = 1.0  # seconds a readiness answer is reused
 ALWAYS_ANSWERED = frozenset({HEALTHZ, READYZ, METRICS})  # even past the connection bound
+
+
+NOT_STARTED = (
+    b'{"error":{"message":"the sidecar has not started: its ASGI lifespan start-up did not run",'
+    b'"type":"sidecar_not_started","param":null,"code":"503"}}'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What start-up builds, whole: every part that answers a caller, and the clients they share."""
+
+    admin: AdminLookups | None  # None without an admin credential
+    admin_client: httpx.AsyncClient | None  # the admin look-ups' client, closed at shutdown
+    budget: BudgetBook
+    discovery: Discovery
+    budget_view: BudgetView
+    hold: Hold  # what the pass-through holds back: budget refusals, judged and marked (``refusals.py``)
+    fallback: Fallback | None  # None unless the ``fallback`` setting maps a model
+
+
+def start(settings: Settings, upstream: Upstream, metrics: Metrics) -> Running:
+    """The running state for ``settings``, around the caller's pooled client ``upstream``."""
+    credentials.configure(settings.end_user_headers)
+    admin_client = admin = None
+    if settings.admin_key is not None:  # under ``blocked`` too: refusals are judged on every policy
+        admin_client = admin_http_client(
+            settings.upstream_url, settings.admin_key.get_secret_value(), settings.admin_timeout
+        )
+        admin = AdminLookups(
+            admin_client,
+            catalog_ttl=settings.catalog_ttl,
+            scope_ttl=settings.scope_ttl,
+            metrics=metrics,
+            extra_free=settings.free_models,
+            budget_ttl=settings.budget_ttl,
+            bound=LookupBound(settings.admin_lookup_rate, settings.admin_lookup_concurrency),
+        )
+    budget = BudgetBook(admin, ttl=settings.budget_ttl, metrics=metrics, phantom_after=settings.phantom_after)
+    refusals = Refusals(budget)
+    discovery = Discovery(
+        upstream,
+        admin,
+        budget=budget,
+        policy=settings.policy,
+        retrieve_from_list=settings.retrieve_from_list,
+        metrics=metrics,
+        render_ttl=min(settings.catalog_ttl, settings.scope_ttl),
+    )
+    fallback = None
+    if settings.fallback:
+        fallback = Fallback(upstream, admin, refusals=refusals, metrics=metrics, mapping=settings.fallback)
+    if admin is not None:
+        metrics.watch_caches(
+            views=admin.views,
+            scopes=admin.model_scopes,  # the label of its metrics: "scopes"
+            records=admin.records,
+            budgets=budget.states,
+            rendered=discovery.rendered,
+        )
+    return Running(
+        admin=admin,
+        admin_client=admin_client,
+        budget=budget,
+        discovery=discovery,
+        budget_view=BudgetView(upstream, admin, budget),
+        hold=refusals.hold,
+        fallback=fallback,
+    )
 
 
 class SidecarApp:
@@ -66,60 +139,13 @@ class SidecarApp:
             max_idle=idle_bound(self.open_files),
         )
         self._at_capacity = Sparse(log, "at_capacity", "refused")
-        self._admin_client: httpx.AsyncClient | None = None
-        self.admin: AdminLookups | None = None
-        self.budget: BudgetBook | None = None
-        self.discovery: Discovery | None = None  # built at start-up, with the clients
-        self.budget_view: BudgetView | None = None
-        self.fallback: Fallback | None = None
-        self.hold: Hold | None = None
+        self.running: Running | None = None  # built at start-up, with the clients; None again at shutdown
         self.draining = False  # set when shutdown begins: readiness goes false first
         self._ready: SingleFlightCache[str, bool] = SingleFlightCache(READY_TTL, max_entries=1)
         self._ready_said: dict[str, Any] | None = None  # the last report logged
 
     async def startup(self) -> None:
-        settings = self.settings
-        credentials.configure(settings.end_user_headers)
-        if settings.admin_key is not None:  # under ``blocked`` too: refusals are judged on every policy
-            self._admin_client = admin_http_client(
-                settings.upstream_url, settings.admin_key.get_secret_value(), settings.admin_timeout
-            )
-            self.admin = AdminLookups(
-                self._admin_client,
-                catalog_ttl=settings.catalog_ttl,
-                scope_ttl=settings.scope_ttl,
-                metrics=self.metrics,
-                extra_free=settings.free_models,
-                budget_ttl=settings.budget_ttl,
-                bound=LookupBound(settings.admin_lookup_rate, settings.admin_lookup_concurrency),
-            )
-        self.budget = BudgetBook(
-            self.admin, ttl=settings.budget_ttl, metrics=self.metrics, phantom_after=settings.phantom_after
-        )
-        refusals = Refusals(self.budget)
-        self.hold = refusals.hold
-        self.discovery = Discovery(
-            self.upstream,
-            self.admin,
-            budget=self.budget,
-            policy=settings.policy,
-            retrieve_from_list=settings.retrieve_from_list,
-            metrics=self.metrics,
-            render_ttl=min(settings.catalog_ttl, settings.scope_ttl),
-        )
-        self.budget_view = BudgetView(self.upstream, self.admin, self.budget)
-        if settings.fallback:
-            self.fallback = Fallback(
-                self.upstream, self.admin, refusals=refusals, metrics=self.metrics, mapping=settings.fallback
-            )
-        if self.admin is not None:
-            self.metrics.watch_caches(
-                views=self.admin.views,
-                scopes=self.admin.model_scopes,  # the label of its metrics: "scopes"
-                records=self.admin.records,
-                budgets=self.budget.states,
-                rendered=self.discovery.rendered,
-            )
+        self.running = start(self.settings, self.upstream, self.metrics)
 
     def at_capacity(self) -> None:
         """A request refused past ``max_connections``: counted, logged at most every 10 s."""
@@ -129,14 +155,18 @@ class SidecarApp:
     async def shutdown(self) -> None:
         self.draining = True
         await self.upstream.close()
-        if self._admin_client is not None:
-            await self._admin_client.aclose()
-            self._admin_client = None
+        running, self.running = self.running, None
+        if running is not None and running.admin_client is not None:
+            await running.admin_client.aclose()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether to send traffic here, and why: LiteLLM reachable, the admin credential accepted."""
         if self.draining:
             return False, {"status": "draining"}
+        running = self.running
+        if running is None:
+            return False, {"status": "not started"}
+        admin = running.admin
         checks: dict[str, Any] = {}
         reachable = True
         try:
@@ -145,11 +175,11 @@ class SidecarApp:
         except UpstreamUnavailable as exc:
             checks["upstream"] = f"unreachable ({exc.detail or exc})"
             reachable = False
-        if self.admin is not None and not reachable:
+        if admin is not None and not reachable:
             checks["admin_credential"] = "unknown (LiteLLM is unreachable)"
-        elif self.admin is not None:
+        elif admin is not None:
             try:
-                checks["admin_credential"] = f"ok ({len((await self.admin.catalog()).names)} models)"
+                checks["admin_credential"] = f"ok ({len((await admin.catalog()).names)} models)"
             except LookupFailed as exc:
                 checks["admin_credential"] = f"refused or failed: {exc}"
         ready = all(value.startswith("ok") for value in checks.values())
@@ -173,29 +203,34 @@ class SidecarApp:
         kind = scope["type"]
         if kind == "http":
             raw_path = scope["raw_path"] or scope["path"].encode()
-            if raw_path in _OWN_ROUTES:
-                await self._own_route(raw_path, scope, receive, send)
-                return
-            route = match_discovery(scope["method"], raw_path)
-            if route is None or carries_body(scope["headers"]):
-                fallback = self.fallback
-                if fallback is not None and fallback.applies(scope):
-                    await fallback.handle(scope, receive, send)
-                else:
-                    await self.upstream.pass_through(scope, receive, send, self.hold)
+            running = self.running
+            if raw_path in ALWAYS_ANSWERED:
+                await self._own_route(raw_path, send)
+            elif running is None:
+                await send_json(send, 503, NOT_STARTED)
+            elif raw_path == budget_view.ROUTE:
+                await running.budget_view.handle(scope, receive, send)
             else:
-                assert self.discovery is not None, "the lifespan start-up did not run"
-                await self.discovery.handle(route, scope, receive, send)
+                await self._for_litellm(running, raw_path, scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "not supported by the sidecar"})
 
-    async def _own_route(self, raw_path: bytes, scope: Scope, receive: Receive, send: Send) -> None:
-        if raw_path == budget_view.ROUTE:
-            assert self.budget_view is not None, "the lifespan start-up did not run"
-            await self.budget_view.handle(scope, receive, send)
-        elif raw_path == HEALTHZ:
+    async def _for_litellm(
+        self, running: Running, raw_path: bytes, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A request for LiteLLM: discovery's, the fallback's or passed through."""
+        route = match_discovery(scope["method"], raw_path)
+        if route is not None and not carries_body(scope["headers"]):
+            await running.discovery.handle(route, scope, receive, send)
+        elif running.fallback is not None and running.fallback.applies(scope):
+            await running.fallback.handle(scope, receive, send)
+        else:
+            await self.upstream.pass_through(scope, receive, send, running.hold)
+
+    async def _own_route(self, raw_path: bytes, send: Send) -> None:
+        if raw_path == HEALTHZ:
             await send_json(send, 200, b'{"status":"ok"}')
         elif raw_path == READYZ:
             await send_json(send, *await self._readyz())

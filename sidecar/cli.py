@@ -161,11 +161,12 @@ async def check(settings: Settings, warnings: Sequence[str] = ()) -> int:
     await app.startup()
     try:
         ready, report = await app.readiness()
-        if app.fallback is not None and ready:
+        fallback = app.running.fallback if app.running is not None else None
+        if fallback is not None and ready:
             found += [
                 f"fallback target {target} is not free in LiteLLM's catalog (or there is no admin key): "
                 "no request will fall back to it"
-                for target in await app.fallback.unusable_targets()
+                for target in await fallback.unusable_targets()
             ]
     finally:
         await app.shutdown()

@@ -152,9 +152,10 @@ async def announce(app: SidecarApp) -> None:
             f"{app.max_connections} caller connections (concurrent streams) before answering 503: raise "
             "the hard limit (LimitNOFILE=, ulimit -Hn, the container runtime's nofile) or add workers",
         )
-    if app.fallback is not None and ready:
+    fallback = app.running.fallback if app.running is not None else None
+    if fallback is not None and ready:
         try:
-            unusable = await app.fallback.unusable_targets()
+            unusable = await fallback.unusable_targets()
         except Exception:  # noqa: BLE001 - the start-up line is a courtesy; requests check again
             return
         for target in unusable:
