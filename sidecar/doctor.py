@@ -10,8 +10,11 @@ It asks LiteLLM three things and compares them:
 - **what each policy would answer**: the models the key may access and which of them are free, and
   LiteLLM's own ``GET /v1/models`` for that key (what ``blocked`` passes on).
 
-The verdict (``levels.judge``; a disagreement is asked again for up to ``--settle`` seconds, 15, as
-LiteLLM's records lag its counters by its batch write - the sidecar's ``phantom_after`` in small):
+The verdict (``levels.judge``). A disagreement is asked again every 2 s for up to ``--settle`` seconds,
+as LiteLLM's records lag its counters by its batch write; by default that is the sidecar's own grace,
+the ``phantom_after`` setting (30 s), and the rule is the sidecar's (``levels.graced``): a refusal the
+records do not bear out is a phantom once it has lasted that long, so ``doctor`` and the budget view
+call a new phantom alike.
 
 ======================  ==================================================================  =====
 ``within``              LiteLLM serves the key and no level is recorded as spent            0
@@ -47,7 +50,7 @@ from sidecar.litellm.admin import AdminLookups, LookupFailed, admin_http_client
 from sidecar.litellm.budget import PROBE_ROUTE
 from sidecar.litellm.budget_errors import BudgetLevel, Reading, error_of
 from sidecar.litellm.credentials import key_hash, key_label
-from sidecar.litellm.levels import Finding, Level, Verdict, chain, judge
+from sidecar.litellm.levels import Finding, Level, Verdict, chain, graced, judge
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, load_settings
 
@@ -59,7 +62,7 @@ EXIT = {
     Finding.UNKNOWN: 2,
 }
 DISAGREE = (Finding.PHANTOM, Finding.INCONSISTENT)  # LiteLLM's records and what it enforces part
-SETTLE = 15.0  # seconds: LiteLLM's batch write (10 s by default) and a margin
+LONGEST_SETTLE = 600.0  # seconds
 END_USER_HEADER = "x-litellm-end-user-id"
 
 
@@ -79,6 +82,7 @@ class Diagnosis:
     policies: dict[str, Any]
     advice: list[str] = field(default_factory=list)
     waited: float = 0.0  # seconds spent waiting for the records to agree
+    disagree: bool = False  # LiteLLM's records and what it enforces part (a phantom within its grace too)
 
     @property
     def exit_code(self) -> int:
@@ -111,10 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--settle",
         type=float,
-        default=SETTLE,
         metavar="SECONDS",
         help="how long to wait for LiteLLM's records to catch up with a refusal they do not bear out "
-        f"(LiteLLM writes spend in batches; default {SETTLE:g})",
+        "before calling it a phantom (LiteLLM writes spend in batches; default: the sidecar's own "
+        "grace, SIDECAR_PHANTOM_AFTER, 30)",
     )
     parser.add_argument("--config", metavar="PATH", help="YAML settings file (also SIDECAR_CONFIG)")
     parser.add_argument("--upstream-url", help="LiteLLM's URL (default SIDECAR_UPSTREAM_URL)")
@@ -135,9 +139,15 @@ def main(argv: Sequence[str]) -> int:
         if args.end_user is not None and not _HEADER_SAFE.fullmatch(args.end_user):
             raise CannotDiagnose("--end-user must be printable ASCII without spaces (it is sent in a header)")
         settings = _settings(args)
-        if not 0 <= args.settle <= 600:
-            raise CannotDiagnose("--settle must be between 0 and 600 seconds")
-        diagnosis = asyncio.run(diagnose(settings, key, args.end_user or None, args.settle, _waiting))
+        settle = settings.phantom_after if args.settle is None else args.settle
+        if args.settle is not None and not 0 <= args.settle <= LONGEST_SETTLE:
+            raise CannotDiagnose(f"--settle must be between 0 and {LONGEST_SETTLE:g} seconds")
+        if settle > LONGEST_SETTLE:
+            raise CannotDiagnose(
+                f"phantom_after ({settle:g}) is longer than the doctor waits ({LONGEST_SETTLE:g} s): "
+                "pass --settle"
+            )
+        diagnosis = asyncio.run(diagnose(settings, key, args.end_user or None, settle, _waiting))
     except (CannotDiagnose, SettingsError) as exc:
         print(f"litellm-budget-sidecar doctor: {_hidden(str(exc), key)}", file=sys.stderr)
         return 2
@@ -188,7 +198,8 @@ async def diagnose(
 ) -> Diagnosis:
     """Diagnose ``key``; a disagreement (``phantom``, ``inconsistent``) is checked again every 2 s for up
     to ``settle`` seconds (``waiting`` is told once), as LiteLLM's records lag its counters by its batch
-    write (``proxy_batch_write_at``, 10 s by default)."""
+    write (``proxy_batch_write_at``, 10 s by default): a phantom is one once it has lasted ``settle``
+    (``levels.graced``, the sidecar's rule with its ``phantom_after``)."""
     assert settings.admin_key is not None
     timeout = httpx.Timeout(settings.admin_timeout, connect=settings.connect_timeout)
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
@@ -209,9 +220,10 @@ async def diagnose(
         )
         started, waited = time.monotonic(), 0.0
         while True:
-            diagnosis = await _diagnose(settings.upstream_url, caller, admin, key, end_user)
-            left = settle - (time.monotonic() - started)
-            if diagnosis.verdict not in DISAGREE or left <= 0:
+            lasted = time.monotonic() - started
+            diagnosis = await _diagnose(settings.upstream_url, caller, admin, key, end_user, lasted, settle)
+            left = settle - lasted
+            if not diagnosis.disagree or left <= 0:
                 break
             if not waited:
                 waiting(settle)
@@ -228,8 +240,15 @@ async def diagnose(
 
 
 async def _diagnose(
-    url: str, caller: httpx.AsyncClient, admin: AdminLookups, key: str, end_user: str | None
+    url: str,
+    caller: httpx.AsyncClient,
+    admin: AdminLookups,
+    key: str,
+    end_user: str | None,
+    lasted: float,
+    grace: float,
 ) -> Diagnosis:
+    """The diagnosis now, a disagreement having lasted ``lasted`` seconds so far (``grace``: see above)."""
     headers = {"Authorization": f"Bearer {key}"}
     if end_user is not None:
         headers[END_USER_HEADER] = end_user
@@ -257,11 +276,14 @@ async def _diagnose(
     free = [name for name in accessible if catalog.is_free(name)]
 
     if refusal is not None:
-        judged = judge(refusal, levels)
+        first = judge(refusal, levels)
+        disagree = first.verdict == Finding.PHANTOM
+        judged = graced(first, lasted, grace)
         verdict, reason, blocking = judged.verdict, _reason(judged), judged.recorded
     else:
         spent = [level for level in levels if level.spent]
         blocking = None
+        disagree = bool(spent)
         if spent:
             verdict = Finding.INCONSISTENT
             reason = (
@@ -283,6 +305,7 @@ async def _diagnose(
             "free_only": free if refusal is not None else accessible,
             "blocked": _litellms_answer(listed),
         },
+        disagree=disagree,
     )
     if verdict == Finding.PHANTOM and blocking is not None:
         diagnosis.advice = phantom_advice(version, blocking, token)

@@ -25,6 +25,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from sidecar.litellm.levels import PHANTOM_AFTER
 from sidecar.litellm.policy import Policy
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -54,7 +55,8 @@ class Settings(BaseSettings):
     # How long LiteLLM's budget refusal must go on while its records show that level within budget before
     # the sidecar calls it a phantom, in seconds: LiteLLM writes spend to its database in batches, so right
     # after a caller crosses its budget the records lag for seconds (its proxy_batch_write_at, 10 s default).
-    phantom_after: float = Field(default=30.0, ge=0)
+    # ``doctor`` waits as long by default (its --settle): both call a new phantom alike.
+    phantom_after: float = Field(default=PHANTOM_AFTER, ge=0)
 
     # Upstream timeouts in seconds. read_timeout bounds the silence between two chunks of a pass-through
     # answer (a slow model's stream), not the whole answer.

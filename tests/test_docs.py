@@ -54,7 +54,7 @@ VERSION = "1.110.2"
 NOT_RUN = {
     'echo "$KEY" | SIDECAR_UPSTREAM_URL=http://127.0.0.1:4000 SIDECAR_ADMIN_KEY=sk-admin '
     "litellm-budget-sidecar doctor --key -": "real LiteLLM 1.110.2 with the harness's phantom key, and its "
-    "15 s settle; doctor's own tests cover what it prints",
+    "30 s settle; doctor's own tests cover what it prints",
     'SIDECAR_ADMIN_KEY=sk-admin litellm-budget-sidecar 2>&1 | grep \'"event":"startup"\'': "a server that "
     "runs until stopped: test_the_startup_line_is_the_one_the_sidecar_writes runs it",
 }

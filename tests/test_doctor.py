@@ -12,10 +12,12 @@ import sys
 import threading
 from typing import Any
 
+import httpx
 import pytest
 
 from sidecar import cli
 from sidecar.litellm.credentials import key_hash, key_label
+from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM
 from tests.seeded import ALL_MODELS, BROKE, END_USER_BROKE, FREE_MODELS, SCOPE, expected_models
 from tests.test_verdicts import lower
@@ -183,6 +185,30 @@ def test_a_phantom_that_outlasts_the_wait_says_how_long_it_waited(doctor: Any, f
     assert found["advice"][-1].startswith(
         f"The records still disagreed after {found['waited']:g} s (--settle 1)"
     )
+
+
+def test_the_budget_view_and_the_doctor_call_a_new_phantom_alike(
+    doctor: Any,
+    fake: FakeLiteLLM,
+    sidecar: SidecarFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One grace for a new phantom: met at the same moment, it is ``unknown`` to the budget view while the
+    doctor is still asking, until it has lasted ``phantom_after`` (the doctor's default ``--settle``);
+    then both say ``phantom``."""
+    fake.use_version("1.109.1")
+    lower(fake, "KEY_KEY_BROKE")  # a new phantom: LiteLLM refuses the key, its records show it within budget
+    monkeypatch.setenv("SIDECAR_PHANTOM_AFTER", "2")  # the one setting, for the sidecar and the doctor
+    url = sidecar()
+    with httpx.Client(timeout=10) as client:
+        first = client.get(url + "/sidecar/v1/budget", headers=bearer("KEY_KEY_BROKE")).json()
+        code, out, err = doctor("--key", KEYS["KEY_KEY_BROKE"], "--json")  # no --settle
+        then = client.get(url + "/sidecar/v1/budget", headers=bearer("KEY_KEY_BROKE")).json()
+    found = json.loads(out)
+    assert first["verdict"] == "unknown"
+    assert err.endswith("so checking again for up to 2 s\n")
+    assert (code, found["verdict"], then["verdict"]) == (1, "phantom", "phantom")
+    assert 1 <= found["waited"] <= 2
 
 
 @pytest.mark.parametrize("settle", ["-1", "601"])

@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.litellm.budget_errors import stated
 from sidecar.litellm.credentials import key_hash
-from sidecar.litellm.levels import Level, judge
+from sidecar.litellm.levels import Level, Verdict, graced, judge
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, load_recordings
 from tests.seeded import BROKE, END_USER_BROKE, FREE_MODELS, SCOPE
@@ -277,3 +277,35 @@ def test_a_refusal_naming_no_level_is_judged_against_the_key_and_the_membership(
     assert judge(refusal, (key, member)).level == "team_member"  # the budget it states is the member's
     assert judge(refusal, (key, Level("team_member", "u:t", 0.5, 0.5))).verdict == "spent"
     assert judge(refusal, ()).verdict == "unknown"
+
+
+PHANTOM_KEY = Verdict("phantom", "key", 0.02, Level("key", "", 0.005, 0.01))
+
+
+@pytest.mark.parametrize(
+    ("verdict", "lasted", "grace", "found"),
+    [
+        (PHANTOM_KEY, 0.0, 30.0, "unknown"),  # a new phantom: the spend may not be written yet
+        (PHANTOM_KEY, 29.9, 30.0, "unknown"),
+        (PHANTOM_KEY, 30.0, 30.0, "phantom"),  # it has lasted the grace
+        (PHANTOM_KEY, 0.0, 0.0, "phantom"),  # no grace: a phantom at once
+        (Verdict("spent", "key"), 0.0, 30.0, "spent"),  # only a phantom waits
+        (Verdict("unknown", "org"), 0.0, 30.0, "unknown"),
+    ],
+)
+def test_a_new_phantom_is_unknown_until_it_has_lasted_the_grace(
+    verdict: Verdict, lasted: float, grace: float, found: str
+) -> None:
+    """``graced``: the one rule the sidecar (``BudgetBook``, so the budget view) and ``doctor`` follow."""
+    judged = graced(verdict, lasted, grace)
+    assert (judged.verdict, judged.level, judged.enforced, judged.recorded) == (
+        found,
+        verdict.level,
+        verdict.enforced,
+        verdict.recorded,
+    )
+    if found != verdict.verdict:
+        assert judged.reason == (
+            f"recorded spend below max_budget for {lasted:.0f} s so far: LiteLLM writes spend in batches; "
+            f"phantom after {grace:g} s"
+        )

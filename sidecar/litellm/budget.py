@@ -62,6 +62,7 @@ from sidecar.litellm.budget_errors import UNNAMED, BudgetLevel, Reading, Refusal
 from sidecar.litellm.credentials import caller, key_hash, key_label
 from sidecar.litellm.levels import (
     NOT_ADMITTED,
+    PHANTOM_AFTER,
     BudgetState,
     Finding,
     Level,
@@ -69,6 +70,7 @@ from sidecar.litellm.levels import (
     Spent,
     Verdict,
     chain,
+    graced,
     judge,
     spent,
 )
@@ -148,7 +150,7 @@ class BudgetBook:
         *,
         ttl: float,
         metrics: Metrics,
-        phantom_after: float = 30.0,
+        phantom_after: float = PHANTOM_AFTER,
         max_entries: int = 10_000,
     ) -> None:
         self._admin = admin
@@ -244,8 +246,9 @@ class BudgetBook:
         return self.judge_refusal(who, refusal, await self._source(Source.RECORDED, self.levels(who)))
 
     def judge_refusal(self, who: Principal, refusal: Refusal, levels: tuple[Level, ...] | str) -> Verdict:
-        """``levels.judge``; a phantom only once it has lasted ``phantom_after``. ``levels`` may be the
-        reason they could not be read: then the verdict is unknown."""
+        """``levels.judge``; a phantom only once this principal's disagreement at that level has lasted
+        ``phantom_after`` (``levels.graced``). ``levels`` may be the reason they could not be read: then
+        the verdict is unknown."""
         if isinstance(levels, str):
             return _unjudged(refusal, levels)
         verdict = judge(refusal, levels)
@@ -258,16 +261,7 @@ class BudgetBook:
         if now - last > _FORGET:
             first = now
         self._disagreeing.put(key, (first, now), now + _FORGET)
-        if now - first < self.phantom_after:
-            return Verdict(
-                Finding.UNKNOWN,
-                verdict.level,
-                verdict.enforced,
-                verdict.recorded,
-                f"recorded spend below max_budget for {now - first:.0f} s so far: LiteLLM writes spend "
-                f"in batches; phantom after {self.phantom_after:g} s",
-            )
-        return verdict
+        return graced(verdict, now - first, self.phantom_after)
 
     async def _enforced(self, probe: Probe) -> Reading:
         """LiteLLM's enforced state: the probe's answer, a refusal or past the budget checks."""

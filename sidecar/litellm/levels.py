@@ -15,7 +15,8 @@ counter ("Current cost: 0.02", "Spend=0.02"). The verdict:
 - ``spent``: the refusing level's recorded spend is at its ``max_budget`` too - a real spent budget;
 - ``phantom``: the refusing level's recorded spend is below its ``max_budget`` - LiteLLM's counter runs
   ahead of its own records (leaked budget reservations, stale counters: LiteLLM #27639, #27735), or the
-  spend is not written yet (LiteLLM writes it in batches; ``budget.py`` waits before it says phantom);
+  spend is not written yet (LiteLLM writes it in batches: ``graced`` says ``unknown`` until the
+  disagreement has lasted the grace, ``phantom_after``, for the sidecar and ``doctor`` alike);
 - ``unknown``: the level cannot be compared (no admin answer, a level the records do not show).
 """
 
@@ -35,6 +36,11 @@ _ORDER = {level: rank for rank, level in enumerate(BudgetLevel)}
 _AT_LIMIT = frozenset(
     {BudgetLevel.KEY, BudgetLevel.KEY_WINDOW, BudgetLevel.TEAM_MEMBER, BudgetLevel.USER, BudgetLevel.ORG}
 )
+# Seconds a refusal the records do not bear out must last before it is a phantom (``graced``): the default
+# of the ``phantom_after`` setting, which the sidecar and ``doctor`` both use. LiteLLM writes spend to its
+# database in batches (proxy_batch_write_at, 10 s by default): right after a caller crosses its budget the
+# records lag its counters for seconds.
+PHANTOM_AFTER = 30.0
 # The levels a refusal that names none can mean (LiteLLM <= 1.88).
 _UNNAMED_MEANS = (BudgetLevel.KEY, BudgetLevel.TEAM_MEMBER)
 
@@ -142,6 +148,19 @@ def judge(refusal: Refusal, levels: tuple[Level, ...]) -> Verdict:
     level = next((lv for lv in candidates if budget is not None and _same(lv.max_budget, budget)), None)
     level = level or candidates[0]
     return Verdict(Finding.PHANTOM, level.name, enforced, level)
+
+
+def graced(verdict: Verdict, lasted: float, grace: float) -> Verdict:
+    """The one rule for a new phantom: ``verdict`` is a phantom only once the disagreement has lasted
+    ``grace`` seconds (``lasted``, as whoever asks has watched it); before, it is ``unknown`` - the spend
+    may not be written yet."""
+    if verdict.verdict != Finding.PHANTOM or lasted >= grace:
+        return verdict
+    reason = (
+        f"recorded spend below max_budget for {lasted:.0f} s so far: LiteLLM writes spend in batches; "
+        f"phantom after {grace:g} s"
+    )
+    return Verdict(Finding.UNKNOWN, verdict.level, verdict.enforced, verdict.recorded, reason)
 
 
 def _same(a: float, b: float) -> bool:

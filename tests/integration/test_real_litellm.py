@@ -350,7 +350,7 @@ def test_the_doctor_finds_each_genuinely_spent_key_consistent(litellm: LiteLLM, 
     key, extra = doctor_args(litellm, principal)
     unrecorded = principal == "KEY_WINDOW_BROKE" and litellm.version in WINDOW_UNRECORDED
     expected = "within" if principal == "KEY_HEALTHY" else "unknown" if unrecorded else "spent"
-    # Right after seeding LiteLLM's records may lag its counters: the doctor's own --settle (15 s) covers it.
+    # Right after seeding LiteLLM's records may lag its counters: doctor's --settle (phantom_after) covers it.
     code, out, err = litellm.doctor(key, *extra, "--json")
     assert key not in out + err
     found = json.loads(out)
