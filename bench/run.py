@@ -60,8 +60,8 @@ def free_port() -> int:
         return port
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
+def wait_listening(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             sys.exit(f"bench: {what} exited at start")
