@@ -135,7 +135,8 @@ def test_ci_reads_the_test_command_from_the_readme() -> None:
     read = subprocess.run(
         ["bash", "-c", f'{extract}\nprintf %s "$test_command"'], cwd=ROOT, capture_output=True, text=True
     )
-    assert "pip install -e '.[test]'" in read.stdout and "-m pytest" in read.stdout, read
+    assert "pip install -e '.[test,dev]'" in read.stdout and "scripts/check" in read.stdout, read
+    assert "-m pytest --cov" in read.stdout, read
 
 
 def test_the_readme_gives_the_command_that_runs_the_demo() -> None:
