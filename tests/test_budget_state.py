@@ -13,9 +13,9 @@ import pytest
 
 from sidecar.litellm.admin import AdminLookups, admin_http_client
 from sidecar.litellm.budget import BudgetBook, Principal, SourceFailed
-from sidecar.litellm.budget_errors import Reading, Refusal
+from sidecar.litellm.budget_errors import BudgetLevel, Reading, Refusal
 from sidecar.litellm.credentials import key_hash
-from sidecar.litellm.levels import Spent, chain, spent
+from sidecar.litellm.levels import Source, Spent, chain, spent
 from sidecar.metrics import Metrics
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM
@@ -163,7 +163,7 @@ def test_an_unnamed_refusal_is_named_after_the_chain(fake: FakeLiteLLM) -> None:
     """LiteLLM <= 1.88 says "Current cost: ..." for a key's and a team member's budget alike."""
     fake.use_version("1.83.3")
 
-    async def main() -> list[str]:
+    async def main() -> list[BudgetLevel]:
         budgets, client = book(fake)
         async with client:
             out = []
@@ -186,7 +186,7 @@ def test_a_refusal_seen_decides_at_once_and_is_forgotten_after_ttl() -> None:
     }
     assert Refusal.of(200, {"data": []}) is None  # nothing for ``saw`` to record
     assert Refusal.of(401, {"error": {"message": "bad key", "type": "auth_error"}}) is None
-    assert budgets.saw(who, refusal_of(429, refusal)) == Spent("team", "seen")
+    assert budgets.saw(who, refusal_of(429, refusal)) == Spent(BudgetLevel.TEAM, Source.SEEN)
     state = budgets.cached(who)
     assert state is not None and state.over and state.level == "team"
 
@@ -258,7 +258,7 @@ def test_budget_windows_and_their_reset() -> None:
         return spent(chain(records))
 
     found = spent_levels({"key": key("2026-12-04T00:00:00+00:00", 0.02)})
-    assert found == (Spent("key_window", "recorded", "2026-12-04T00:00:00+00:00"),)
+    assert found == (Spent(BudgetLevel.KEY_WINDOW, Source.RECORDED, "2026-12-04T00:00:00+00:00"),)
     assert spent_levels({"key": key("2026-12-04T00:00:00Z", 0.02, limits_as_json=True)})
     # past reset_at LiteLLM keeps enforcing the counter until its reset job runs: still spent
     assert spent_levels({"key": key("2026-12-03T11:59:00+00:00", 0.02)})

@@ -11,24 +11,28 @@ from typing import Any
 
 import pytest
 
-from sidecar.litellm.budget_errors import UNNAMED, Refusal
-from sidecar.litellm.levels import NOT_ADMITTED, BudgetState, Spent, Verdict
+from sidecar.litellm.budget_errors import UNNAMED, BudgetLevel, Refusal
+from sidecar.litellm.levels import NOT_ADMITTED, BudgetState, Finding, Source, Spent, Verdict
 from sidecar.litellm.policy import Action, Outcome, Policy, decide, phantom_marks
 
 ALL, FREE_ONLY, BLOCKED = Policy.ALL, Policy.FREE_ONLY, Policy.BLOCKED
 PASS, BLOCK, MARK, FILTER, RESCUE = Action.PASS, Action.BLOCK, Action.MARK, Action.FILTER, Action.RESCUE
 
 TEAM_REFUSAL = Refusal(
-    422, "team", "Budget has been exceeded! Team=t Current cost: 2, Max budget: 1", 2.0, 1.0
+    422, BudgetLevel.TEAM, "Budget has been exceeded! Team=t Current cost: 2, Max budget: 1", 2.0, 1.0
 )
 UNNAMED_REFUSAL = Refusal(400, UNNAMED, "Budget has been exceeded! Current cost: 2, Max budget: 1", 2.0, 1.0)
-SPENT = Verdict("spent", "team")
-PHANTOM = Verdict("phantom", "team")
+SPENT = Verdict(Finding.SPENT, BudgetLevel.TEAM)
+PHANTOM = Verdict(Finding.PHANTOM, BudgetLevel.TEAM)
 
 WITHIN = BudgetState()
-OVER_TEAM = BudgetState((Spent("team", "enforced"), Spent("team", "recorded")), verdict=SPENT)
-OVER_PHANTOM = BudgetState((Spent("team", "enforced"),), verdict=PHANTOM)
-OVER_RECORDED = BudgetState((Spent("user", "recorded"), Spent("team", "recorded")))
+OVER_TEAM = BudgetState(
+    (Spent(BudgetLevel.TEAM, Source.ENFORCED), Spent(BudgetLevel.TEAM, Source.RECORDED)), verdict=SPENT
+)
+OVER_PHANTOM = BudgetState((Spent(BudgetLevel.TEAM, Source.ENFORCED),), verdict=PHANTOM)
+OVER_RECORDED = BudgetState(
+    (Spent(BudgetLevel.USER, Source.RECORDED), Spent(BudgetLevel.TEAM, Source.RECORDED))
+)
 UNKNOWN = BudgetState(known=False, reason="enforced: down; recorded: down")
 REFUSED_CREDENTIAL = BudgetState(known=False, reason=NOT_ADMITTED)
 
@@ -129,9 +133,9 @@ def test_a_state_no_source_could_establish_passes_and_says_why() -> None:
 @pytest.mark.parametrize(
     ("outcome", "marked"),
     [
-        (Outcome(RESCUE, ALL, "team", rendered=True), ()),
-        (Outcome(RESCUE, ALL, "team", phantom=True, rendered=True), (PHANTOM_MARK,)),
-        (Outcome(FILTER, FREE_ONLY, "key", phantom=True), (PHANTOM_MARK,)),
+        (Outcome(RESCUE, ALL, BudgetLevel.TEAM, rendered=True), ()),
+        (Outcome(RESCUE, ALL, BudgetLevel.TEAM, phantom=True, rendered=True), (PHANTOM_MARK,)),
+        (Outcome(FILTER, FREE_ONLY, BudgetLevel.KEY, phantom=True), (PHANTOM_MARK,)),
     ],
 )
 def test_an_outcome_that_cannot_be_carried_out_fails_towards_litellms_answer(
@@ -144,7 +148,7 @@ def test_an_outcome_that_cannot_be_carried_out_fails_towards_litellms_answer(
 
 @pytest.mark.parametrize(
     ("verdict", "marked"),
-    [(None, ()), (Verdict("unknown", "team"), ()), (SPENT, ()), (PHANTOM, (PHANTOM_MARK,))],
+    [(None, ()), (Verdict(Finding.UNKNOWN, BudgetLevel.TEAM), ()), (SPENT, ()), (PHANTOM, (PHANTOM_MARK,))],
 )
 def test_a_refusal_on_a_passed_through_call_is_marked_only_when_phantom(
     verdict: Verdict | None, marked: tuple[tuple[bytes, bytes], ...]
@@ -157,10 +161,12 @@ def test_a_refusal_on_a_passed_through_call_is_marked_only_when_phantom(
 NAMING: list[tuple[tuple[str, ...], Verdict | None, str]] = [
     (("key",), None, "key"),
     (("team_member",), None, "team_member"),
-    (("team_member", "team"), Verdict("spent", "key"), "team_member"),  # the one spent key/member level
-    (("key", "team_member"), Verdict("phantom", "team_member"), "team_member"),  # two: the verdict's
-    ((), Verdict("phantom", "team_member"), "team_member"),
-    ((), Verdict("spent", "team"), "key"),  # a verdict elsewhere cannot be what it meant
+    # the one spent key/member level
+    (("team_member", "team"), Verdict(Finding.SPENT, BudgetLevel.KEY), "team_member"),
+    # two: the verdict's
+    (("key", "team_member"), Verdict(Finding.PHANTOM, BudgetLevel.TEAM_MEMBER), "team_member"),
+    ((), Verdict(Finding.PHANTOM, BudgetLevel.TEAM_MEMBER), "team_member"),
+    ((), Verdict(Finding.SPENT, BudgetLevel.TEAM), "key"),  # a verdict elsewhere cannot be what it meant
     ((), None, "key"),
 ]
 
@@ -169,9 +175,9 @@ NAMING: list[tuple[tuple[str, ...], Verdict | None, str]] = [
 def test_a_refusal_naming_no_level_is_named_in_one_place(
     recorded: tuple[str, ...], verdict: Verdict | None, named: str
 ) -> None:
-    state = BudgetState(tuple(Spent(level, "recorded") for level in recorded))
+    state = BudgetState(tuple(Spent(BudgetLevel(level), Source.RECORDED) for level in recorded))
     assert state.named(UNNAMED, verdict) == named
-    assert state.named("org", verdict) == "org"  # a level the refusal names is the level
+    assert state.named(BudgetLevel.ORG, verdict) == "org"  # a level the refusal names is the level
     outcome = decide(ALL, cuttable=True, status=400, refusal=UNNAMED_REFUSAL, verdict=verdict, state=state)
     assert outcome.level == named
 

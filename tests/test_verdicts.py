@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.litellm.budget_errors import stated
+from sidecar.litellm.budget_errors import BudgetLevel, stated
 from sidecar.litellm.credentials import key_hash
-from sidecar.litellm.levels import Level, Verdict, graced, judge
+from sidecar.litellm.levels import Finding, Level, Verdict, graced, judge
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, load_recordings
 from tests.seeded import BROKE, END_USER_BROKE, FREE_MODELS, SCOPE
@@ -258,7 +258,7 @@ def test_a_burst_of_refusals_costs_one_round_of_look_ups(
 
 
 def test_an_end_users_phantom_is_named_by_its_id() -> None:
-    levels = (Level("end_user", END_USER_BROKE, 0.005, 0.01),)
+    levels = (Level(BudgetLevel.END_USER, END_USER_BROKE, 0.005, 0.01),)
     body = {
         "error": {
             "message": f"ExceededBudget: End User={END_USER_BROKE} over budget. Spend=0.02, Budget=0.01"
@@ -272,14 +272,14 @@ def test_an_end_users_phantom_is_named_by_its_id() -> None:
 def test_a_refusal_naming_no_level_is_judged_against_the_key_and_the_membership() -> None:
     """LiteLLM <= 1.88: "Current cost: ..." for a key's and a team member's budget alike."""
     body = {"error": {"message": "Budget has been exceeded! Current cost: 0.02, Max budget: 0.5"}}
-    key, member = Level("key", "", 0.1, 1.0), Level("team_member", "u:t", 0.1, 0.5)
+    key, member = Level(BudgetLevel.KEY, "", 0.1, 1.0), Level(BudgetLevel.TEAM_MEMBER, "u:t", 0.1, 0.5)
     refusal = refusal_of(422, body)
     assert judge(refusal, (key, member)).level == "team_member"  # the budget it states is the member's
-    assert judge(refusal, (key, Level("team_member", "u:t", 0.5, 0.5))).verdict == "spent"
+    assert judge(refusal, (key, Level(BudgetLevel.TEAM_MEMBER, "u:t", 0.5, 0.5))).verdict == "spent"
     assert judge(refusal, ()).verdict == "unknown"
 
 
-PHANTOM_KEY = Verdict("phantom", "key", 0.02, Level("key", "", 0.005, 0.01))
+PHANTOM_KEY = Verdict(Finding.PHANTOM, BudgetLevel.KEY, 0.02, Level(BudgetLevel.KEY, "", 0.005, 0.01))
 
 
 @pytest.mark.parametrize(
@@ -289,8 +289,8 @@ PHANTOM_KEY = Verdict("phantom", "key", 0.02, Level("key", "", 0.005, 0.01))
         (PHANTOM_KEY, 29.9, 30.0, "unknown"),
         (PHANTOM_KEY, 30.0, 30.0, "phantom"),  # it has lasted the grace
         (PHANTOM_KEY, 0.0, 0.0, "phantom"),  # no grace: a phantom at once
-        (Verdict("spent", "key"), 0.0, 30.0, "spent"),  # only a phantom waits
-        (Verdict("unknown", "org"), 0.0, 30.0, "unknown"),
+        (Verdict(Finding.SPENT, BudgetLevel.KEY), 0.0, 30.0, "spent"),  # only a phantom waits
+        (Verdict(Finding.UNKNOWN, BudgetLevel.ORG), 0.0, 30.0, "unknown"),
     ],
 )
 def test_a_new_phantom_is_unknown_until_it_has_lasted_the_grace(

@@ -24,7 +24,7 @@ import pytest
 
 from sidecar.litellm.admin import AdminLookups, admin_http_client
 from sidecar.litellm.budget import BudgetBook, Principal
-from sidecar.litellm.budget_errors import Refusal, is_budget_error
+from sidecar.litellm.budget_errors import BudgetLevel, Refusal, is_budget_error
 from sidecar.litellm.credentials import key_hash
 from sidecar.metrics import Metrics
 from tests.integration.conftest import REPORT, VIEWER_KEY, LiteLLM
@@ -257,13 +257,13 @@ def test_compose_init_step_spends_a_team_budget_on_real_litellm(litellm: LiteLLM
     assert [m["id"] for m in answer.json()["data"]] == FREE_MODELS
 
 
-def _sources(litellm: LiteLLM, principal: str) -> tuple[Refusal | None, list[str]]:
+def _sources(litellm: LiteLLM, principal: str) -> tuple[Refusal | None, list[BudgetLevel]]:
     """What each source alone says of ``principal``: LiteLLM's probe route (its refusal, if it refuses), and
     its budget chain (the levels it records as spent)."""
     headers = auth(litellm, principal)
     key = headers["Authorization"].removeprefix("Bearer ")
 
-    async def main() -> tuple[Refusal | None, list[str]]:
+    async def main() -> tuple[Refusal | None, list[BudgetLevel]]:
         client = admin_http_client(litellm.url, litellm.master_key, timeout=30)
         async with client, httpx.AsyncClient(base_url=litellm.url, timeout=30) as caller:
             admin = AdminLookups(client, catalog_ttl=0, scope_ttl=0, metrics=Metrics(), budget_ttl=0)
