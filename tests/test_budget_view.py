@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM
 from tests.seeded import ALL_MODELS, BROKE, SCOPE, expected_models
-from tests.test_verdicts import lower
+from tests.test_levels import lower
 
 VIEW = "/sidecar/v1/budget"
 # Levels LiteLLM shows no caller but an admin: their records stay out of the view.

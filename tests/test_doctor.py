@@ -20,7 +20,7 @@ from sidecar.litellm.credentials import key_hash, key_label
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM
 from tests.seeded import ALL_MODELS, BROKE, END_USER_BROKE, FREE_MODELS, SCOPE, expected_models
-from tests.test_verdicts import lower
+from tests.test_levels import lower
 
 NOT_RECORDED = {("1.88.6", "KEY_WINDOW_BROKE")}  # 1.88 keeps a window's spend only in its counters
 

@@ -23,8 +23,8 @@ from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, Reply, Seen, load_recordings
 from tests.official_clients import Asked, anthropic_for, openai_for
 from tests.seeded import seeded
+from tests.test_levels import PAID_CHAT, PAID_STREAM, PAYING, recorded_chat
 from tests.test_operations import metric
-from tests.test_verdicts import PAID_CHAT, PAID_STREAM, PAYING, recorded_chat
 
 FREE_CHAT = {**PAID_CHAT, "model": "free-model"}
 FREE_STREAM = {**PAID_STREAM, "model": "free-model"}

@@ -17,7 +17,7 @@ from sidecar.litellm.levels import Finding, Level, Verdict, graced, judge
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, load_recordings
 from tests.seeded import BROKE, END_USER_BROKE, FREE_MODELS, SCOPE
-from tests.test_budget_state import events, refusal_of
+from tests.test_budget import events, refusal_of
 
 PAID_CHAT = {"model": "paid-model", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 PAID_STREAM = {**PAID_CHAT, "stream": True}
