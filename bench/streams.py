@@ -374,7 +374,9 @@ def nginx_config(directory: Path, port: int, stub_port: int) -> Path:
     }}
 """,
         connections=60000,
-        open_files=FD_LIMIT,
+        # what this machine allows: asked for more than the hard limit, nginx's setrlimit fails and it keeps
+        # the soft limit it started with
+        open_files=min(FD_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
     )
 
 
