@@ -167,6 +167,8 @@ def test_bytes_after_an_answer_close_its_connection(hostile: bytes) -> None:
 
 
 def test_bytes_sent_while_a_connection_is_idle_close_it() -> None:
+    poisoned = asyncio.Event()  # server and test share one loop (``run``)
+
     async def handler(reader: Reader, writer: Writer) -> None:
         request = await read_request(reader)
         writer.write(ok(b"answer to " + request.split(b" ")[1]))
@@ -174,13 +176,22 @@ def test_bytes_sent_while_a_connection_is_idle_close_it() -> None:
         await asyncio.sleep(0.02)  # then, unasked, the answer meant to poison the next caller
         writer.write(b"HTTP/1.1 200 EVIL\r\ncontent-length: 4\r\n\r\nEVIL")
         await writer.drain()
+        poisoned.set()
         while True:
             request = await read_request(reader)
             writer.write(ok(b"answer to " + request.split(b" ")[1]))
 
     async def test(pool: ConnectionPool, stats: Stats) -> None:
-        first, second = await two_requests(pool)
-        assert first[2] == b"answer to /first" and second[2] == b"answer to /second"
+        seen = []
+        for path in (b"/first", b"/second"):
+            response = await pool.request(b"GET %s HTTP/1.1\r\nhost: t\r\n\r\n" % path, None)
+            seen.append(await response.read())
+            response.release()
+            # the next request only once the poison is out and has had time to arrive (not a race
+            # between the server's sleep and ours, lost on a loaded machine)
+            await asyncio.wait_for(poisoned.wait(), 5)
+            await asyncio.sleep(0.05)
+        assert seen == [b"answer to /first", b"answer to /second"]
 
     assert run(handler, test).connections == 2
 
