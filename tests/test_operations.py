@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from sidecar.litellm.credentials import key_hash
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, FakeLiteLLM
-from tests.scripted import ScriptedUpstream, read_request
+from tests.scripted import Handler, ScriptedUpstream, read_request
 
 
 def closed_port() -> int:
@@ -359,6 +360,26 @@ def test_check_flag_reports_bad_settings_like_start_up(fake: FakeLiteLLM) -> Non
     assert result.returncode == 2 and "policy" in result.stderr and "Traceback" not in result.stderr
 
 
+def _log_of_a_cut_stream(
+    process: Callable[..., tuple[subprocess.Popen[bytes], str, Path]], handler: Handler, **settings: str
+) -> list[dict[str, Any]]:
+    """A streamed chat through a sidecar process in front of ``handler``, which cuts the stream after its
+    head: the caller sees the 200 and then a broken body; the sidecar's log lines once it has stopped."""
+    with ScriptedUpstream(handler) as upstream:
+        proc, url, log = process(upstream_url=upstream.url, policy="blocked", admin_key="", **settings)
+        with (
+            httpx.Client(timeout=5) as client,
+            pytest.raises(httpx.RemoteProtocolError),
+            client.stream("POST", url + "/v1/chat/completions", content=b"{}") as answer,
+        ):
+            assert answer.status_code == 200
+            answer.read()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
 def test_a_stream_litellm_breaks_off_is_one_warning_not_an_error_and_a_traceback(
     process: StartSidecar,
 ) -> None:
@@ -374,19 +395,7 @@ def test_a_stream_litellm_breaks_off_is_one_warning_not_an_error_and_a_traceback
         await writer.drain()
         writer.close()  # in the middle of the answer
 
-    with ScriptedUpstream(breaks_off) as upstream:
-        proc, url, log = process(upstream_url=upstream.url, policy="blocked", admin_key="")
-        with (
-            httpx.Client(timeout=5) as client,
-            pytest.raises(httpx.RemoteProtocolError),
-            client.stream("POST", url + "/v1/chat/completions", content=b"{}") as answer,
-        ):
-            assert answer.status_code == 200
-            answer.read()
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = _log_of_a_cut_stream(process, breaks_off)
     assert [line["kind"] for line in lines if line.get("event") == "upstream_error"] == ["stream_broken"]
     assert not [line for line in lines if line["level"] == "error"], lines
 
@@ -403,20 +412,6 @@ def test_a_stream_that_stalls_before_its_first_chunk_is_one_warning_not_an_error
         await writer.drain()
         await reader.read()  # then nothing, until the sidecar gives up
 
-    with ScriptedUpstream(stalls) as upstream:
-        proc, url, log = process(
-            upstream_url=upstream.url, policy="blocked", admin_key="", read_timeout="0.5"
-        )
-        with (
-            httpx.Client(timeout=5) as client,
-            pytest.raises(httpx.RemoteProtocolError),
-            client.stream("POST", url + "/v1/chat/completions", content=b"{}") as answer,
-        ):
-            assert answer.status_code == 200
-            answer.read()
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = _log_of_a_cut_stream(process, stalls, read_timeout="0.5")
     assert [line["kind"] for line in lines if line.get("event") == "upstream_error"] == ["stream_broken"]
     assert not [line for line in lines if line["level"] == "error"], lines
