@@ -39,12 +39,14 @@ _BUILT_DROPPED = _REQUEST_DROPPED | _FRAMING
 _REPLACED_IN_REPLY = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
 
 
-def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The headers ``Connection`` names (lower-cased), from headers whose names are lower-case already
+    (ASGI's, or an answer's once lowered); a plain loop, no generator: every request passes here."""
     tokens: set[bytes] = set()
     for name, value in headers:
-        if name.lower() == b"connection":
+        if name == b"connection":
             tokens.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(tokens)
+    return tokens
 
 
 def upstream_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
@@ -59,10 +61,9 @@ def built_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
 
 def _upstream(scope: Scope, upstream_host: str, dropped: frozenset[bytes]) -> RawHeaders:
     raw: RawHeaders = scope["headers"]
-    for name, _ in raw:  # (a loop, not any(): no generator per request)
-        if name == b"connection":
-            dropped = dropped | _connection_tokens(raw)
-            break
+    tokens = _connection_tokens(raw)
+    if tokens:
+        dropped = dropped | tokens
     out: RawHeaders = []
     host = forwarded_for = None
     has_proto = has_host = False
@@ -97,10 +98,8 @@ def downstream_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, 
     (Every answer passes here: each name is lower-cased once, and ``Connection`` looked into only when
     the answer has one.)"""
     lowered = [(name.lower(), value) for name, value in raw]
-    dropped = HOP_BY_HOP
-    for name, value in lowered:
-        if name == b"connection":
-            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+    tokens = _connection_tokens(lowered)
+    dropped = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     return [header for header in lowered if header[0] not in dropped]
 
 
