@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 from asyncio import StreamReader as Reader
 from asyncio import StreamWriter as Writer
 from collections.abc import AsyncIterator
@@ -24,7 +26,7 @@ from sidecar.proxy.http1 import (
     UpstreamError,
     UpstreamProtocolError,
 )
-from tests.scripted import GET, Handler, Stats, ok, read_request, run
+from tests.scripted import GET, Handler, ScriptedUpstream, Stats, ok, read_request, run
 
 POST = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n"
 
@@ -330,6 +332,83 @@ def test_an_early_answer_during_an_upload_is_the_answer() -> None:
         response.release()
 
     run(too_large, test)
+
+
+TOO_LARGE = b'{"error":{"message":"Request size is too large","code":"413"}}'
+EARLY_413 = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: %d\r\n\r\n%s" % (len(TOO_LARGE), TOO_LARGE)
+
+
+async def endless_upload(size: int = 64 * 1024 * 1024) -> AsyncIterator[bytes]:
+    """An upload that goes on while the upstream answers: a caller still sending."""
+    for _ in range(size // 65536):
+        yield b"x" * 65536
+        await asyncio.sleep(0)
+
+
+def test_an_early_answer_is_the_answer_when_the_upstream_resets_the_upload() -> None:
+    """LiteLLM's ``max_request_size_mb`` answers 413 from the head alone; an upstream that then closes the
+    connection with the upload unread resets it, and the next write of the upload fails before the
+    answer - already received - was read (here forced: the upload writes on while the loop has not looked
+    at the socket). The answer is still what the caller gets, never a 502, and the connection is gone."""
+    closed = threading.Event()
+
+    async def answers_and_resets(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(EARLY_413)
+        writer.close()  # the upload unread: the close is a reset
+        await writer.wait_closed()
+        closed.set()
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield b"x" * 65536
+        assert closed.wait(5)
+        for _ in range(3):  # the answer and the reset are in; the loop has not read them yet
+            time.sleep(0.05)
+            yield b"x" * 65536
+
+    async def test(port: int) -> None:
+        pool = ConnectionPool("127.0.0.1", port, False, 2.0, 2.0)
+        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
+        try:
+            response = await pool.request(head, upload(), method="POST")
+            assert (response.status, await response.read()) == (413, TOO_LARGE)
+            response.release()
+            assert not pool._idle  # never pooled
+        finally:
+            pool.close()
+
+    with ScriptedUpstream(answers_and_resets) as upstream:
+        asyncio.run(test(int(upstream.url.rsplit(":", 1)[1])))
+
+
+def test_an_early_answer_ends_an_upload_the_upstream_no_longer_reads() -> None:
+    """An upstream that answers early and stops reading (the connection open): the upload waiting for it
+    to read stops at once, the answer is given, and that connection is never used again."""
+
+    async def answers_then_stops_reading(reader: Reader, writer: Writer) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        if request.startswith(b"GET"):
+            writer.write(ok(b"fine"))
+            await writer.drain()
+            return
+        await asyncio.sleep(0.3)  # the upload fills every buffer and waits for it to read
+        writer.write(EARLY_413)
+        await writer.drain()
+        await asyncio.sleep(30)  # reads nothing more; holds the connection open
+
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
+        started = asyncio.get_running_loop().time()
+        response = await pool.request(head, endless_upload(), method="POST")
+        assert (response.status, await response.read()) == (413, TOO_LARGE)
+        response.release()
+        assert asyncio.get_running_loop().time() - started < 1.0  # not after the 5 s write timeout
+        second = await pool.request(GET, None)
+        assert await second.read() == b"fine"
+        second.release()
+
+    stats = run(answers_then_stops_reading, test, read_timeout=5.0)
+    assert stats.connections == 2  # the answered upload's connection went nowhere but closed
 
 
 def test_a_cancelled_exchange_closes_its_connection_at_once() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from asyncio import StreamReader as Reader
 from asyncio import StreamWriter as Writer
 
 import httpx
 
 from tests.conftest import SidecarFactory
-from tests.scripted import ScriptedUpstream, connect, ok, read_answer, read_request
+from tests.scripted import ScriptedUpstream, connect, ok, read_answer, read_request, read_response
 
 
 def test_a_request_head_over_the_bound_gets_431_and_never_goes_upstream(sidecar: SidecarFactory) -> None:
@@ -142,3 +145,43 @@ def test_pipelined_requests_are_answered_in_order(sidecar: SidecarFactory) -> No
                     break
                 data += chunk
         assert [part[-3:] for part in data.split(b"HTTP/1.1 200")[1:]] == [b"/p0", b"/p1", b"/p2"]
+
+
+def test_an_upload_litellm_refuses_early_gets_its_413_while_the_caller_still_sends(
+    sidecar: SidecarFactory,
+) -> None:
+    """LiteLLM's ``max_request_size_mb`` answers 413 from the head alone and does not read the upload; an
+    upstream that then closes the connection resets it under the upload still flowing through the
+    sidecar. The caller, still sending, gets that 413 as LiteLLM wrote it, each time - not a 502."""
+    too_large = b'{"error":{"message":"Request size is too large","code":"413"}}'
+
+    async def refuses_early(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: %d\r\n\r\n%s" % (len(too_large), too_large)
+        )
+        await writer.drain()  # and closes, the upload unread
+
+    size = 16 * 1024 * 1024
+    with ScriptedUpstream(refuses_early) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        for _ in range(10):  # the reset races the upload's writes: every round must see the 413
+            with connect(url) as sock:
+                sock.sendall(b"POST /v1/files HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % size)
+                pump = threading.Thread(target=send_quietly, args=(sock, size), daemon=True)
+                pump.start()
+                status, _, body = read_response(sock)
+                pump.join(10)
+            assert (status, body) == (413, too_large)
+        with httpx.Client(timeout=5) as client:  # and the sidecar serves the next caller
+            assert client.post(url + "/v1/files", content=b"small").status_code == 413
+        assert upstream.stats.connections == 11  # no refused upload's connection was used again
+
+
+def send_quietly(sock: socket.socket, size: int) -> None:
+    """Send ``size`` bytes of an upload, as a caller that does not look at the answer while sending; stop
+    when the sidecar closes the connection."""
+    chunk = b"x" * 65536
+    with contextlib.suppress(OSError):
+        for _ in range(size // len(chunk)):
+            sock.sendall(chunk)

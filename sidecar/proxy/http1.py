@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -115,6 +116,7 @@ class _Connection(asyncio.Protocol):
         "_drained",
         "_eof_delimited",
         "_error",
+        "_fd",
         "_has_length",
         "_head_bytes",
         "_loop",
@@ -146,6 +148,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
+        self._fd = -1  # the socket, read directly only for what a reset left unread (plain TCP only)
         self.closed = False  # never to be reused: closed, or not at a clean message boundary
         self.idle_since = 0.0
         self.exchange = 0  # counts the exchanges on this connection
@@ -179,6 +182,9 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._fd = sock.fileno()
 
     def data_received(self, data: bytes) -> None:
         if not self.in_use or self.complete:  # bytes while idle, or after the end of the answer
@@ -208,6 +214,8 @@ class _Connection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.in_use and not self.complete:
+            self._read_what_is_left()
         self.closed = True
         self.resume_writing()
         if not self.in_use or self.complete:
@@ -220,18 +228,44 @@ class _Connection(asyncio.Protocol):
         else:
             self.fail(UpstreamClosed("upstream closed the connection in the middle of its answer"))
 
+    def _read_what_is_left(self) -> None:
+        """Read what the upstream sent before the connection broke, still in the kernel's receive buffer.
+
+        An upstream that answers a request early (``413`` before reading an upload) and closes a
+        connection it has not read to the end makes its kernel reset it. The next write fails, and the
+        transport stops reading at once, before the answer that came first was read: the caller would get
+        502 "closed before answering" for an answer that is there. A blocking client reads it after the
+        failed write (httpcore does; Linux keeps received bytes readable after a reset); here the socket
+        is still open while the transport reports the loss, so the bytes are read from it then, at most
+        ``_LEFT_OVER`` of them, and parsed as if they had come the usual way. Not through TLS, whose
+        records only the transport could decrypt."""
+        fd, left = self._fd, _LEFT_OVER
+        while fd >= 0 and left > 0 and not self.complete and self._error is None:
+            try:
+                data = os.read(fd, min(left, 65536))
+            except OSError:  # nothing more (EAGAIN), or the reset itself once the bytes are read
+                return
+            if not data:
+                return
+            left -= len(data)
+            self.data_received(data)
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
         drained = self._drained
         if drained is not None and not drained.done():
             drained.set_result(None)
 
     async def drain(self) -> None:
-        """Wait until the transport's write buffer is low again (a slow upstream reading an upload)."""
-        if self._write_paused and not self.closed:
+        """Wait until the transport's write buffer is low again (a slow upstream reading an upload), or
+        the answer's head has come (an upstream that answers early need not read the rest)."""
+        if self._write_paused and not self.closed and not self.headers_done:
             self._drained = self._loop.create_future()
             timer = self._loop.call_later(self._write_timeout, _time_out, self._drained)
             try:
@@ -278,6 +312,7 @@ class _Connection(asyncio.Protocol):
             )
         self.status = status
         self.headers_done = True
+        self._wake_drain()  # an early answer: an upload waiting for the upstream to read stops waiting
         self._eof_delimited = (
             not codings and not has_length and status not in (204, 304) and not self.head_request
         )
@@ -382,6 +417,7 @@ class _Connection(asyncio.Protocol):
 
 
 _CHUNKED = -1
+_LEFT_OVER = 1024 * 1024  # the most bytes read from a socket after its transport broke (an early answer)
 _FRAMING_NAME_LENGTHS = (len(b"content-length"), len(b"transfer-encoding"))
 
 
@@ -595,6 +631,8 @@ class ConnectionPool:
                 sent += len(part)
                 transport.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
                 await connection.drain()
+                if connection.headers_done:
+                    return  # answered while the upload waited to be read: not one byte more
         if chunked:
             transport.write(b"0\r\n\r\n")
         connection.request_sent = _whole(declared, sent, chunked)
