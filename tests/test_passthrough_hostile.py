@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -185,3 +186,44 @@ def send_quietly(sock: socket.socket, size: int) -> None:
     with contextlib.suppress(OSError):
         for _ in range(size // len(chunk)):
             sock.sendall(chunk)
+
+
+def test_an_upload_the_upstream_does_not_read_yet_holds_the_caller_back(sidecar: SidecarFactory) -> None:
+    """A 128 MiB streamed upload (``/v1/files``) to an upstream that reads nothing for a second: the sidecar
+    buffers a bounded amount and holds the caller back (what the caller got to send is what the kernel's
+    socket buffers and the sidecar's bounded queues hold, far below the upload); then every byte arrives."""
+    size = 128 * 1024 * 1024
+    reading = threading.Event()
+
+    async def reads_later(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)
+        reading.set()
+        got = 0
+        while got < size and (data := await reader.read(1 << 20)):
+            got += len(data)
+        body = b'{"object":"file","bytes":%d}' % got
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    with ScriptedUpstream(reads_later) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        with connect(url) as sock:
+            sock.settimeout(30)
+            sock.sendall(b"POST /v1/files HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % size)
+            sent = [0]
+
+            def upload() -> None:
+                chunk = b"x" * 65536
+                while sent[0] < size:
+                    sock.sendall(chunk)
+                    sent[0] += len(chunk)
+
+            pump = threading.Thread(target=upload, daemon=True)
+            pump.start()
+            assert reading.wait(10)
+            held_back_at = sent[0]
+            status, _, body = read_response(sock)
+            pump.join(10)
+        assert held_back_at < 48 * 1024 * 1024, held_back_at  # not the upload: bounded buffering
+        assert (status, json.loads(body)["bytes"]) == (200, size)
