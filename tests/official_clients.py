@@ -57,7 +57,8 @@ def ask_completion(client: openai.OpenAI, model: str, stream: bool) -> Asked:
     raw = client.completions.with_raw_response.create(model=model, prompt="hi", stream=stream)
     if stream:
         chunks: list[Completion] = list(parsed(raw, openai.Stream))
-        return raw, chunks[0].model, "".join(c.choices[0].text for c in chunks if c.choices)
+        # LiteLLM's last chunk carries no text (the client gives None there)
+        return raw, chunks[0].model, "".join(c.choices[0].text or "" for c in chunks if c.choices)
     completion = parsed(raw, Completion)
     return raw, completion.model, completion.choices[0].text
 

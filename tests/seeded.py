@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 ALL_MODELS = ["paid-model", "free-model", "free-model-2", "free-embedding"]
 FREE_MODELS = ["free-model", "free-model-2", "free-embedding"]
 
@@ -65,3 +67,26 @@ LIST_ROUTES = {
 def expected_models(principal: str, policy: str) -> list[str]:
     """What a rescued answer lists for ``principal`` under ``policy`` (``all`` or ``free_only``)."""
     return [m for m in ACCESS[principal] if policy == "all" or m in FREE_MODELS]
+
+
+class Models(NamedTuple):
+    """The models of one harness configuration, in LiteLLM's order: every model, and the free ones."""
+
+    all: list[str]
+    free: list[str]
+
+    def access(self, principal: str) -> list[str]:
+        """The models ``principal`` may access: all of them, unless its key is restricted."""
+        return self.all if ACCESS[principal] == ALL_MODELS else ACCESS[principal]
+
+    def expected(self, principal: str, policy: str) -> list[str]:
+        """What a rescued answer lists for ``principal`` under ``policy`` (``all`` or ``free_only``)."""
+        return [m for m in self.access(principal) if policy == "all" or m in self.free]
+
+
+# ``up`` as the recorded fixtures (and the fake) know it: the four models above.
+CHAT = Models(ALL_MODELS, FREE_MODELS)
+# ``up --beyond-chat``, as the integration suite starts LiteLLM: two WebSocket models more, after the four
+# (``realtime-model`` free, ``realtime-paid-model`` paid).
+REALTIME_MODELS = ["realtime-model", "realtime-paid-model"]
+BEYOND_CHAT = Models([*ALL_MODELS, *REALTIME_MODELS], [*FREE_MODELS, "realtime-model"])

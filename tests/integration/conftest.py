@@ -205,7 +205,7 @@ def litellm(
     progress(
         request.config, f"starting LiteLLM {version} with PostgreSQL (its first start installs it: 1-2 min)"
     )
-    up = _run(["up", "--version", version, "--name", name], timeout=1200)
+    up = _run(["up", "--version", version, "--name", name, "--beyond-chat"], timeout=1200)
     if up.returncode != 0:
         _cannot_run(f"litellm-upstream up --version {version} failed: {up.stderr.strip()[-1500:]}")
     env = _exports(up.stdout)

@@ -4,20 +4,19 @@ Each seeded spent principal asks for ``paid-model``, which LiteLLM refuses for i
 sidecar with ``fallback: {paid-model: free-model}``: by chat completion, completion and Responses (the
 ``openai`` client) and Anthropic Messages (the ``anthropic`` client), JSON and SSE.
 
-The harness's provider serves chat completions only. LiteLLM sends a Responses call - and, for its
-OpenAI-provider models, a Messages call too - to the provider's ``/v1/responses``, and a completion to its
-``/v1/completions``, which it answers 404, on every version here. So on those routes the retry, once
-LiteLLM has let it past its access and budget checks, fails at the provider, and the caller gets the
-original refusal (a fallback that fails gives that back); the sidecar's ``fallback`` log line says which
-happened. A failing call puts the model's only deployment in LiteLLM's cooldown for 5 s, so those tests
-run after the chat ones and wait it out before the module ends.
+The suite's harness (``up --beyond-chat``) has a provider that serves all four routes: LiteLLM sends a
+Responses call - and, for its OpenAI-provider models, a Messages call too - to the provider's
+``/v1/responses``, and a completion to its ``/v1/completions``. So a fallback LiteLLM lets past its access
+and budget checks is served on every route, and the caller gets what LiteLLM answers the free model
+directly: the same ``model`` (a Responses or Messages stream names the provider's model, ``fake-model``)
+and the same text.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -62,24 +61,6 @@ ROUTES: dict[str, tuple[str, dict[str, Any], Callable[..., Asked]]] = {
     "messages": ("/v1/messages", {"max_tokens": 16, "messages": HI}, ask_messages),
 }
 API_ERRORS = (openai.APIStatusError, anthropic.APIStatusError)
-
-
-def wait_out_cooldown(litellm: LiteLLM) -> None:
-    """Until LiteLLM serves ``free-model`` again: a retry that failed at the provider put its only
-    deployment in LiteLLM's cooldown (5 s), whose 429 some routes give before their budget checks."""
-    chat = {"model": "free-model", "messages": HI}
-    master = {"Authorization": f"Bearer {litellm.master_key}"}
-    deadline = time.monotonic() + 30
-    while httpx.post(litellm.url + "/v1/chat/completions", json=chat, headers=master).status_code != 200:
-        assert time.monotonic() < deadline, "free-model stayed in LiteLLM's cooldown"
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="module")
-def cooled(litellm: LiteLLM) -> Iterator[None]:
-    """At the end, LiteLLM's cooldown of ``free-model`` waited out, for the tests that follow."""
-    yield
-    wait_out_cooldown(litellm)
 
 
 def test_a_free_model_outside_the_callers_scope_is_never_tried(litellm: LiteLLM) -> None:
@@ -131,23 +112,24 @@ def next_fallback(litellm: LiteLLM, url: str, before: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("principal", FALLING_BACK)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-@pytest.mark.parametrize("route", list(ROUTES))  # chat first: the others leave free-model cooling down
+@pytest.mark.parametrize("route", list(ROUTES))
 def test_a_refused_paid_request_falls_back_to_the_free_model(
-    litellm: LiteLLM, cooled: None, route: str, principal: str, stream: bool
+    litellm: LiteLLM, route: str, principal: str, stream: bool
 ) -> None:
     path, fields, ask = ROUTES[route]
     paid = direct(litellm, principal, path, {"model": "paid-model", **fields, "stream": stream})
     assert direct_is_budget_error(paid), (paid.status_code, paid.text)
-    # Whether LiteLLM lets this spent caller use the free model at all. Asked by chat, which its provider
-    # serves; a cooldown answer (429, not a budget refusal) comes after LiteLLM's budget check too.
-    free = direct(litellm, principal, "/v1/chat/completions", {"model": "free-model", "messages": HI})
+    # Whether LiteLLM lets this spent caller use the free model at all, on this route.
+    free = direct(litellm, principal, path, {"model": "free-model", **fields, "stream": stream})
     allowed = not direct_is_budget_error(free)
-    if not allowed and route != "chat":
-        wait_out_cooldown(litellm)  # so that the retry meets LiteLLM's budget check, not the cooldown
     url = litellm.sidecar("free_only", fallback=RULE)
     before = len(fallbacks(litellm, url))
+    made = anthropic_for if route == "messages" else openai_for
+    # What LiteLLM answers the free model directly, through the same client: its model name and text.
+    with made(litellm.url, credentials("KEY_HEALTHY", litellm.keys)) as client:
+        _, free_model, free_text = ask(client, "free-model", stream)
+    assert free_text, (route, stream)
     try:
-        made = anthropic_for if route == "messages" else openai_for
         with made(url, credentials(principal, litellm.keys)) as client:
             raw, model, text = ask(client, "paid-model", stream)
     except API_ERRORS as exc:
@@ -160,16 +142,14 @@ def test_a_refused_paid_request_falls_back_to_the_free_model(
         assert line["outcome"] == "served"
         assert raw.headers["x-sidecar-fallback-from"] == "paid-model"
         assert raw.headers["x-sidecar-fallback-model"] == "free-model"
-        assert model == "free-model" and text
+        assert (model, text) == (free_model, free_text)
     elif line["retry_budget_refusal"]:
         outcome = f"retry refused for budget ({line['retry_status']}): original {paid.status_code}"
     else:
         failed = f"{line['retry_status']} {line['retry_error']}"
         outcome = f"retry admitted, failed {failed}: original {paid.status_code}"
     REPORT[f"{litellm.version} fallback {route} {principal} {'sse' if stream else 'json'}"] = outcome
-    if allowed:  # LiteLLM lets this caller use the free model: the retry passed its checks
-        assert raw is not None or not line["retry_budget_refusal"], outcome
-        if route == "chat":
-            assert raw is not None, outcome  # the provider serves chat: the free model's answer
+    if allowed:  # LiteLLM lets this caller use the free model: the free model's answer, on every route
+        assert raw is not None, outcome
     else:  # e.g. LiteLLM 1.88 refuses a spent user even free models: the original refusal
         assert raw is None and line["retry_budget_refusal"], outcome

@@ -29,17 +29,14 @@ from sidecar.litellm.credentials import key_hash
 from sidecar.metrics import Metrics
 from tests.integration.conftest import REPORT, VIEWER_KEY, LiteLLM
 from tests.official_clients import ask_chat, openai_for
+from tests.seeded import BEYOND_CHAT as MODELS
 from tests.seeded import (
-    ACCESS,
-    ALL_MODELS,
     BROKE,
     END_USER_BROKE,
     END_USER_HEADER,
-    FREE_MODELS,
     LIST_ROUTES,
     SCOPE,
     credentials,
-    expected_models,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,12 +78,12 @@ def test_openai_client_lists_and_retrieves(litellm: LiteLLM, principal: str, pol
         direct_ids = None
     listed = [m.id for m in through.models.list()]
     if policy == "free_only":  # the same on every version, refused by LiteLLM or listed by it
-        assert listed == expected_models(principal, "free_only")
+        assert listed == MODELS.expected(principal, "free_only")
     elif direct_ids is None:  # all: rescued
-        assert listed == expected_models(principal, "all")
+        assert listed == MODELS.expected(principal, "all")
     else:  # all, blocked: LiteLLM's own list
-        assert listed == direct_ids == ACCESS[principal]
-    for model in ALL_MODELS:
+        assert listed == direct_ids == MODELS.access(principal)
+    for model in MODELS.all:
         if model in listed:
             assert through.models.retrieve(model).id == model
         else:
@@ -100,7 +97,7 @@ def test_each_discovery_route(litellm: LiteLLM, principal: str, policy: str) -> 
     url = litellm.sidecar(policy)
     headers = auth(litellm, principal)
     visible = [m["id"] for m in httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"]]
-    for model in ALL_MODELS:
+    for model in MODELS.all:
         for route in ("/v1/models/{id}", "/models/{id}"):
             answer = httpx.get(url + route.format(id=model), headers=headers, timeout=30)
             assert answer.status_code == (200 if model in visible else 404), (route, answer.text)
@@ -113,7 +110,7 @@ def test_each_discovery_route(litellm: LiteLLM, principal: str, policy: str) -> 
         assert answer.headers["x-sidecar-budget-scope"] == SCOPE[principal], route
         names = [entry[field] for entry in answer.json()["data"]]
         if policy == "free_only" or direct_is_budget_error(direct):
-            assert names == expected_models(principal, policy), route
+            assert names == MODELS.expected(principal, policy), route
         else:  # all, and LiteLLM listed the models itself: its answer, marked
             assert answer.content == direct.content, route
         assert litellm.master_key not in answer.text
@@ -128,10 +125,10 @@ def test_v2_pages_are_consistent(litellm: LiteLLM) -> None:
         pages = [httpx.get(url + target, headers=headers).json() for target in targets]
         assert [[d["model_name"] for d in page["data"]] for page in pages] == [
             ["free-model", "free-model-2"],
-            ["free-embedding"],
+            ["free-embedding", "realtime-model"],
             [],
         ]
-        assert {(p["total_count"], p["total_pages"], p["size"]) for p in pages} == {(3, 2, 2)}
+        assert {(p["total_count"], p["total_pages"], p["size"]) for p in pages} == {(4, 2, 2)}
         assert [p["current_page"] for p in pages] == [1, 2, 3]
 
 
@@ -142,7 +139,7 @@ def test_anthropic_shape(litellm: LiteLLM) -> None:
         headers={"Authorization": f"Bearer {litellm.master_key}", "anthropic-version": "2023-06-01"},
     ).json()
     answer = httpx.get(litellm.sidecar("free_only") + "/v1/models", headers=headers).json()
-    assert [m["id"] for m in answer["data"]] == ["free-model", "free-model-2", "free-embedding"]
+    assert [m["id"] for m in answer["data"]] == MODELS.free
     assert set(answer) == set(direct_master)  # the shape this version uses for that header
     assert set(answer["data"][0]) == set(direct_master["data"][0])
 
@@ -232,7 +229,7 @@ def test_least_privilege_viewer_key(litellm: LiteLLM, principal: str) -> None:
         )
     else:
         assert answer.status_code == 200
-        assert [m["id"] for m in answer.json()["data"]] == ACCESS[principal]
+        assert [m["id"] for m in answer.json()["data"]] == MODELS.access(principal)
 
 
 def test_compose_init_step_spends_a_team_budget_on_real_litellm(litellm: LiteLLM) -> None:
@@ -254,7 +251,7 @@ def test_compose_init_step_spends_a_team_budget_on_real_litellm(litellm: LiteLLM
     paid = httpx.post(litellm.url + "/v1/chat/completions", json=chat, headers=headers, timeout=30)
     assert direct_is_budget_error(paid)
     answer = httpx.get(litellm.sidecar("free_only") + "/v1/models", headers=headers, timeout=30)
-    assert [m["id"] for m in answer.json()["data"]] == FREE_MODELS
+    assert [m["id"] for m in answer.json()["data"]] == MODELS.free
 
 
 def _sources(litellm: LiteLLM, principal: str) -> tuple[Refusal | None, list[BudgetLevel]]:
@@ -324,10 +321,10 @@ def test_each_caller_sees_its_own_budget(litellm: LiteLLM, principal: str) -> No
     REPORT[f"{litellm.version} budget view {principal}"] = view["verdict"]
     assert not {level["scope"] for level in view["levels"]} & ADMIN_ONLY_LEVELS
     if principal == "KEY_HEALTHY":
-        assert (view["verdict"], view["refused"], view["usable_models"]) == ("within", None, ALL_MODELS)
+        assert (view["verdict"], view["refused"], view["usable_models"]) == ("within", None, MODELS.all)
         return
     assert view["refused"]["scope"] in (SCOPE[principal], "key")  # <= 1.88 names no level for a member
-    assert view["usable_models"] == expected_models(principal, "free_only")
+    assert view["usable_models"] == MODELS.expected(principal, "free_only")
     blocking = [level for level in view["levels"] if level["blocking"]]
     if hidden:
         assert (view["verdict"], blocking) == ("unknown", [])
@@ -358,12 +355,12 @@ def test_the_doctor_finds_each_genuinely_spent_key_consistent(litellm: LiteLLM, 
     assert (found["verdict"], code) == (expected, {"within": 0, "spent": 0, "unknown": 2}[expected])
     assert found["litellm"]["version"] == litellm.version
     if principal == "KEY_HEALTHY":
-        assert found["refused"] is None and found["models"]["accessible"] == ALL_MODELS
-        assert found["policies"]["free_only"] == found["policies"]["all"] == ALL_MODELS
+        assert found["refused"] is None and found["models"]["accessible"] == MODELS.all
+        assert found["policies"]["free_only"] == found["policies"]["all"] == MODELS.all
         return
-    assert found["models"]["accessible"] == expected_models(principal, "all")
+    assert found["models"]["accessible"] == MODELS.expected(principal, "all")
     assert found["refused"]["scope"] in (SCOPE[principal], "key")  # <= 1.88 names no level for a member
-    assert found["policies"]["free_only"] == expected_models(principal, "free_only")
+    assert found["policies"]["free_only"] == MODELS.expected(principal, "free_only")
     if not unrecorded:
         (level,) = [level for level in found["levels"] if level["blocking"]]
         assert level["scope"] == SCOPE[principal]
@@ -402,7 +399,7 @@ def test_a_budget_raised_in_litellm_clears_within_budget_ttl(litellm: LiteLLM) -
     url = litellm.sidecar("free_only", budget_ttl="2")
     spent = httpx.get(url + "/v1/models", headers=caller, timeout=30)
     assert spent.headers["x-sidecar-budget-scope"] == "key"
-    assert [m["id"] for m in spent.json()["data"]] == FREE_MODELS
+    assert [m["id"] for m in spent.json()["data"]] == MODELS.free
     raised = httpx.post(litellm.url + "/key/update", json={"key": key, "max_budget": 100.0}, headers=admin)
     assert raised.status_code == 200, raised.text
     while direct_is_budget_error(httpx.get(litellm.url + "/cursor/v1/models", headers=caller)):

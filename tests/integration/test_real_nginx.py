@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import LiteLLM
-from tests.seeded import FREE_MODELS
+from tests.seeded import BEYOND_CHAT as MODELS
 from tests.test_nginx import configured, nginx
 from tests.test_operations import closed_port
 
@@ -64,7 +64,7 @@ def test_discovery_through_nginx_is_rescued_by_the_sidecar(litellm: LiteLLM, spl
     url, _ = split
     answer = httpx.get(url + "/v1/models", headers=bearer(litellm, "KEY_TEAM_BROKE"), timeout=30)
     assert answer.status_code == 200, answer.text
-    assert [m["id"] for m in answer.json()["data"]] == FREE_MODELS
+    assert [m["id"] for m in answer.json()["data"]] == MODELS.free
     assert answer.headers["x-sidecar-budget-exceeded"] == "true"
     assert answer.headers["x-sidecar-budget-scope"] == "team"
 

@@ -20,7 +20,7 @@ import pytest
 
 from sidecar.litellm.budget_errors import is_budget_error
 from tests.integration.conftest import REPORT, LiteLLM, _exports
-from tests.seeded import FREE_MODELS
+from tests.seeded import BEYOND_CHAT as MODELS
 
 pytestmark = pytest.mark.integration
 
@@ -86,12 +86,13 @@ def test_discovery_follows_the_refusal_and_says_it_is_a_phantom(
     url = litellm.sidecar("free_only", phantom_after="0")
     answer = httpx.get(url + "/v1/models", headers=caller(phantom), timeout=30)
     assert answer.status_code == 200
-    assert [m["id"] for m in answer.json()["data"]] == FREE_MODELS
+    assert [m["id"] for m in answer.json()["data"]] == MODELS.free
     assert answer.headers["x-sidecar-budget-phantom"] == "true"
     assert answer.headers["x-sidecar-budget-scope"] == "key"
     everything = litellm.sidecar("all", phantom_after="0")
     marked = httpx.get(everything + "/v1/models", headers=caller(phantom), timeout=30)
-    assert len(marked.json()["data"]) == 4 and marked.headers["x-sidecar-budget-phantom"] == "true"
+    assert len(marked.json()["data"]) == len(MODELS.all)
+    assert marked.headers["x-sidecar-budget-phantom"] == "true"
 
 
 def test_the_callers_budget_view_shows_the_phantom(litellm: LiteLLM, phantom: dict[str, str]) -> None:
@@ -106,7 +107,7 @@ def test_the_callers_budget_view_shows_the_phantom(litellm: LiteLLM, phantom: di
     assert key["spend"] == pytest.approx(float(phantom["PHANTOM_DB_SPEND"]))
     assert key["max_budget"] == pytest.approx(float(phantom["PHANTOM_MAX_BUDGET"]))
     assert key["remaining"] == pytest.approx(key["max_budget"] - key["spend"])
-    assert view["usable_models"] == FREE_MODELS
+    assert view["usable_models"] == MODELS.free
 
 
 def test_the_doctor_calls_it_a_phantom_and_names_litellms_counter(
@@ -124,7 +125,7 @@ def test_the_doctor_calls_it_a_phantom_and_names_litellms_counter(
     assert key["scope"] == "key"
     assert key["spend"] == pytest.approx(float(phantom["PHANTOM_DB_SPEND"]))
     assert key["max_budget"] == pytest.approx(float(phantom["PHANTOM_MAX_BUDGET"]))
-    assert found["policies"]["free_only"] == FREE_MODELS
+    assert found["policies"]["free_only"] == MODELS.free
     # The counter it names is the one the harness left ahead of the records.
     assert repr(phantom["PHANTOM_COUNTER_KEY"]) in "\n".join(found["advice"])
     code, table, _ = litellm.doctor(phantom["PHANTOM_KEY"], "--settle", "1")

@@ -30,7 +30,8 @@ import httpx
 import pytest
 
 from tests.integration.conftest import REPORT, LiteLLM
-from tests.seeded import BROKE, END_USER_HEADER, FREE_MODELS, credentials, seeded
+from tests.seeded import BEYOND_CHAT as MODELS
+from tests.seeded import BROKE, END_USER_HEADER, credentials, seeded
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +267,7 @@ def _compare_retrieve(
     else:
         entries = [e for e in listed if e["id"] == model]
         baseline, expected = f" (twin {direct.status_code}: its list)", entries[0] if entries else None
-    if expected is not None and free and model not in FREE_MODELS:
+    if expected is not None and free and model not in MODELS.free:
         expected = None
     failures = []
     if expected is None:
@@ -308,7 +309,7 @@ def test_a_spent_principal_sees_what_its_twin_within_budget_sees(
         else:
             keep = None
             if free:
-                keep = set(FREE_MODELS)
+                keep = set(MODELS.free)
                 if route == "/v2/model/info":
                     keep &= twin_ids
             outcome, found = _compare_list(route, answer, direct, keep)
