@@ -18,6 +18,13 @@ The rules it keeps, the ones httpcore and h11 keep:
   answer (in the same read or later), bytes arriving while it sits idle, an answer cut short or abandoned,
   an answer to HEAD (the parser cannot be told it has no body), an early answer during an upload. Nothing
   the parser sees after the end of an answer is given to anyone.
+- **An early answer is the answer.** An upstream may answer before it has read the request body (413 for
+  an upload too large, 401): the body stops there - at once, also when the upload was waiting for the
+  upstream to read - the answer goes to the caller, and the connection is closed, never pooled: the
+  upstream still expects the rest of the body (h11 too takes an answer while the body is being sent, and
+  reuses a connection only once both sides have finished their message). An upstream that closes such a
+  connection resets it; what it answered first is still read, as httpcore reads the answer after a
+  failed write (``_Connection._read_what_is_left``).
 - **Retry only what provably did no harm, once.** A request is sent again only if its method is
   idempotent (GET, HEAD, OPTIONS), its body is in memory, it went out on a *reused* connection and that
   connection closed before any byte of an answer came back (the upstream had dropped it while idle). The

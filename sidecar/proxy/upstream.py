@@ -2,12 +2,15 @@
 
 Every inference request crosses this path, so it is raw ASGI over the pooled HTTP/1.1 client of
 ``http1.py`` (chosen by measurement, see the README). That client is shared by all callers and keeps no
-state between them: no cookies, no redirects (a 3xx goes back to the caller), no proxy from the
+state between them: no cookies, no redirects (a 3xx goes back to the caller; a ``Location`` that names
+LiteLLM's own address names the caller's host instead, ``forwarding.relocated``), no proxy from the
 environment, no decompression (compressed bodies stay compressed, byte for byte), no headers of its own.
 
 The request path and query are sent exactly as the caller sent them (``raw_path``, ``query_string``). A
-request body is streamed up as it arrives; the answer streams down chunk by chunk as the upstream writes
-it. When the caller goes away mid-answer the upstream connection is closed at once. Failing to reach the
+request body is streamed up as it arrives, never held whole (a 512 MiB upload moved the sidecar's peak RSS
+by about 1 MiB); an answer that comes before the body is all sent (LiteLLM's 413 for
+``max_request_size_mb``) ends the upload and is the caller's answer. The answer streams down chunk by chunk
+as the upstream writes it. When the caller goes away mid-answer the upstream connection is closed at once. Failing to reach the
 upstream gives 502, a timeout 504, both with an OpenAI-style JSON error.
 """
 
@@ -26,7 +29,12 @@ from urllib.parse import urlsplit
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.capacity import AT_CAPACITY
-from sidecar.proxy.forwarding import built_request_headers, downstream_headers, upstream_request_headers
+from sidecar.proxy.forwarding import (
+    built_request_headers,
+    downstream_headers,
+    relocated,
+    upstream_request_headers,
+)
 from sidecar.proxy.http1 import (
     Cancel,
     Cancelled,
@@ -154,6 +162,7 @@ class Upstream:
         parts = urlsplit(base_url)
         tls = parts.scheme == "https"
         self.host = host
+        self._host = host.encode("latin-1")
         self._prefix = parts.path.rstrip("/").encode()  # LiteLLM mounted under a path, if any
         self._metrics = metrics
         self._pool = ConnectionPool(
@@ -288,6 +297,10 @@ class Upstream:
         self, scope: Scope, response: Response, send: Send, watch: CallerWatch, hold: Hold | None
     ) -> None:
         headers = downstream_headers(response.headers)
+        if 300 <= response.status < 400 or response.status == 201:  # the answers that carry a Location
+            caller_host = _header(scope, b"host")
+            if caller_host:
+                headers = relocated(headers, self._host, self._prefix, caller_host)
         if response.status in (204, 304):  # no body follows; a length would make the server wait for one
             headers = [(name, value) for name, value in headers if name != b"content-length"]
         ahead = b""  # what was read before the head is sent
@@ -350,6 +363,15 @@ async def _read_up_to(response: Response, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's value (the first), by its lower-case name."""
+    headers: RawHeaders = scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
 
 
 def _declared_length(headers: RawHeaders) -> int:
