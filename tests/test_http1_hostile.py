@@ -411,6 +411,78 @@ def test_an_early_answer_ends_an_upload_the_upstream_no_longer_reads() -> None:
     assert stats.connections == 2  # the answered upload's connection went nowhere but closed
 
 
+def test_an_early_answer_does_not_wait_for_a_caller_that_pauses_its_upload() -> None:
+    """The caller sends part of its upload, then nothing for a while (a slow link, a client that waits):
+    an answer the upstream gives meanwhile is given at once, not when the caller sends on."""
+
+    async def answers_early(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(EARLY_413)
+        await writer.drain()
+        await reader.read()  # reads on, without closing: only the client's closing ends this
+
+    async def pausing_upload() -> AsyncIterator[bytes]:
+        yield b"x" * 65536
+        await asyncio.sleep(30)
+        yield b"x" * 65536
+
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
+        started = asyncio.get_running_loop().time()
+        response = await pool.request(head, pausing_upload(), method="POST")
+        assert (response.status, await response.read()) == (413, TOO_LARGE)
+        response.release()
+        assert asyncio.get_running_loop().time() - started < 1.0
+        for _ in range(100):  # and the connection, the upstream still waiting for the rest, is closed
+            if stats.closed_by_client:
+                return
+            await asyncio.sleep(0.01)
+
+    assert len(run(answers_early, test, read_timeout=30.0).closed_by_client) == 1
+
+
+def test_a_connection_dropped_while_the_caller_pauses_its_upload_fails_at_once() -> None:
+    async def hangs_up(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # and closes, answering nothing
+
+    async def pausing_upload() -> AsyncIterator[bytes]:
+        yield b"x" * 65536
+        await asyncio.sleep(30)
+        yield b"x" * 65536
+
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamClosed):
+            await pool.request(head, pausing_upload(), method="POST")
+        assert asyncio.get_running_loop().time() - started < 1.0
+
+    run(hangs_up, test, read_timeout=30.0)
+
+
+def test_a_task_cancelled_during_an_upload_stays_cancelled() -> None:
+    """Only the connection's own stop ends an upload quietly: the caller's task cancelled from elsewhere
+    (shutdown, a disconnect) is cancelled, as it was asked."""
+
+    async def reads(reader: Reader, writer: Writer) -> None:
+        await reader.read()
+
+    async def pausing_upload() -> AsyncIterator[bytes]:
+        yield b"x" * 65536
+        await asyncio.sleep(30)
+        yield b"x"
+
+    async def test(pool: ConnectionPool, stats: Stats) -> None:
+        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: 65537\r\n\r\n"
+        sending = asyncio.ensure_future(pool.request(head, pausing_upload(), method="POST"))
+        await asyncio.sleep(0.1)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+
+    run(reads, test, read_timeout=30.0)
+
+
 def test_a_cancelled_exchange_closes_its_connection_at_once() -> None:
     async def silent(reader: Reader, writer: Writer) -> None:
         await read_request(reader)

@@ -227,3 +227,21 @@ def test_an_upload_the_upstream_does_not_read_yet_holds_the_caller_back(sidecar:
             pump.join(10)
         assert held_back_at < 48 * 1024 * 1024, held_back_at  # not the upload: bounded buffering
         assert (status, json.loads(body)["bytes"]) == (200, size)
+
+
+def test_an_early_answer_reaches_a_caller_that_paused_its_upload(sidecar: SidecarFactory) -> None:
+    async def refuses_early(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read()
+
+    with ScriptedUpstream(refuses_early) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        with connect(url) as sock:
+            sock.settimeout(2)  # the caller sends no more: the answer must not wait for it
+            sock.sendall(
+                b"POST /v1/files HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n" + b"x" * 65536
+            )
+            assert read_response(sock)[::2] == (401, b"{}")
+        assert upstream.wait_for(lambda stats: len(stats.closed_by_client) == 1)  # that connection is done

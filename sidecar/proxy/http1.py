@@ -19,12 +19,12 @@ The rules it keeps, the ones httpcore and h11 keep:
   an answer to HEAD (the parser cannot be told it has no body), an early answer during an upload. Nothing
   the parser sees after the end of an answer is given to anyone.
 - **An early answer is the answer.** An upstream may answer before it has read the request body (413 for
-  an upload too large, 401): the body stops there - at once, also when the upload was waiting for the
-  upstream to read - the answer goes to the caller, and the connection is closed, never pooled: the
-  upstream still expects the rest of the body (h11 too takes an answer while the body is being sent, and
-  reuses a connection only once both sides have finished their message). An upstream that closes such a
-  connection resets it; what it answered first is still read, as httpcore reads the answer after a
-  failed write (``_Connection._read_what_is_left``).
+  an upload too large, 401): the body stops there - at once, whether the upload waits for the caller's
+  next bytes or for the upstream to read - the answer goes to the caller, and the connection is closed,
+  never pooled: the upstream still expects the rest of the body (h11 too takes an answer while the body
+  is being sent, and reuses a connection only once both sides have finished their message). An upstream
+  that closes such a connection resets it; what it answered first is still read, as httpcore reads the
+  answer after a failed write (``_Connection._read_what_is_left``).
 - **Retry only what provably did no harm, once.** A request is sent again only if its method is
   idempotent (GET, HEAD, OPTIONS), its body is in memory, it went out on a *reused* connection and that
   connection closed before any byte of an answer came back (the upstream had dropped it while idle). The
@@ -131,6 +131,7 @@ class _Connection(asyncio.Protocol):
         "_parser",
         "_paused",
         "_timer",
+        "_uploader",
         "_waiter",
         "_write_paused",
         "_write_timeout",
@@ -163,6 +164,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0  # when the pending wait times out
         self._timer: asyncio.TimerHandle | None = None  # fires at or before ``_deadline``
+        self._uploader: asyncio.Task[object] | None = None  # the task sending a streamed body, meanwhile
         self.begin(False)
         self.in_use = False
 
@@ -223,6 +225,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self.in_use and not self.complete:
             self._read_what_is_left()
+        self._stop_upload()
         self.closed = True
         self.resume_writing()
         if not self.in_use or self.complete:
@@ -257,22 +260,26 @@ class _Connection(asyncio.Protocol):
             left -= len(data)
             self.data_received(data)
 
+    def _stop_upload(self) -> None:
+        """The upstream answered, or went, while a streamed request body was being sent: the task sending
+        it stops at once - whether it waits for the caller's next bytes or for the upstream to read - and
+        the answer (or the failure) is the caller's now (``ConnectionPool._send``)."""
+        task, self._uploader = self._uploader, None
+        if task is not None:
+            task.cancel()
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._wake_drain()
-
-    def _wake_drain(self) -> None:
         drained = self._drained
         if drained is not None and not drained.done():
             drained.set_result(None)
 
     async def drain(self) -> None:
-        """Wait until the transport's write buffer is low again (a slow upstream reading an upload), or
-        the answer's head has come (an upstream that answers early need not read the rest)."""
-        if self._write_paused and not self.closed and not self.headers_done:
+        """Wait until the transport's write buffer is low again (a slow upstream reading an upload)."""
+        if self._write_paused and not self.closed:
             self._drained = self._loop.create_future()
             timer = self._loop.call_later(self._write_timeout, _time_out, self._drained)
             try:
@@ -319,7 +326,7 @@ class _Connection(asyncio.Protocol):
             )
         self.status = status
         self.headers_done = True
-        self._wake_drain()  # an early answer: an upload waiting for the upstream to read stops waiting
+        self._stop_upload()  # an early answer: the upload stops here
         self._eof_delimited = (
             not codings and not has_length and status not in (204, 304) and not self.head_request
         )
@@ -628,18 +635,26 @@ class ConnectionPool:
             return
         transport.write(head)
         sent = 0
-        async for part in body:
-            if connection.headers_done:
-                return  # an early answer (413, 401, ...): it is the answer; the rest is not sent
-            if connection.closed:
-                connection.raise_error()
-                raise UpstreamClosed("upstream closed the connection while the request body was sent")
-            if part:
-                sent += len(part)
-                transport.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
-                await connection.drain()
+        task = connection._uploader = asyncio.current_task()
+        try:
+            async for part in body:
                 if connection.headers_done:
-                    return  # answered while the upload waited to be read: not one byte more
+                    return  # an early answer (413, 401, ...): it is the answer; the rest is not sent
+                if connection.closed:
+                    connection.raise_error()
+                    raise UpstreamClosed("upstream closed the connection while the request body was sent")
+                if part:
+                    sent += len(part)
+                    transport.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+                    await connection.drain()
+        except asyncio.CancelledError:
+            # Stopped by the connection (an answer came, or the connection went: ``_stop_upload``), and by
+            # nothing else: the request is over as far as sending goes; its answer or failure follows.
+            if connection._uploader is not None or task is None or task.uncancel():
+                raise
+            return
+        finally:
+            connection._uploader = None
         if chunked:
             transport.write(b"0\r\n\r\n")
         connection.request_sent = _whole(declared, sent, chunked)

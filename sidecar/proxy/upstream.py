@@ -8,10 +8,10 @@ environment, no decompression (compressed bodies stay compressed, byte for byte)
 
 The request path and query are sent exactly as the caller sent them (``raw_path``, ``query_string``). A
 request body is streamed up as it arrives, never held whole (a 512 MiB upload moved the sidecar's peak RSS
-by about 1 MiB); an answer that comes before the body is all sent (LiteLLM's 413 for
-``max_request_size_mb``) ends the upload and is the caller's answer. The answer streams down chunk by chunk
-as the upstream writes it. When the caller goes away mid-answer the upstream connection is closed at once. Failing to reach the
-upstream gives 502, a timeout 504, both with an OpenAI-style JSON error.
+by about 1 MiB); an answer that comes before the body is all sent (a refusal from the head alone, such as
+LiteLLM's ``max_request_size_mb``) ends the upload and is the caller's answer. The answer streams down chunk
+by chunk as the upstream writes it. When the caller goes away mid-answer the upstream connection is closed
+at once. Failing to reach the upstream gives 502, a timeout 504, both with an OpenAI-style JSON error.
 """
 
 from __future__ import annotations
