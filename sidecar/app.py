@@ -2,6 +2,7 @@
 
 Raw ASGI rather than a router: the pass-through carries every inference request and must cost as little
 as possible, and the discovery routes are matched on the raw path (``routes.py``), not on a decoded one.
+Every WebSocket, whatever its path, goes through to LiteLLM (``websocket.py``).
 The app owns its HTTP clients through the ASGI lifespan: the pooled HTTP/1.1 client for callers' requests
 (``upstream.py``, ``http1.py``) and one ``httpx.AsyncClient`` for the admin look-ups (``admin.py``).
 
@@ -40,7 +41,8 @@ from sidecar.logs import Sparse, event
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.proxy.capacity import connection_bound, idle_bound, open_files_now
 from sidecar.proxy.routes import carries_body, match_discovery
-from sidecar.proxy.upstream import Hold, Upstream, UpstreamUnavailable, send_json
+from sidecar.proxy.upstream import Answer, Hold, Upstream, UpstreamUnavailable, send_json
+from sidecar.proxy.websocket import WebSocketRelay
 from sidecar.refusals import Refusals
 from sidecar.settings import Settings
 from sidecar.types import Receive, Scope, Send
@@ -54,6 +56,7 @@ READY_TTL = 1.0  # seconds a readiness answer is reused
 ALWAYS_ANSWERED = frozenset({HEALTHZ, READYZ, METRICS})  # even past the connection bound
 
 
+JSON = [(b"content-type", b"application/json")]
 NOT_STARTED = (
     b'{"error":{"message":"the sidecar has not started: its ASGI lifespan start-up did not run",'
     b'"type":"sidecar_not_started","param":null,"code":"503"}}'
@@ -138,6 +141,14 @@ class SidecarApp:
             max_header_bytes=settings.max_header_bytes,
             max_idle=idle_bound(self.open_files),
         )
+        self.websockets = WebSocketRelay(
+            settings.upstream_url,
+            host=settings.upstream_host,
+            connect_timeout=settings.connect_timeout,
+            idle_timeout=settings.ws_idle_timeout,
+            max_message_bytes=settings.ws_max_message_bytes,
+            metrics=self.metrics,
+        )
         self._at_capacity = Sparse(log, "at_capacity", "refused")
         self.running: Running | None = None  # built at start-up, with the clients; None again at shutdown
         self.draining = False  # set when shutdown begins: readiness goes false first
@@ -215,7 +226,11 @@ class SidecarApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "not supported by the sidecar"})
+            running = self.running
+            if running is None:
+                await self.websockets.refuse(scope, send, Answer(503, JSON, NOT_STARTED), None)
+            else:
+                await self.websockets.handle(scope, receive, send, running.hold)
 
     async def _for_litellm(
         self, running: Running, raw_path: bytes, scope: Scope, receive: Receive, send: Send

@@ -7,8 +7,8 @@ hits and misses are counted by the caches themselves (discovery only).
 With several workers (``--workers``), each is its own process: the metrics follow prometheus_client's
 multiprocess mode - every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (set by the
 supervisor before the workers start, ``cli.py``) and a scrape, whichever worker answers it, adds up all
-of them (``MultiProcessCollector``). Counters and histograms only: nothing here needs a gauge's
-per-process modes.
+of them (``MultiProcessCollector``). Counters and histograms, and one gauge - the WebSockets open - whose
+workers' values add up too (its ``livesum`` mode: the processes alive).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from sidecar.cache import SingleFlightCache
@@ -137,6 +137,32 @@ class Metrics:
             "original refusal), not_allowed (the target is not free or not the caller's), abandoned (the "
             "caller left before the retry was answered).",
             ["from", "to", "outcome"],
+            registry=r,
+        )
+        self.websockets_open = Gauge(
+            "sidecar_websockets_open",
+            "WebSockets passed through to LiteLLM and open now (after LiteLLM's 101).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.websocket_messages = Counter(
+            "sidecar_websocket_messages",
+            "WebSocket messages relayed, by direction: up (caller to LiteLLM), down (LiteLLM to caller).",
+            ["direction"],
+            registry=r,
+        )
+        self.websocket_bytes = Counter(
+            "sidecar_websocket_bytes",
+            "Bytes of WebSocket messages relayed (text as characters), by direction: up, down.",
+            ["direction"],
+            registry=r,
+        )
+        self.websocket_closes = Counter(
+            "sidecar_websocket_closes",
+            "WebSockets ended, by who ended them (caller, upstream: LiteLLM, idle: the idle timeout) and "
+            "the close code (1005: none given or the caller vanished, 1006: LiteLLM's connection lost, "
+            "1009: a message over ws_max_message_bytes).",
+            ["by", "code"],
             registry=r,
         )
         self.cache_hits = Counter("sidecar_cache_hits", "Cache hits, by cache.", ["cache"], registry=r)

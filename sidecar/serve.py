@@ -181,6 +181,8 @@ def server_config(settings: Settings, app: SidecarApp | None = None) -> uvicorn.
         http=bounded_protocol(
             settings.max_header_bytes, app.max_connections, ALWAYS_ANSWERED, app.at_capacity
         ),
+        ws="websockets-sansio",  # WebSockets are relayed to LiteLLM (``proxy/websocket.py``)
+        ws_max_size=settings.ws_max_message_bytes,
         lifespan="on",
         access_log=False,
         server_header=False,

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     # headers of an answer from LiteLLM (more: 502).
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
+    # WebSockets passed through (realtime, Responses): the largest message either way, in bytes (a bigger
+    # one closes both sides with 1009; OpenAI's realtime API takes audio in messages of up to 15 MiB), and
+    # how long a socket may carry no message either way before both sides are closed (1001), in seconds.
+    ws_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    ws_idle_timeout: float = Field(default=600.0, gt=0)
+
     log_level: LogLevel = "info"
 
     # Descriptors: at start each process raises its soft RLIMIT_NOFILE to the hard limit, or to

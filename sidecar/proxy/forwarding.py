@@ -7,6 +7,10 @@ cross the proxy in either direction. ``Host`` becomes the upstream's, the caller
 ``X-Forwarded-Host`` set by a load balancer in front are kept. Everything else, the caller's credential
 included, is forwarded as sent: the sidecar adds no credential of its own on this path, ever.
 
+A WebSocket handshake (``handshake_request_headers``) goes up the same way, less what the client towards
+LiteLLM writes itself: ``Host`` and the handshake's own ``Sec-WebSocket-*`` (the caller's subprotocols go
+with it as a list); its ``X-Forwarded-Proto`` is the handshake request's, ``http`` or ``https``.
+
 A request the sidecar builds itself on a caller's behalf (the discovery forward, the budget probe, the budget
 view's call: ``built_request_headers``) carries no body, so it says so: the caller's framing
 (``Content-Length``, ``Expect``; ``Transfer-Encoding`` is hop-by-hop anyway) never goes with it. Copied, a
@@ -36,6 +40,14 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for"}
 _FRAMING = frozenset({b"content-length", b"expect"})  # a request's body, never that of a request we build
 _BUILT_DROPPED = _REQUEST_DROPPED | _FRAMING
+# A WebSocket handshake's own headers: the client towards LiteLLM writes its own (the caller's subprotocols
+# go with it as a list), and ``Host``, which it writes from the upstream's URL.
+_HANDSHAKE_DROPPED = _REQUEST_DROPPED | {
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+}
 _REPLACED_IN_REPLY = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
 
 
@@ -59,7 +71,13 @@ def built_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
     return _upstream(scope, upstream_host, _BUILT_DROPPED)
 
 
-def _upstream(scope: Scope, upstream_host: str, dropped: frozenset[bytes]) -> RawHeaders:
+def handshake_request_headers(scope: Scope) -> RawHeaders:
+    """The caller's headers for a WebSocket handshake with LiteLLM, less those the client there writes
+    itself (``Host`` and the handshake's own)."""
+    return _upstream(scope, None, _HANDSHAKE_DROPPED)
+
+
+def _upstream(scope: Scope, upstream_host: str | None, dropped: frozenset[bytes]) -> RawHeaders:
     raw: RawHeaders = scope["headers"]
     tokens = _connection_tokens(raw)
     if tokens:
@@ -79,15 +97,17 @@ def _upstream(scope: Scope, upstream_host: str, dropped: frozenset[bytes]) -> Ra
         elif name == b"x-forwarded-host":
             has_host = True
         out.append((name, value))
-    out.append((b"host", upstream_host.encode("latin-1")))
+    if upstream_host is not None:
+        out.append((b"host", upstream_host.encode("latin-1")))
     client = scope.get("client")
     if client:
         chain = forwarded_for + b", " if forwarded_for else b""
         out.append((b"x-forwarded-for", chain + str(client[0]).encode("latin-1")))
     elif forwarded_for:
         out.append((b"x-forwarded-for", forwarded_for))
-    if not has_proto:
-        out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
+    if not has_proto:  # a WebSocket's scheme is ws or wss: the proto of its request is http or https
+        scheme = scope.get("scheme", "http").replace("ws", "http", 1)
+        out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
     if not has_host and host:
         out.append((b"x-forwarded-host", host))
     return out

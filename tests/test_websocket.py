@@ -1,0 +1,433 @@
+"""WebSockets through the sidecar: the handshake, every message both ways, closes, bounds, hostile ends.
+
+Upstreams are either a real ``websockets`` server (``WsUpstream``) or a scripted one writing raw frames
+(``ScriptedUpstream`` with ``wsraw.accept``); callers are the ``websockets`` client or a raw socket
+(``wsraw.RawCaller``) that sends exactly the frames a test builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.conftest import SidecarFactory
+from tests.scripted import ScriptedUpstream
+from tests.test_operations import metric
+from tests.wsraw import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    RawCaller,
+    accept,
+    close_code,
+    close_frame,
+    frame,
+    read_frame,
+    unused_port,
+)
+
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+
+
+class WsUpstream:
+    """A well-behaved WebSocket server in a thread of its own; each connection runs ``handler``."""
+
+    def __init__(self, handler: Any, **options: Any) -> None:
+        self.seen: list[ServerConnection] = []
+        self.closes: list[tuple[int | None, str | None, float]] = []
+        self._handler = handler
+        self._options = options
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.url = ""
+
+    async def _serve(self, connection: ServerConnection) -> None:
+        self.seen.append(connection)
+        try:
+            await self._handler(connection)
+        finally:
+            await connection.wait_closed()
+            self.closes.append((connection.close_code, connection.close_reason, time.monotonic()))
+
+    def __enter__(self) -> WsUpstream:
+        self._thread.start()
+
+        async def start() -> Any:
+            return await serve(self._serve, "127.0.0.1", 0, **self._options)
+
+        self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(5)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        async def stop() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def wait_closed(self, count: int = 1, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.closes) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self.closes) >= count
+
+
+async def echo(connection: ServerConnection) -> None:
+    async for message in connection:
+        await connection.send(message)
+
+
+@pytest.fixture
+def echoing() -> Iterator[WsUpstream]:
+    with WsUpstream(echo) as upstream:
+        yield upstream
+
+
+def ws(url: str) -> str:
+    return url.replace("http://", "ws://", 1)
+
+
+def test_messages_go_both_ways_in_order_text_and_binary(sidecar: SidecarFactory, echoing: WsUpstream) -> None:
+    url = sidecar(upstream_url=echoing.url)
+    with connect(ws(url) + "/v1/realtime?model=gpt-realtime") as caller:
+        sent: list[str | bytes] = [
+            *(f'{{"type":"event","n":{n}}}' for n in range(50)),
+            b"\x00\xff" * 5000,
+            "é",
+        ]
+        for message in sent:
+            caller.send(message)
+        assert [caller.recv() for _ in sent] == sent
+    assert echoing.seen[0].request is not None
+    assert echoing.seen[0].request.path == "/v1/realtime?model=gpt-realtime"
+
+
+def test_the_handshake_carries_the_callers_credentials_and_headers(sidecar: SidecarFactory) -> None:
+    async def hold_open(connection: ServerConnection) -> None:
+        await connection.send(connection.subprotocol or "")
+        await connection.wait_closed()
+
+    with WsUpstream(hold_open, subprotocols=["realtime", "openai-insecure-api-key.sk-caller"]) as upstream:
+        url = sidecar(upstream_url=upstream.url)
+        headers = {
+            "Authorization": "Bearer sk-caller",
+            "api-key": "sk-azure-style",
+            "OpenAI-Beta": "realtime=v1",
+            "Origin": "https://app.example",
+            "User-Agent": "caller-agent/1",
+            "Keep-Alive": "timeout=5",
+            "X-Forwarded-For": "10.0.0.9",
+        }
+        subprotocols: Any = ["realtime", "openai-insecure-api-key.sk-caller", "openai-beta.realtime-v1"]
+        with connect(
+            ws(url) + "/openai/v1/realtime?model=m&x=%2F",
+            additional_headers=headers,
+            subprotocols=subprotocols,
+            user_agent_header=None,
+        ) as caller:
+            assert caller.subprotocol == "realtime"  # LiteLLM's choice, passed back
+            assert caller.recv() == "realtime"
+        request = upstream.seen[0].request
+        assert request is not None
+        got = request.headers
+        assert request.path == "/openai/v1/realtime?model=m&x=%2F"
+        assert got["authorization"] == "Bearer sk-caller"
+        assert got["api-key"] == "sk-azure-style"
+        assert got["openai-beta"] == "realtime=v1"
+        assert got["origin"] == "https://app.example"
+        assert got["user-agent"] == "caller-agent/1"
+        assert got.get_all("sec-websocket-protocol") == [", ".join(subprotocols)]
+        assert got["x-forwarded-for"] == "10.0.0.9, 127.0.0.1"
+        assert got["x-forwarded-proto"] == "http"
+        assert got["x-forwarded-host"].startswith("127.0.0.1:")
+        assert got["host"] == upstream.url.removeprefix("http://")
+        assert len(got.get_all("host")) == 1
+        assert "keep-alive" not in got
+
+
+def test_close_codes_and_reasons_go_both_ways(sidecar: SidecarFactory) -> None:
+    async def closes_on_request(connection: ServerConnection) -> None:
+        async for message in connection:
+            if message == "close me":
+                await connection.close(1011, "Pre-call error")
+
+    with WsUpstream(closes_on_request) as upstream:
+        url = sidecar(upstream_url=upstream.url)
+        with connect(ws(url) + "/v1/realtime") as caller:
+            caller.send("close me")
+            with pytest.raises(ConnectionClosed) as closed:
+                caller.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "Pre-call error")
+
+        with connect(ws(url) + "/v1/realtime") as caller:
+            caller.close(4000, "caller done")
+        assert upstream.wait_closed(2)
+        assert upstream.closes[1][:2] == (4000, "caller done")
+
+
+def test_a_refused_handshake_reaches_the_caller_as_litellms_answer(sidecar: SidecarFactory) -> None:
+    answers = iter(
+        [
+            b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nx-litellm-call-id: abc\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n"
+            b'{"detail":"Not Found"}',
+        ]
+    )
+
+    async def refuses(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(next(answers))
+        await writer.drain()
+        writer.close()
+
+    with ScriptedUpstream(refuses) as upstream:
+        url = sidecar(upstream_url=upstream.url)
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws(url) + "/v1/realtime?model=realtime-paid-model")
+        assert refused.value.response.status_code == 403
+        assert refused.value.response.body == b""
+        assert refused.value.response.headers["x-litellm-call-id"] == "abc"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws(url) + "/v1/nothing-here")
+        assert refused.value.response.status_code == 404
+        assert refused.value.response.body == b'{"detail":"Not Found"}'
+
+
+def test_litellm_unreachable_is_a_502_with_an_openai_error(sidecar: SidecarFactory) -> None:
+    url = sidecar(upstream_url=f"http://127.0.0.1:{unused_port()}")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws(url) + "/v1/realtime")
+    assert refused.value.response.status_code == 502
+    assert json.loads(refused.value.response.body)["error"]["code"] == "502"
+
+
+def test_a_message_over_the_bound_closes_both_sides_with_1009(
+    sidecar: SidecarFactory, echoing: WsUpstream
+) -> None:
+    url = sidecar(upstream_url=echoing.url, ws_max_message_bytes=4096)
+    with connect(ws(url) + "/v1/realtime", max_size=None) as caller:
+        caller.send("x" * 4096)
+        assert caller.recv() == "x" * 4096
+        caller.send("x" * 4097)
+        with pytest.raises(ConnectionClosed) as closed:
+            caller.recv()
+    assert closed.value.sent is None or closed.value.rcvd is not None
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert echoing.wait_closed()
+    assert echoing.closes[0][0] == 1009
+
+
+def test_an_oversize_frame_from_litellm_closes_both_sides_with_1009(sidecar: SidecarFactory) -> None:
+    upstream_saw: list[Any] = []
+
+    async def oversize(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        writer.write(frame(BINARY, b"", mask=False, length=1 << 30)[:10])  # a 1 GiB frame's head
+        await writer.drain()
+        upstream_saw.append(await read_frame(reader, bytearray()))
+
+    with ScriptedUpstream(oversize) as upstream:
+        url = sidecar(upstream_url=upstream.url, ws_max_message_bytes=4096)
+        with RawCaller(url) as caller:
+            assert caller.status == 101
+            got = caller.next_frame()
+            assert got is not None and got[0] == CLOSE and close_code(got[2])[0] == 1009
+            assert upstream.wait_for(lambda _: bool(upstream_saw))
+            assert upstream_saw[0] is not None and close_code(upstream_saw[0][2])[0] == 1009
+
+
+def test_garbage_from_litellm_closes_the_caller_with_a_protocol_error(sidecar: SidecarFactory) -> None:
+    async def garbage(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        writer.write(frame(TEXT, b"fine", mask=False) + b"\x8f\x03abc")  # opcode 0xF does not exist
+        await writer.drain()
+        await reader.read()
+
+    with ScriptedUpstream(garbage) as upstream, RawCaller(sidecar(upstream_url=upstream.url)) as caller:
+        assert caller.next_frame() == (TEXT, True, b"fine")
+        got = caller.next_frame()
+        assert got is not None and got[0] == CLOSE and close_code(got[2])[0] == 1002
+
+
+def test_garbage_from_the_caller_is_refused_and_litellm_is_told(
+    sidecar: SidecarFactory, echoing: WsUpstream
+) -> None:
+    with RawCaller(sidecar(upstream_url=echoing.url)) as caller:
+        caller.send(frame(TEXT, b"ok"))
+        assert caller.next_frame() == (TEXT, True, b"ok")
+        caller.send(frame(TEXT, b"unmasked", mask=False))  # a caller's frames must be masked
+        got = caller.next_frame()
+        assert got is not None and got[0] == CLOSE and close_code(got[2])[0] == 1002
+        assert echoing.wait_closed()
+        assert echoing.closes[0][0] == 1002
+
+
+def test_fragments_pings_and_unsolicited_binary(sidecar: SidecarFactory) -> None:
+    got_up: list[tuple[int, bool, bytes] | None] = []
+
+    async def scripted(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        writer.write(frame(BINARY, b"\x01\x02unasked", mask=False))  # before the caller said anything
+        writer.write(frame(TEXT, b"hel", fin=False, mask=False) + frame(CONTINUATION, b"lo", mask=False))
+        await writer.drain()
+        buffer = bytearray()
+        while (found := await read_frame(reader, buffer)) is not None:
+            got_up.append(found)
+            if found[0] == CLOSE:
+                writer.write(frame(CLOSE, found[2], mask=False))
+                await writer.drain()
+                return
+
+    with ScriptedUpstream(scripted) as upstream, RawCaller(sidecar(upstream_url=upstream.url)) as caller:
+        assert caller.next_frame() == (BINARY, True, b"\x01\x02unasked")
+        assert caller.next_frame() == (TEXT, True, b"hello")  # one message, as the caller reads it
+        caller.send(frame(PING, b"are you there"))
+        assert caller.next_frame() == (PONG, True, b"are you there")
+        caller.send(frame(TEXT, b'{"type":', fin=False) + frame(CONTINUATION, b'"x"}'))
+        caller.send(close_frame(1000, "done"))
+        got = caller.next_frame()
+        assert got is not None and got[0] == CLOSE and close_code(got[2]) == (1000, "done")
+        assert upstream.wait_for(lambda _: len(got_up) >= 2)
+    assert got_up[0] == (TEXT, True, b'{"type":"x"}')
+    assert got_up[1] is not None and got_up[1][0] == CLOSE and close_code(got_up[1][2]) == (1000, "done")
+
+
+def test_a_caller_that_vanishes_mid_message_closes_litellms_socket_at_once(sidecar: SidecarFactory) -> None:
+    got_up: list[tuple[int, bool, bytes] | None] = []
+    ended: list[float] = []
+
+    async def listens(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        buffer = bytearray()
+        while (found := await read_frame(reader, buffer)) is not None:
+            got_up.append(found)
+            if found[0] == CLOSE:
+                ended.append(time.monotonic())
+                writer.write(frame(CLOSE, found[2], mask=False))
+                await writer.drain()
+
+    with ScriptedUpstream(listens) as upstream, RawCaller(sidecar(upstream_url=upstream.url)) as caller:
+        caller.send(frame(TEXT, b"whole"))
+        time.sleep(0.1)
+        caller.send(frame(TEXT, b"x" * 1000)[:300])  # a message cut short
+        left = time.monotonic()
+        caller.close()
+        assert upstream.wait_for(lambda _: bool(ended), timeout=3)
+    assert ended[0] - left < 0.5  # told with a close frame at once, not left waiting
+    assert got_up[0] == (TEXT, True, b"whole")
+    assert got_up[-1] is not None and got_up[-1][0] == CLOSE
+
+
+def test_litellm_that_never_closes_is_cut_off(sidecar: SidecarFactory) -> None:
+    ended: list[float] = []
+
+    async def never_closes(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        while await reader.read(65536):
+            pass  # reads the close frame, never answers it
+        ended.append(time.monotonic())
+
+    with ScriptedUpstream(never_closes) as upstream, RawCaller(sidecar(upstream_url=upstream.url)) as caller:
+        caller.send(close_frame(1000))
+        got = caller.next_frame()
+        assert got is not None and got[0] == CLOSE
+        left = time.monotonic()
+        assert upstream.wait_for(lambda _: bool(ended), timeout=5)
+    assert ended[0] - left < 3.0  # CLOSE_TIMEOUT, 2 s
+
+
+def test_litellm_that_vanishes_closes_the_caller(sidecar: SidecarFactory) -> None:
+    async def vanishes(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        writer.write(frame(TEXT, b"bye", mask=False))
+        await writer.drain()
+        writer.transport.abort()
+
+    with ScriptedUpstream(vanishes) as upstream, RawCaller(sidecar(upstream_url=upstream.url)) as caller:
+        assert caller.next_frame() == (TEXT, True, b"bye")
+        left = time.monotonic()
+        assert caller.ended(timeout=2)
+        assert time.monotonic() - left < 0.5
+
+
+def test_an_idle_socket_is_closed_on_both_sides(sidecar: SidecarFactory, echoing: WsUpstream) -> None:
+    url = sidecar(upstream_url=echoing.url, ws_idle_timeout=0.5)
+    with connect(ws(url) + "/v1/realtime") as caller:
+        caller.send("a")
+        assert caller.recv() == "a"
+        with pytest.raises(ConnectionClosed) as closed:
+            caller.recv(timeout=3)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, "idle timeout")
+    assert echoing.wait_closed()
+    assert echoing.closes[0][:2] == (1001, "idle timeout")
+
+
+def test_a_caller_that_does_not_read_holds_litellm_back(sidecar: SidecarFactory) -> None:
+    written: list[int] = [0]
+    cut: list[bool] = []
+
+    async def floods(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        chunk = frame(BINARY, b"\x00" * 65536, mask=False)
+        try:
+            while written[0] < 1 << 30:
+                writer.write(chunk)
+                await writer.drain()
+                written[0] += 65536
+        except ConnectionError:
+            cut.append(True)
+        writer.close()
+
+    with ScriptedUpstream(floods) as upstream:
+        with RawCaller(sidecar(upstream_url=upstream.url)):  # reads nothing
+            time.sleep(1.5)
+            first = written[0]
+            time.sleep(0.5)
+            assert written[0] == first  # LiteLLM's writes wait: nothing reads ahead without bound
+            assert first < 64 * 1024 * 1024
+        assert upstream.wait_for(lambda _: bool(cut))  # and the caller's leaving frees LiteLLM
+
+
+def test_metrics_count_sockets_messages_bytes_and_closes(
+    sidecar: SidecarFactory, echoing: WsUpstream
+) -> None:
+    url = sidecar(upstream_url=echoing.url)
+    with connect(ws(url) + "/v1/realtime") as caller:
+        caller.send("12345")
+        assert caller.recv() == "12345"
+        caller.send(b"123")
+        assert caller.recv() == b"123"
+        text = httpx.get(url + "/sidecar/metrics").text
+        assert metric(text, "sidecar_websockets_open") == 1
+        caller.close(4001, "")
+    deadline = time.monotonic() + 5
+    while metric(text := httpx.get(url + "/sidecar/metrics").text, "sidecar_websockets_open") and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    assert metric(text, "sidecar_websockets_open") == 0
+    for direction in ("up", "down"):
+        assert metric(text, f'sidecar_websocket_messages_total{{direction="{direction}"}}') == 2
+        assert metric(text, f'sidecar_websocket_bytes_total{{direction="{direction}"}}') == 8
+    assert metric(text, 'sidecar_websocket_closes_total{by="caller",code="4001"}') == 1
+    assert metric(text, 'sidecar_requests_total{route="websocket",status="101"}') == 1
