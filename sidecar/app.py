@@ -73,6 +73,7 @@ class Running:
     discovery: Discovery
     budget_view: BudgetView
     hold: Hold  # what the pass-through holds back: budget refusals, judged and marked (``refusals.py``)
+    handshake_hold: Hold  # the same for WebSocket handshakes, and LiteLLM's empty 403 to a spent caller
     fallback: Fallback | None  # None unless the ``fallback`` setting maps a model
 
 
@@ -94,7 +95,6 @@ def start(settings: Settings, upstream: Upstream, metrics: Metrics) -> Running:
             bound=LookupBound(settings.admin_lookup_rate, settings.admin_lookup_concurrency),
         )
     budget = BudgetBook(admin, ttl=settings.budget_ttl, metrics=metrics, phantom_after=settings.phantom_after)
-    refusals = Refusals(budget)
     discovery = Discovery(
         upstream,
         admin,
@@ -104,6 +104,7 @@ def start(settings: Settings, upstream: Upstream, metrics: Metrics) -> Running:
         metrics=metrics,
         render_ttl=min(settings.catalog_ttl, settings.scope_ttl),
     )
+    refusals = Refusals(budget, discovery.probe)
     fallback = None
     if settings.fallback:
         fallback = Fallback(upstream, admin, refusals=refusals, metrics=metrics, mapping=settings.fallback)
@@ -122,6 +123,7 @@ def start(settings: Settings, upstream: Upstream, metrics: Metrics) -> Running:
         discovery=discovery,
         budget_view=BudgetView(upstream, admin, budget),
         hold=refusals.hold,
+        handshake_hold=refusals.handshake_hold,
         fallback=fallback,
     )
 
@@ -230,7 +232,7 @@ class SidecarApp:
             if running is None:
                 await self.websockets.refuse(scope, send, Answer(503, JSON, NOT_STARTED), None)
             else:
-                await self.websockets.handle(scope, receive, send, running.hold)
+                await self.websockets.handle(scope, receive, send, running.handshake_hold)
 
     async def _for_litellm(
         self, running: Running, raw_path: bytes, scope: Scope, receive: Receive, send: Send

@@ -136,7 +136,7 @@ class Discovery:
         alongside = route.kind is not RouteKind.CURSOR_MODELS and state is None
         if asking is not None and alongside and self._budget.admitted(asking):
             # A credential LiteLLM admitted lately: its probe goes alongside its request.
-            pending = asyncio.ensure_future(self._budget.state(asking, self._probe(scope)))
+            pending = asyncio.ensure_future(self._budget.state(asking, self.probe(scope)))
         try:
             asked = await self._upstream.fetch(scope, path, query)
         except BaseException:  # LiteLLM unreachable, or the caller left
@@ -178,9 +178,11 @@ class Discovery:
         if reading.refuses_credential:  # a credential LiteLLM refuses: nothing to learn
             return self._budget.not_admitted(who)
         # First seen, and admitted: the probe after LiteLLM's answer, never for a stranger.
-        return await self._budget.state(who, self._probe(scope))
+        return await self._budget.state(who, self.probe(scope))
 
-    def _probe(self, scope: Scope) -> Probe:
+    def probe(self, scope: Scope) -> Probe:
+        """LiteLLM's probe route asked with the caller's own headers: its enforced budget state."""
+
         async def probe() -> Reading:
             try:
                 answer = await self._upstream.fetch(scope, _PROBE_PATH, b"")

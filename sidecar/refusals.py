@@ -7,25 +7,40 @@ show it) and judged against the caller's recorded chain; a phantom one goes back
 ``x-sidecar-budget-phantom: true``, its status and body unchanged. The verdict is waited for at most
 ``VERDICT_WAIT`` seconds (admin look-ups, cached); a slower one is still counted and logged, and the
 refusal goes on without the mark. Any other answer goes on as it came.
+
+A WebSocket handshake is held the same way (``handshake_hold``), and one more case is looked into: LiteLLM's
+WebSocket auth refuses a spent key on a paid realtime model with ``403`` and an empty body, the very answer
+it gives an unknown key. When the caller's budget state (``BudgetBook.state``, established as for discovery:
+LiteLLM's probe route with the caller's own headers, then its records) says spent, that refusal counts as a
+budget refusal at the spent level - recorded, judged, counted and logged as one - and goes back with
+``x-sidecar-budget-exceeded: true`` and ``x-sidecar-budget-scope`` (and the phantom mark), its status and
+body unchanged. A caller within budget, or one whose state is not known within ``VERDICT_WAIT``, gets it as
+it came.
 """
 
 from __future__ import annotations
 
-from sidecar.litellm.budget import BudgetBook, principal_of
+import asyncio
+from collections.abc import Callable
+
+from sidecar.litellm.budget import BudgetBook, Probe, principal_of
 from sidecar.litellm.budget_errors import BUDGET_STATUSES, Refusal
-from sidecar.litellm.policy import phantom_marks
+from sidecar.litellm.policy import EXCEEDED, LEVEL, phantom_marks
 from sidecar.proxy.upstream import Answer, Hold
 from sidecar.types import Scope
 
 VERDICT_WAIT = 2.0  # seconds a passed-through refusal waits for its verdict
+HANDSHAKE_REFUSED = 403  # LiteLLM's WebSocket auth's refusal, budget or credential alike (empty body)
 
 
 class Refusals:
     """What the pass-through shows its small error answers to (``hold``)."""
 
-    def __init__(self, budget: BudgetBook) -> None:
+    def __init__(self, budget: BudgetBook, probe: Callable[[Scope], Probe] | None = None) -> None:
         self._budget = budget
+        self._probe = probe  # LiteLLM's probe route with a caller's headers (``Discovery.probe``)
         self.hold = Hold(BUDGET_STATUSES, self._marked)
+        self.handshake_hold = Hold(BUDGET_STATUSES, self._handshake_marked)
 
     async def judged(self, scope: Scope, answer: Answer) -> tuple[Refusal | None, Answer]:
         """The budget refusal ``answer`` is, if it is one, and the answer to send for it."""
@@ -38,3 +53,26 @@ class Refusals:
 
     async def _marked(self, scope: Scope, answer: Answer) -> Answer:
         return (await self.judged(scope, answer))[1]
+
+    async def _handshake_marked(self, scope: Scope, answer: Answer) -> Answer:
+        refusal, shown = await self.judged(scope, answer)
+        who = principal_of(scope)
+        if refusal is not None or answer.status != HANDSHAKE_REFUSED or answer.body.strip():
+            return shown
+        if who is None or self._probe is None:
+            return answer
+        try:
+            state = await asyncio.wait_for(
+                asyncio.shield(self._budget.state(who, self._probe(scope))), VERDICT_WAIT
+            )
+        except TimeoutError:
+            return answer
+        if not state.over:
+            return answer
+        level = state.level
+        route = scope["raw_path"].decode("latin-1")
+        verdict = await self._budget.refused_within(
+            who, Refusal(answer.status, level, None), route, VERDICT_WAIT
+        )
+        marks = [(EXCEEDED, b"true"), (LEVEL, level.encode()), *phantom_marks(verdict)]
+        return Answer(answer.status, [*answer.headers, *marks], answer.body)

@@ -13,15 +13,19 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+import uvicorn
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import SidecarFactory
+from tests.fake_litellm import KEYS, FakeLiteLLM
 from tests.scripted import ScriptedUpstream
+from tests.servers import ServerThread
 from tests.test_operations import metric
 from tests.wsraw import (
     BINARY,
@@ -431,3 +435,68 @@ def test_metrics_count_sockets_messages_bytes_and_closes(
         assert metric(text, f'sidecar_websocket_bytes_total{{direction="{direction}"}}') == 8
     assert metric(text, 'sidecar_websocket_closes_total{by="caller",code="4001"}') == 1
     assert metric(text, 'sidecar_requests_total{route="websocket",status="101"}') == 1
+
+
+class RealtimeLiteLLM:
+    """The fake LiteLLM, with LiteLLM's WebSocket auth in front of a realtime session: a spent key asking a
+    paid realtime model, or any key asking a model it may not use, is refused before the upgrade with 403
+    and an empty body, the answer LiteLLM gives both (its HTTP routes are the fake's)."""
+
+    SPENT = frozenset({KEYS["KEY_TEAM_BROKE"], KEYS["KEY_KEY_BROKE"]})
+
+    def __init__(self, fake: FakeLiteLLM) -> None:
+        self.fake = fake
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.fake(scope, receive, send)
+            return
+        await receive()
+        headers = dict(scope["headers"])
+        key = headers.get(b"authorization", b"").removeprefix(b"Bearer ").decode()
+        model = dict(parse_qsl(scope["query_string"].decode())).get("model")
+        if model == "not-allowed" or (model == "realtime-paid-model" and key in self.SPENT):
+            await send({"type": "websocket.close", "code": 1008})  # uvicorn: 403, empty body
+            return
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": '{"type":"session.created"}'})
+        await receive()
+
+
+@pytest.fixture
+def realtime(fake: FakeLiteLLM) -> Iterator[str]:
+    config = uvicorn.Config(
+        RealtimeLiteLLM(fake), ws="websockets-sansio", http="h11", lifespan="off", log_config=None
+    )
+    with ServerThread(config) as server:
+        yield server.url
+
+
+def test_a_spent_callers_refused_handshake_is_marked_and_counted(
+    sidecar: SidecarFactory, realtime: str
+) -> None:
+    url = sidecar(upstream_url=realtime)
+    spent = {"Authorization": f"Bearer {KEYS['KEY_TEAM_BROKE']}"}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=spent)
+    answer = refused.value.response
+    assert (answer.status_code, answer.body) == (403, b"")  # LiteLLM's, unchanged
+    assert answer.headers["x-sidecar-budget-exceeded"] == "true"
+    assert answer.headers["x-sidecar-budget-scope"] == "team"
+    text = httpx.get(url + "/sidecar/metrics").text
+    assert metric(text, 'sidecar_budget_refusals_total{scope="team",verdict="spent"}') == 1
+    with connect(ws(url) + "/v1/realtime?model=realtime-model", additional_headers=spent) as caller:
+        assert json.loads(caller.recv())["type"] == "session.created"  # the free model: served
+
+
+def test_a_refused_handshake_within_budget_is_not_marked(sidecar: SidecarFactory, realtime: str) -> None:
+    url = sidecar(upstream_url=realtime)
+    healthy = {"Authorization": f"Bearer {KEYS['KEY_HEALTHY']}"}
+    for headers in (healthy, {}):  # a caller within budget; no credential, no one to look up
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws(url) + "/v1/realtime?model=not-allowed", additional_headers=headers)
+        answer = refused.value.response
+        assert (answer.status_code, answer.body) == (403, b"")
+        assert "x-sidecar-budget-exceeded" not in answer.headers
+    text = httpx.get(url + "/sidecar/metrics").text
+    assert "sidecar_budget_refusals_total{" not in text
