@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from websockets.sync.client import connect
 
 from sidecar.proxy.routes import DISCOVERY_PATHS, MODEL_PREFIXES, match_discovery
 from tests.servers import ServerThread, plain_config
@@ -99,6 +101,14 @@ def named(name: bytes) -> Any:
     ``/sse`` it sends one chunk and waits (at most 5 s) until the client has read it before it ends."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":  # says who it is and what it was asked, then echoes
+            await receive()
+            await send({"type": "websocket.accept"})
+            target = scope["raw_path"] + b"?" + scope["query_string"]
+            await send({"type": "websocket.send", "text": f"{name.decode()} {target.decode()}"})
+            while (message := await receive())["type"] == "websocket.receive":
+                await send({"type": "websocket.send", **{k: v for k, v in message.items() if k != "type"}})
+            return
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -125,12 +135,15 @@ def named(name: bytes) -> Any:
     return app
 
 
+def stand_in(name: bytes) -> uvicorn.Config:
+    config = plain_config(named(name))
+    config.ws = "websockets-sansio"
+    return config
+
+
 @pytest.fixture
 def split(tmp_path: Path) -> Iterator[str]:
-    with (
-        ServerThread(plain_config(named(b"litellm"))) as litellm,
-        ServerThread(plain_config(named(b"sidecar"))) as sidecar,
-    ):
+    with ServerThread(stand_in(b"litellm")) as litellm, ServerThread(stand_in(b"sidecar")) as sidecar:
         port = closed_port()
         main = configured(tmp_path, port, f"127.0.0.1:{litellm.port}", f"127.0.0.1:{sidecar.port}")
         process = subprocess.Popen([nginx(), "-c", str(main), "-p", str(tmp_path), "-g", "daemon off;"])
@@ -181,3 +194,14 @@ def test_a_raw_path_reaches_the_sidecar_as_sent(split: str) -> None:
     # nginx routes on the normalised path but forwards the raw one: the sidecar's exact rules then decide.
     answer = httpx.get(split + "/v1//models", timeout=5)
     assert (answer.headers["x-upstream"], answer.text) == ("sidecar", "/v1//models 0")
+
+
+def test_a_websocket_passes_through_to_litellm(split: str) -> None:
+    with connect(split.replace("http://", "ws://") + "/v1/realtime?model=realtime-model") as socket:
+        assert socket.recv(timeout=5) == "litellm /v1/realtime?model=realtime-model"
+        socket.send("hello")
+        assert socket.recv(timeout=5) == "hello"
+        socket.send(b"\x00\x01")
+        assert socket.recv(timeout=5) == b"\x00\x01"
+    answer = httpx.post(split + "/v1/chat/completions", content=b"{}", timeout=5)  # other requests as before
+    assert answer.headers["x-upstream"] == "litellm"
