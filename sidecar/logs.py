@@ -42,6 +42,15 @@ def _aborted_on_purpose(record: logging.LogRecord) -> bool:
     return not isinstance(error, AbortedResponse)
 
 
+# What uvicorn's WebSocket protocol (and the websockets library under it) logs of every socket: an access
+# log - the path with its query - which the sidecar keeps for HTTP off too; ``websocket_closed`` says it.
+_WEBSOCKET_ACCESS = ('%s - "WebSocket %s"', "connection open", "connection closed", "connection rejected")
+
+
+def _no_websocket_access(record: logging.LogRecord) -> bool:
+    return not (isinstance(record.msg, str) and record.msg.startswith(_WEBSOCKET_ACCESS))
+
+
 def configure(level: str) -> None:
     """Send the sidecar's and uvicorn's logs to stderr as JSON lines at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -53,6 +62,7 @@ def configure(level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.error").addFilter(_aborted_on_purpose)
+    logging.getLogger("uvicorn.error").addFilter(_no_websocket_access)
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request URL at INFO; admin look-up URLs carry a key's LiteLLM token hash.
     for name in ("httpx", "httpcore"):

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import httpx
@@ -26,7 +30,7 @@ from tests.conftest import SidecarFactory
 from tests.fake_litellm import KEYS, FakeLiteLLM
 from tests.scripted import ScriptedUpstream
 from tests.servers import ServerThread
-from tests.test_operations import metric
+from tests.test_operations import _env, closed_port, metric
 from tests.wsraw import (
     BINARY,
     CLOSE,
@@ -500,3 +504,41 @@ def test_a_refused_handshake_within_budget_is_not_marked(sidecar: SidecarFactory
         assert "x-sidecar-budget-exceeded" not in answer.headers
     text = httpx.get(url + "/sidecar/metrics").text
     assert "sidecar_budget_refusals_total{" not in text
+
+
+def test_the_log_has_one_line_per_socket_without_keys_or_queries(fake: FakeLiteLLM, tmp_path: Path) -> None:
+    with WsUpstream(echo) as upstream:
+        port, log = closed_port(), tmp_path / "sidecar.log"
+        with log.open("wb") as stderr:
+            env = _env(fake, port=str(port), upstream_url=upstream.url)
+            proc = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, stderr=stderr)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while not _listening(url):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        secret = KEYS["KEY_HEALTHY"]
+        with connect(
+            ws(url) + "/v1/realtime?model=m&note=query-text",
+            additional_headers={"Authorization": f"Bearer {secret}"},
+            subprotocols=cast(Any, ["realtime", f"openai-insecure-api-key.{secret}"]),
+        ) as caller:
+            caller.send("x")
+            assert caller.recv() == "x"
+            caller.close(4001, "done")
+        assert upstream.wait_closed()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    text = log.read_text()
+    closed = [line for line in map(json.loads, text.splitlines()) if line.get("event") == "websocket_closed"]
+    assert len(closed) == 1
+    assert (closed[0]["path"], closed[0]["closed_by"], closed[0]["code"]) == ("/v1/realtime", "caller", 4001)
+    assert secret not in text and "query-text" not in text  # no key, no access log with the query
+
+
+def _listening(url: str) -> bool:
+    try:
+        httpx.get(url + "/healthz", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
