@@ -230,9 +230,11 @@ class SidecarApp:
         elif kind == "websocket":
             running = self.running
             if running is None:
-                await self.websockets.refuse(scope, send, Answer(503, JSON, NOT_STARTED), None)
+                await self.websockets.answer(scope, send, Answer(503, JSON, NOT_STARTED))
             else:
-                await self.websockets.handle(scope, receive, send, running.handshake_hold)
+                fallback = running.fallback
+                rescue = fallback.handshake_detour if fallback is not None else None
+                await self.websockets.handle(scope, receive, send, running.handshake_hold, rescue)
 
     async def _for_litellm(
         self, running: Running, raw_path: bytes, scope: Scope, receive: Receive, send: Send

@@ -23,6 +23,12 @@ of the event loop's CPU to parse and as much again to write as the retry, paid o
 has just refused for budget. A request whose model is not mapped, or whose body is not a JSON object with
 a string ``model``, gets LiteLLM's answer unchanged: no retry, no metric, no log line. A larger body, and
 every other request, passes through as a stream, untouched.
+
+A WebSocket handshake (realtime) names its model in the query, ``?model=...``: when LiteLLM refuses it for
+budget - its empty ``403`` to a caller whose budget state says spent, marked by ``refusals.py`` - and the
+model is mapped to a free one the caller may use, the same handshake is tried again with only that query
+parameter replaced (``handshake_detour``); the upgrade LiteLLM grants carries the same two headers, and a
+second refusal sends the first one back.
 """
 
 from __future__ import annotations
@@ -31,13 +37,16 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import Principal, principal_of
 from sidecar.litellm.budget_errors import BUDGET_STATUSES, Refusal, error_of
+from sidecar.litellm.policy import EXCEEDED
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.upstream import SMALL_ANSWER, Answer, Hold, Upstream
+from sidecar.proxy.websocket import Detour
 from sidecar.refusals import Refusals
 from sidecar.types import Message, Receive, Scope, Send
 
@@ -115,6 +124,40 @@ class Fallback:
             self._count(scope, plan.model, plan.target, retry)
         if not retry.passed:
             await first.release()  # the retry was refused too: the caller gets the original refusal
+
+    async def handshake_detour(self, scope: Scope, refused: Answer) -> Detour | None:
+        """For a WebSocket handshake LiteLLM refused for budget, the same handshake with the free model
+        its ``model`` query parameter maps to, if the caller may use it."""
+        admin = self._admin
+        budget = (EXCEEDED, b"true") in refused.headers or Refusal.read(refused.status, refused.body)
+        who = principal_of(scope)
+        if not self._mapping or admin is None or not budget or who is None or not who.virtual_key:
+            return None
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        models = [value for name, value in query if name == "model"]
+        if len(models) != 1:
+            return None
+        model = models[0]
+        target = self._mapping.get(model, self._mapping.get("*"))
+        if target is None or target == model or not await self._may_use(admin, who, model, target):
+            return None
+        again = urlencode([(name, target if name == "model" else value) for name, value in query])
+
+        def ended(outcome: str) -> None:
+            self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
+            event(
+                log,
+                logging.INFO,
+                "fallback",
+                outcome=outcome,
+                model=model[:_SHOWN_LIMIT],
+                target=target,
+                key=who.label,
+                route="websocket",
+            )
+
+        marks = [(FROM_HEADER, self._shown(model).encode()), (MODEL_HEADER, target.encode())]
+        return Detour({**scope, "query_string": again.encode("latin-1")}, marks, ended)
 
     async def _plan(self, scope: Scope, body: bytes) -> _Plan | None:
         """The retry for a request LiteLLM refused for budget, if it may fall back.

@@ -450,6 +450,7 @@ class RealtimeLiteLLM:
 
     def __init__(self, fake: FakeLiteLLM) -> None:
         self.fake = fake
+        self.asked: list[str] = []  # the models of the handshakes that reached it
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
@@ -459,7 +460,9 @@ class RealtimeLiteLLM:
         headers = dict(scope["headers"])
         key = headers.get(b"authorization", b"").removeprefix(b"Bearer ").decode()
         model = dict(parse_qsl(scope["query_string"].decode())).get("model")
-        if model == "not-allowed" or (model == "realtime-paid-model" and key in self.SPENT):
+        self.asked.append(f"{model} {scope['query_string'].decode()}")
+        refused_too = model == "free-model" and key == KEYS["KEY_KEY_BROKE"]  # a retry LiteLLM refuses
+        if model == "not-allowed" or (model == "realtime-paid-model" and key in self.SPENT) or refused_too:
             await send({"type": "websocket.close", "code": 1008})  # uvicorn: 403, empty body
             return
         await send({"type": "websocket.accept"})
@@ -468,9 +471,14 @@ class RealtimeLiteLLM:
 
 
 @pytest.fixture
-def realtime(fake: FakeLiteLLM) -> Iterator[str]:
+def realtime_litellm(fake: FakeLiteLLM) -> RealtimeLiteLLM:
+    return RealtimeLiteLLM(fake)
+
+
+@pytest.fixture
+def realtime(realtime_litellm: RealtimeLiteLLM) -> Iterator[str]:
     config = uvicorn.Config(
-        RealtimeLiteLLM(fake), ws="websockets-sansio", http="h11", lifespan="off", log_config=None
+        realtime_litellm, ws="websockets-sansio", http="h11", lifespan="off", log_config=None
     )
     with ServerThread(config) as server:
         yield server.url
@@ -534,6 +542,35 @@ def test_the_log_has_one_line_per_socket_without_keys_or_queries(fake: FakeLiteL
     assert len(closed) == 1
     assert (closed[0]["path"], closed[0]["closed_by"], closed[0]["code"]) == ("/v1/realtime", "caller", 4001)
     assert secret not in text and "query-text" not in text  # no key, no access log with the query
+
+
+def test_a_paid_realtime_model_refused_for_budget_falls_back(
+    sidecar: SidecarFactory, realtime: str, realtime_litellm: RealtimeLiteLLM
+) -> None:
+    url = sidecar(upstream_url=realtime, fallback={"realtime-paid-model": "free-model"})
+    spent = {"Authorization": f"Bearer {KEYS['KEY_TEAM_BROKE']}", "OpenAI-Beta": "realtime=v1"}
+    with connect(ws(url) + "/v1/realtime?model=realtime-paid-model&x=1", additional_headers=spent) as caller:
+        assert json.loads(caller.recv())["type"] == "session.created"
+        response = caller.response
+        assert response is not None
+        assert response.headers["x-sidecar-fallback-from"] == "realtime-paid-model"
+        assert response.headers["x-sidecar-fallback-model"] == "free-model"
+    assert realtime_litellm.asked == [
+        "realtime-paid-model model=realtime-paid-model&x=1",
+        "free-model model=free-model&x=1",
+    ]
+
+    refused_twice = {"Authorization": f"Bearer {KEYS['KEY_KEY_BROKE']}"}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=refused_twice)
+    answer = refused.value.response
+    assert (answer.status_code, answer.body) == (403, b"")  # the first refusal, marked
+    assert answer.headers["x-sidecar-budget-scope"] == "key"
+    assert "x-sidecar-fallback-model" not in answer.headers
+    text = httpx.get(url + "/sidecar/metrics").text
+    for outcome in ("served", "refused"):
+        sample = f'from="realtime-paid-model",outcome="{outcome}",to="free-model"'
+        assert metric(text, f"sidecar_fallbacks_total{{{sample}}}") == 1
 
 
 def _listening(url: str) -> bool:

@@ -9,7 +9,8 @@ plus ``X-Forwarded-*``) and the caller's subprotocols; LiteLLM's choice among th
 A refusal before the upgrade (LiteLLM answers 403 with an empty body to a spent key on a paid realtime
 model) reaches the caller as LiteLLM's HTTP answer, status, headers and body, through ASGI's
 ``websocket.http.response`` extension, shown first to ``hold`` as any passed-through refusal (the budget
-marks). LiteLLM unreachable: 502; no handshake answer within ``connect_timeout``: 504.
+marks), then to ``rescue``, which may name another handshake to try instead (a ``Detour``: the budget
+fallback's free model). LiteLLM unreachable: 502; no handshake answer within ``connect_timeout``: 504.
 
 After the upgrade each message goes on as it came, in order, text as text and binary as binary; a close
 code and reason go on to the other side (a caller that vanishes without a close frame: an empty close
@@ -42,6 +43,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -77,6 +80,19 @@ def _sendable(code: int) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Detour:
+    """Another handshake to try for one LiteLLM refused (the budget fallback's): its scope, the headers
+    the caller's upgrade gets when LiteLLM accepts it, and ``ended``, told ``served`` or ``refused``."""
+
+    scope: Scope
+    marks: RawHeaders
+    ended: Callable[[str], None]
+
+
+Rescue = Callable[[Scope, Answer], Awaitable[Detour | None]]
+
+
 class _UpstreamConnection(ClientConnection):
     """The client towards LiteLLM, which does not wait for LiteLLM to hang up after a frame it had to
     refuse (garbage, bad UTF-8, oversize): its close frame is written, the connection closed at once and
@@ -110,29 +126,45 @@ class WebSocketRelay:
         self.max_message_bytes = max_message_bytes
         self._metrics = metrics
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, hold: Hold | None = None) -> None:
-        """One caller's WebSocket: the handshake with LiteLLM, then the relay until either side closes."""
+    async def handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        hold: Hold | None = None,
+        rescue: Rescue | None = None,
+    ) -> None:
+        """One caller's WebSocket: the handshake with LiteLLM, then the relay until either side closes. A
+        refused handshake is shown to ``hold``, then to ``rescue``, which may name another to try."""
         if (await receive())["type"] != "websocket.connect":
             return  # the caller left before its handshake was read through
         path = scope["raw_path"].decode("latin-1")
+        marks: RawHeaders = []
         try:
             upstream = await self._open(scope)
         except InvalidStatus as refused:
             response = refused.response
             answer = Answer(response.status_code, _answer_headers(response.headers), bytes(response.body))
             self._metrics.request("websocket", answer.status)
-            await self.refuse(scope, send, answer, hold)
-            return
+            shown = await _shown(scope, answer, hold)
+            if shown is None:
+                return
+            detour = await rescue(scope, shown) if rescue is not None else None
+            detoured = await self._detour(detour) if detour is not None else None
+            if detoured is None:
+                await self.answer(scope, send, shown)
+                return
+            upstream, marks = detoured
         except UpstreamUnavailable as failed:
             self._metrics.request("websocket", failed.status)
             self._metrics.upstream_errors.labels(failed.kind).inc()
             event(log, logging.WARNING, "upstream_error", kind=failed.kind, path=path, error=failed.detail)
-            await self.refuse(scope, send, _json_answer(failed.status, failed.body()), None)
+            await self.answer(scope, send, _json_answer(failed.status, failed.body()))
             return
         self._metrics.request("websocket", 101)
         switching = upstream.response
         given = _answer_headers(switching.headers) if switching is not None else []
-        accept = [(name, value) for name, value in given if name not in _OWN_HANDSHAKE]
+        accept = [(name, value) for name, value in given if name not in _OWN_HANDSHAKE] + marks
         message: dict[str, Any] = {"type": "websocket.accept", "headers": accept}
         if upstream.subprotocol is not None:
             message["subprotocol"] = upstream.subprotocol
@@ -201,33 +233,43 @@ class WebSocketRelay:
                 502, "upstream LiteLLM is unreachable", "unreachable", str(exc)
             ) from None
 
-    async def refuse(self, scope: Scope, send: Send, answer: Answer, hold: Hold | None) -> None:
-        """The handshake refused: LiteLLM's HTTP answer to the caller (shown to ``hold`` first, when it
-        names its status), or - under a server without the ``websocket.http.response`` extension - a plain
-        refusal of the handshake."""
-        if hold is not None and answer.status in hold.statuses:
-            try:
-                shown = await hold.hook(scope, answer)
-            except Exception:
-                log.exception("answer observer failed")
-                shown = answer
-            if shown is None:
-                return
-            answer = shown
+    async def _detour(self, detour: Detour) -> tuple[ClientConnection, RawHeaders] | None:
+        """The handshake ``detour`` names, if LiteLLM accepts it; whoever asked for it is told how it went."""
+        try:
+            upstream = await self._open(detour.scope)
+        except (InvalidStatus, UpstreamUnavailable):
+            detour.ended("refused")
+            return None
+        detour.ended("served")
+        return upstream, detour.marks
+
+    async def answer(self, scope: Scope, send: Send, answer: Answer) -> None:
+        """An HTTP answer instead of the upgrade (``websocket.http.response``), or - under a server without
+        that extension - a plain refusal of the handshake."""
         try:
             if "websocket.http.response" in scope.get("extensions", {}):
-                await send(
-                    {
-                        "type": "websocket.http.response.start",
-                        "status": answer.status,
-                        "headers": answer.headers,
-                    }
-                )
+                start = {
+                    "type": "websocket.http.response.start",
+                    "status": answer.status,
+                    "headers": answer.headers,
+                }
+                await send(start)
                 await send({"type": "websocket.http.response.body", "body": answer.body})
             else:
                 await send({"type": "websocket.close", "code": 1008})
         except OSError:
             pass  # the caller left before its answer
+
+
+async def _shown(scope: Scope, answer: Answer, hold: Hold | None) -> Answer | None:
+    """``answer`` as ``hold`` returns it, when it names its status (``upstream.Hold``)."""
+    if hold is None or answer.status not in hold.statuses:
+        return answer
+    try:
+        return await hold.hook(scope, answer)
+    except Exception:
+        log.exception("answer observer failed")
+        return answer
 
 
 class _Session:
