@@ -573,6 +573,19 @@ def test_a_paid_realtime_model_refused_for_budget_falls_back(
         assert metric(text, f"sidecar_fallbacks_total{{{sample}}}") == 1
 
 
+def test_past_the_connection_bound_a_websocket_gets_503(sidecar: SidecarFactory, echoing: WsUpstream) -> None:
+    url = sidecar(upstream_url=echoing.url, max_connections=1)
+    with connect(ws(url) + "/v1/realtime") as first:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws(url) + "/v1/realtime")
+        answer = refused.value.response
+        assert (answer.status_code, answer.headers["retry-after"]) == (503, "1")
+        assert json.loads(answer.body)["error"]["code"] == "503"
+        first.send("still served")
+        assert first.recv() == "still served"
+    assert len(echoing.seen) == 1  # the refused one never reached LiteLLM
+
+
 def _listening(url: str) -> bool:
     try:
         httpx.get(url + "/healthz", timeout=1)

@@ -105,6 +105,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        """A WebSocket upgrade: past the bound, the same 503 as any request, before uvicorn's WebSocket
+        protocol takes the connection (its answer never passes ``on_headers_complete``'s check)."""
+        if len(self.connections) > self.max_connections:
+            self.on_overload()
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s"
+                % (len(_AT_CAPACITY), _AT_CAPACITY)
+            )
+            self.transport.close()
+            return
+        super().handle_websocket_upgrade()
+
     def _path(self) -> bytes:
         return bytes(self.url).split(b"?", 1)[0]
 

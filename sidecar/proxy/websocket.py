@@ -1,13 +1,17 @@
 """WebSockets passed through to LiteLLM: the handshake with the caller's own credentials, then every message.
 
-Every WebSocket upgrade, whatever its path, goes to LiteLLM (``/v1/realtime``, ``/realtime``,
-``/openai/v1/realtime``, the Responses API's ``/v1/responses`` on versions that serve it, and any route a
-later LiteLLM adds): LiteLLM decides what it serves. The handshake carries the caller's headers as the HTTP
-pass-through forwards them (``forwarding.handshake_request_headers``: its credential - ``Authorization``,
-``api-key``, the ``openai-insecure-api-key.*`` subprotocol -, ``OpenAI-Beta``, ``Origin``, minus hop-by-hop,
-plus ``X-Forwarded-*``) and the caller's subprotocols; LiteLLM's choice among them goes back to the caller.
-A refusal before the upgrade (LiteLLM answers 403 with an empty body to a spent key on a paid realtime
-model) reaches the caller as LiteLLM's HTTP answer, status, headers and body, through ASGI's
+Every WebSocket upgrade, whatever its path, goes to LiteLLM, which decides what it serves: the routes
+differ by version (in its source: ``/v1/realtime`` and ``/realtime`` from 1.83.3, ``/openai/v1/realtime``
+from 1.88.6, ``/v1/responses`` and ``/responses`` throughout, ``/vertex_ai/live``, ``/anthropic/ws``, the
+``/openai/{path}`` and ``/deepgram`` pass-throughs from 1.106.2, ``/v1/live/sessions`` from 1.109.1,
+``/v1/realtime/translations`` in 1.110.2), and a list here would lag the next one.
+
+The handshake carries the caller's headers as the HTTP pass-through forwards them
+(``forwarding.handshake_request_headers``: its credential - ``Authorization``, ``api-key``, the
+``openai-insecure-api-key.*`` subprotocol -, ``OpenAI-Beta``, ``Origin``, minus hop-by-hop, plus
+``X-Forwarded-*``) and the caller's subprotocols; LiteLLM's choice among them goes back to the caller. A
+refusal before the upgrade (LiteLLM answers 403 with an empty body to a spent key on a paid realtime model)
+reaches the caller as LiteLLM's HTTP answer, status, headers and body, through ASGI's
 ``websocket.http.response`` extension, shown first to ``hold`` as any passed-through refusal (the budget
 marks), then to ``rescue``, which may name another handshake to try instead (a ``Detour``: the budget
 fallback's free model). LiteLLM unreachable: 502; no handshake answer within ``connect_timeout``: 504.
