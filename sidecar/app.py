@@ -145,7 +145,6 @@ class SidecarApp:
         )
         self.websockets = WebSocketRelay(
             settings.upstream_url,
-            host=settings.upstream_host,
             connect_timeout=settings.connect_timeout,
             idle_timeout=settings.ws_idle_timeout,
             max_message_bytes=settings.ws_max_message_bytes,

@@ -115,7 +115,6 @@ class WebSocketRelay:
         self,
         base_url: str,
         *,
-        host: str,
         connect_timeout: float,
         idle_timeout: float,
         max_message_bytes: int,
@@ -123,8 +122,9 @@ class WebSocketRelay:
     ) -> None:
         parts = urlsplit(base_url)
         scheme = "wss" if parts.scheme == "https" else "ws"
-        self._base = f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        self.host = host
+        self._base = (
+            f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"  # Host: its netloc, as upstream_host
+        )
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_message_bytes = max_message_bytes
