@@ -245,3 +245,34 @@ def test_an_early_answer_reaches_a_caller_that_paused_its_upload(sidecar: Sideca
             )
             assert read_response(sock)[::2] == (401, b"{}")
         assert upstream.wait_for(lambda stats: len(stats.closed_by_client) == 1)  # that connection is done
+
+
+def test_a_streams_head_reaches_the_caller_before_its_first_chunk(sidecar: SidecarFactory) -> None:
+    """The answer's head is held only while its body is at hand: a stream whose first chunk takes its
+    time (a model thinking) gets its head at once, the chunk when it comes."""
+    first_chunk = threading.Event()
+
+    async def thinks(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.get_running_loop().run_in_executor(None, first_chunk.wait, 10)
+        writer.write(b"7\r\ndata: 1\r\n0\r\n\r\n")
+        await writer.drain()
+
+    with ScriptedUpstream(thinks) as upstream:
+        url = sidecar(upstream_url=upstream.url, policy="blocked", admin_key=None)
+        with connect(url) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)  # a head held for the body would time out here
+            assert head.startswith(b"HTTP/1.1 200 ") and b"data: 1" not in head
+            first_chunk.set()
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            while not rest.endswith(b"0\r\n\r\n"):
+                rest += sock.recv(65536)
+        assert b"data: 1" in rest

@@ -381,7 +381,10 @@ class _Connection(asyncio.Protocol):
         when the chunk comes - at thousands of open streams a good part of the loop's work), one timer per
         connection stays armed, and a wait only moves the deadline. When the timer fires before the
         deadline of the wait then pending, it is armed again for that deadline; with no wait pending it
-        lapses, and the next wait arms it."""
+        lapses, and the next wait arms it. The timer outlives the exchange too: a pooled connection keeps
+        it until it lapses, so a kept-alive connection serving request after request makes no timer per
+        request (one made and cancelled per request - a libuv timer started, stopped and closed - was
+        about 8 % of a JSON pass-through's CPU); only a closed connection drops it (``disarm``)."""
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         deadline = self._deadline = loop.time() + timeout
@@ -406,7 +409,7 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def disarm(self) -> None:
-        """Drop the read timer (the exchange is over): an idle or closed connection holds no timer."""
+        """Drop the read timer: a closed connection holds none."""
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
@@ -660,8 +663,7 @@ class ConnectionPool:
         connection.request_sent = _whole(declared, sent, chunked)
 
     def _put(self, connection: _Connection) -> None:
-        connection.in_use = False
-        connection.disarm()
+        connection.in_use = False  # its read timer stays: the next exchange moves it (``wait``)
         connection.idle_since = time.monotonic()
         if len(self._idle) >= self.max_idle:
             self._idle.pop(0)._poison()

@@ -10,6 +10,13 @@ The count is exact where the head starts a read (the usual case: a new connectio
 request) and ends at its blank line; a head that begins in the middle of a read (pipelining) is counted
 from the next read on, so the bound holds to within one read (at most 256 KiB with uvloop).
 
+An answer's head and the start of its body leave in one write (``_HeadHeld``): uvicorn writes the head as
+soon as the app sends ``http.response.start`` and the body with the next message - two system calls and two
+TCP segments for every answer whose body is at hand (a JSON answer, a stream's first chunk), where nginx
+writes one. The head is held until the body's first bytes, or the end of the loop's turn at the latest, so
+an answer whose body takes longer (a stream waiting for its first token) gets its head as soon as before,
+one turn of the loop later.
+
 A caller that goes away is told to the app without a task (``watch_disconnect``): ASGI says it only
 through ``receive``, which someone must be awaiting - a task per open stream, most of a KiB each, for an
 event that rarely comes. Here the protocol, which sees the connection close first, calls the request's
@@ -104,6 +111,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.app = app
             return
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new request's, not a pipelined one
+            cycle.transport = _HeadHeld(self.transport, self.loop)  # type: ignore[assignment]
 
     def handle_websocket_upgrade(self) -> None:
         """A WebSocket upgrade: past the bound, the same 503 as any request, before uvicorn's WebSocket
@@ -141,6 +151,48 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
         self._refused = True
         self.transport.close()
+
+
+class _HeadHeld:
+    """The caller's transport as one request's cycle sees it: the first write (the answer's head, or a
+    ``100 Continue``) is held until the next one, and both go out as one; at the end of the loop's turn
+    the head goes out alone. Everything else is the transport's. Writes keep their order: the release is
+    queued before anything a later request of the connection (pipelined) could write."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop: asyncio.AbstractEventLoop | None = loop  # ``None`` once a write was held
+        self._held = b""
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held:
+            self._held = b""
+            self._transport.writelines((held, data))  # one writev under uvloop, no copy of the body
+        elif self._loop is not None:
+            self._held = data
+            self._loop.call_soon(self._release)
+            self._loop = None
+        else:
+            self._transport.write(data)
+
+    def _release(self) -> None:
+        held = self._held
+        if held:
+            self._held = b""
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._release()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
 
 
 def watch_disconnect(receive: Callable[[], Any], on_leave: Cancellable) -> BoundedHttpToolsProtocol | None:
