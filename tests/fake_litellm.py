@@ -255,6 +255,9 @@ class FakeLiteLLM:
                 "body": seen.body.decode("latin-1"),
             }
             return 200, [("content-type", "application/json")], json.dumps(payload).encode()
+        if path == b"/openapi.json":  # every LiteLLM states its version there, unauthenticated
+            document = {"openapi": "3.1.0", "info": {"title": "LiteLLM API", "version": self.version}}
+            return 200, [("content-type", "application/json")], json.dumps(document).encode()
         if path == b"/health/liveliness":
             return 200, [("content-type", "application/json")], b'"I\'m alive!"'
         if path == b"/metrics":

@@ -25,6 +25,7 @@ import httpx
 from sidecar.cache import SingleFlightCache
 from sidecar.litellm.access import Access, ModelScope, model_scope_from_admin_answers
 from sidecar.litellm.catalog import ModelCatalog
+from sidecar.litellm.rules import Release, release_of
 from sidecar.logs import Sparse
 from sidecar.metrics import Metrics
 
@@ -165,6 +166,22 @@ class AdminLookups:
 
         catalog: ModelCatalog = await self.views.get("catalog", load)
         return catalog
+
+    async def release(self) -> Release | None:
+        """LiteLLM's version (cached as the catalog is), from its OpenAPI document - every version has it,
+        unauthenticated; ``None`` when it cannot be read (``rules.refuses_free`` then answers for any)."""
+
+        async def load() -> Release | None:
+            answer = await self._get("/openapi.json")
+            info = answer.get("info") if isinstance(answer, dict) else None
+            version = info.get("version") if isinstance(info, dict) else None
+            return release_of(version if isinstance(version, str) else None)
+
+        try:
+            found: Release | None = await self.views.get("version", load)
+        except LookupFailed:
+            return None
+        return found
 
     async def view(self, view: View) -> dict[str, Any]:
         """The admin's answer to one fixed discovery route (cached)."""

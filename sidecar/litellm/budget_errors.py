@@ -18,30 +18,16 @@ credential itself refused.
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.litellm.rules import RULES, BudgetLevel
+
+__all__ = ["BudgetLevel"]  # also here, where a refusal's level has always been read from
+
 BUDGET_STATUSES = frozenset({400, 403, 422, 429})
-
-
-class BudgetLevel(enum.StrEnum):
-    """Which of a caller's budgets LiteLLM checks: the values of ``x-sidecar-budget-scope``, of the
-    ``scope`` log field and metric label, narrowest first (the order several spent levels are named in)."""
-
-    KEY = "key"  # the key's own max_budget
-    KEY_WINDOW = "key_window"  # one of the key's budget windows (budget_limits, LiteLLM >= 1.106)
-    TEAM = "team"
-    TEAM_MEMBER = "team_member"  # the key's user's membership of its team
-    USER = "user"  # the key's user (personal keys)
-    END_USER = "end_user"  # the end user (customer) the request names
-    ORG = "org"  # the organisation
-    UNKNOWN = "unknown"  # a level the sidecar cannot name
-    # A refusal that names no level (LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's
-    # budget): resolved against the caller's chain (``levels.BudgetState.named``), never shown.
-    UNNAMED = "unnamed"
 
 
 # How LiteLLM's own budget messages begin (every version from 1.83 to 1.110), after the "429: " that some
@@ -52,20 +38,14 @@ _BUDGET_MESSAGES = re.compile(
     r"\s*(?:\d{3}: )?(?:Budget has been exceeded!|ExceededBudget:|Max budget limit reached\.)"
 )
 
-# Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=..").
+# Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=.."), as
+# each level's row in ``rules.RULES`` has it; the longest first ("Key over" before "Key").
+_NAMED = {rule.named: rule.level for rule in sorted(RULES, key=lambda rule: -len(rule.named))}
 _LEVEL = re.compile(
-    r"(?:Budget has been exceeded!|ExceededBudget:)\s*"
-    r"(End User=|Organization=|TeamMember=|Team=|User=|Key over|Key\b|Current cost)"
+    r"(?:Budget has been exceeded!|ExceededBudget:)\s*("
+    + "|".join(re.escape(named) + (r"\b" if named[-1].isalnum() else "") for named in _NAMED)
+    + "|Current cost)"
 )
-_LEVEL_NAMES = {
-    "End User=": BudgetLevel.END_USER,
-    "Organization=": BudgetLevel.ORG,
-    "TeamMember=": BudgetLevel.TEAM_MEMBER,  # LiteLLM >= 1.106
-    "Team=": BudgetLevel.TEAM,
-    "User=": BudgetLevel.USER,
-    "Key over": BudgetLevel.KEY_WINDOW,  # "Key over 1d budget"
-    "Key": BudgetLevel.KEY,
-}
 # LiteLLM <= 1.88 names no principal for a key's own budget nor for a team member's: "Current cost: ..."
 UNNAMED = BudgetLevel.UNNAMED
 
@@ -115,7 +95,7 @@ def budget_level(body: Any, unnamed: BudgetLevel = BudgetLevel.KEY) -> BudgetLev
     match = _LEVEL.search(_message(body))
     if match is None:
         return BudgetLevel.UNKNOWN
-    return _LEVEL_NAMES.get(match.group(1), unnamed)
+    return _NAMED.get(match.group(1), unnamed)
 
 
 def stated(body: Any) -> tuple[float | None, float | None]:

@@ -4,9 +4,9 @@ A *level* is one budget LiteLLM checks for a caller: the key's own ``max_budget`
 windows, its team's, its team membership's, its user's (personal keys), the end user's, the
 organisation's. ``chain`` reads them from LiteLLM's admin answers (``admin.AdminLookups.budget_records``,
 or the same routes asked with the caller's own key): recorded spend, ``max_budget``, reset time, and
-whether the level is spent - compared as LiteLLM's own check does (1.110's ``auth_checks.py``: spend at
-``max_budget`` is already spent for a key, a key window, a team member, a user and an organisation; a team
-and an end user must go past it).
+whether the level is spent - compared as LiteLLM's own check does (each level's row in ``rules.RULES``: spend
+at ``max_budget`` is already spent for a key, a key window, a team member, a user and an organisation; a
+team and an end user must go past it).
 
 ``judge`` weighs one budget refusal against them. LiteLLM enforces budgets from its own spend counters
 (``spend:key:<sha256>``, ``spend:team:<id>``, ...), not from the database; its message states the
@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.litellm.budget_errors import UNNAMED, BudgetLevel, Refusal
+from sidecar.litellm.rules import RULES
 
 # The order levels are named in when several are spent: the narrowest first.
 _ORDER = {level: rank for rank, level in enumerate(BudgetLevel)}
-# Levels that are spent at max_budget already; the others (team, end user) only past it.
-_AT_LIMIT = frozenset(
-    {BudgetLevel.KEY, BudgetLevel.KEY_WINDOW, BudgetLevel.TEAM_MEMBER, BudgetLevel.USER, BudgetLevel.ORG}
-)
+# Levels that are spent at max_budget already; the others (team, end user) only past it (``rules.RULES``).
+_AT_LIMIT = frozenset(rule.level for rule in RULES if rule.at_limit)
 # Seconds a refusal the records do not bear out must last before it is a phantom (``graced``): the default
 # of the ``phantom_after`` setting, which the sidecar and ``doctor`` both use. LiteLLM writes spend to its
 # database in batches (proxy_batch_write_at, 10 s by default): right after a caller crosses its budget the
