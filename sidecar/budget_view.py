@@ -22,8 +22,10 @@ The answer, JSON::
 - ``blocking`` marks the level LiteLLM refuses the caller at now; ``verdict`` judges that refusal as every
   other refusal of this caller is judged (``BudgetBook.judge_refusal``, on its whole chain: the phantom
   grace is shared), but a verdict on a level the caller may not see is reported as ``unknown``.
-- ``usable_models``: what the caller may call now - every model it may access, or only the free ones
-  while LiteLLM refuses it (``null`` without an admin credential).
+- ``usable_models``: what LiteLLM serves the caller now, exactly as discovery lists it under ``free_only``
+  (``policy.usable``) - every model it may access, or only the free ones while LiteLLM refuses it, or none
+  where its spent level refuses free models too on this LiteLLM (``rules.RULES``; ``null`` without an
+  admin credential).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from typing import Any
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, principal_of
-from sidecar.litellm.budget_errors import BudgetLevel, Reading, Refusal
+from sidecar.litellm.budget_errors import Reading, Refusal
 from sidecar.litellm.levels import Finding, Level, chain
+from sidecar.litellm.policy import asks_version, usable
+from sidecar.litellm.rules import RULES
 from sidecar.logs import event
 from sidecar.proxy.upstream import (
     SMALL_ANSWER,
@@ -51,9 +55,7 @@ log = logging.getLogger("sidecar.budget_view")
 
 ROUTE = b"/sidecar/v1/budget"
 # Levels LiteLLM shows a caller with its own key (its /key/info, /team/info and /user/info).
-_OWN_LEVELS = frozenset(
-    {BudgetLevel.KEY, BudgetLevel.KEY_WINDOW, BudgetLevel.TEAM, BudgetLevel.TEAM_MEMBER, BudgetLevel.USER}
-)
+_OWN_LEVELS = frozenset(rule.level for rule in RULES if rule.own)
 
 
 class BudgetView:
@@ -94,7 +96,7 @@ class BudgetView:
         if self._admin is not None and who.virtual_key:
             try:
                 everything = chain(await self._admin.budget_records(who.token, who.end_user))
-                usable = await self._usable(who.token, free=refusal is not None)
+                usable = await self._usable(who.token, everything, refusal)
             except LookupFailed as exc:
                 event(log, logging.WARNING, "budget_view_incomplete", reason=str(exc), key=who.label)
         levels = tuple(level for level in everything if level.name in _OWN_LEVELS)
@@ -116,10 +118,15 @@ class BudgetView:
             "usable_models": usable,
         }
 
-    async def _usable(self, token: str, free: bool) -> list[str]:
+    async def _usable(self, token: str, levels: tuple[Level, ...], refusal: Refusal | None) -> list[str]:
+        """What LiteLLM serves the caller now, as discovery lists it (``policy.usable``): every model it
+        may access, else the free ones, or none where its spent level refuses free models too."""
         assert self._admin is not None
+        spent = (refusal.level, *(level.name for level in levels if level.spent)) if refusal else ()
+        release = await self._admin.release() if asks_version(spent) else None
         catalog, access = await self._admin.access(token)
-        return [name for name in catalog.names if access.allows(name) and (not free or catalog.is_free(name))]
+        admits = usable(spent, release).admits(catalog.is_free, access.allows)
+        return [name for name in catalog.names if admits(name)]
 
 
 async def _send_answer(send: Send, answer: Answer) -> None:

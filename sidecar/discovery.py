@@ -11,14 +11,17 @@
    - ``blocked``: LiteLLM's answer as it is;
    - ``all``: everything the caller may access - LiteLLM's answer where it gave one, else rescued
      (``access.py``, cut from the admin's view of the same route by ``shapes.py``);
-   - ``free_only``: only the zero-cost models the caller may access (``catalog.py``) - LiteLLM's own answer
-     with the paid entries removed, in its exact shape, or rescued where it refused (``/v2/model/info``,
-     whose pages and counts LiteLLM computes over every model, is always rendered from the admin's view).
-   Such answers carry ``x-sidecar-budget-exceeded: true``, ``x-sidecar-policy`` and
+   - ``free_only``: only the models LiteLLM serves the caller now (``policy.usable``): the zero-cost ones
+     it may access (``catalog.py``), or none where its spent level refuses free models too on this LiteLLM
+     (``rules.py``) - LiteLLM's own answer with the other entries removed, in its exact shape, or rescued
+     where it refused (``/v2/model/info``, whose pages and counts LiteLLM computes over every model, is
+     always rendered from the admin's view).
+   Such answers carry ``x-sidecar-budget-exceeded: true``, ``x-sidecar-policy``,
    ``x-sidecar-budget-scope`` (``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
-   ``org`` or ``unknown``). Where LiteLLM's refusal is a phantom (its records show that level within
-   budget, ``litellm/levels.py``) the answer follows it all the same - paid models fail for that caller
-   right now - and carries ``x-sidecar-budget-phantom: true``.
+   ``org`` or ``unknown``) and ``x-sidecar-budget-usable`` (``free`` or ``none``). Where LiteLLM's refusal
+   is a phantom (its records show that level within budget, ``litellm/levels.py``) the answer follows it
+   all the same - paid models fail for that caller right now - and carries ``x-sidecar-budget-phantom:
+   true``.
 3. If the caller's budget state or model scope cannot be established - no virtual key where one is
    needed (JWT, OAuth), a failed look-up, an unknown special model name - LiteLLM's answer goes back
    unchanged and the reason is logged.
@@ -37,6 +40,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -56,7 +60,8 @@ from sidecar.litellm.budget import (
 from sidecar.litellm.budget_errors import BudgetLevel, Reading
 from sidecar.litellm.credentials import caller_key, key_label
 from sidecar.litellm.levels import BudgetState
-from sidecar.litellm.policy import Action, Marks, Outcome, Policy, decide
+from sidecar.litellm.policy import Action, Marks, Outcome, Policy, Usable, asks_version, decide, spent_levels
+from sidecar.litellm.rules import Release
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.forwarding import reply_headers
@@ -156,6 +161,7 @@ class Discovery:
             refusal=reading.refusal,
             verdict=verdict,
             state=state,
+            release=await self._release(state, reading),
         )
         if outcome.action is Action.PASS and not outcome.unknown:  # most answers: nothing to carry out
             return _listed(asked, route, from_list)
@@ -179,6 +185,14 @@ class Discovery:
             return self._budget.not_admitted(who)
         # First seen, and admitted: the probe after LiteLLM's answer, never for a stranger.
         return await self._budget.state(who, self.probe(scope))
+
+    async def _release(self, state: BudgetState | None, reading: Reading) -> Release | None:
+        """LiteLLM's version, looked up (cached) only where what a spent caller may use depends on it."""
+        if self._admin is None or not self._policy.asks_budget:
+            return None
+        if not asks_version(spent_levels(state, reading.refusal)):
+            return None
+        return await self._admin.release()
 
     def probe(self, scope: Scope) -> Probe:
         """LiteLLM's probe route asked with the caller's own headers: its enforced budget state."""
@@ -204,22 +218,24 @@ class Discovery:
         """The answer for ``outcome``; when it cannot be carried out, LiteLLM's (``Outcome.failed``)."""
         try:
             if outcome.rendered:
-                status, payload = await self._rendering(route, scope, who)
+                status, payload = await self._rendering(route, scope, who, outcome.usable)
                 return outcome, _json_answer(status, payload, reply_headers(asked.headers, outcome.marks))
             if outcome.action is Action.FILTER:
-                return outcome, await self._cut(route, asked, from_list, outcome.marks)
+                return outcome, await self._cut(route, asked, from_list, outcome)
         except (AccessUnknown, LookupFailed, shapes.BadQuery, UnknownShape) as exc:
             outcome = outcome.failed(str(exc), _FAIL_REASONS[type(exc)])
         return outcome, _marked(_listed(asked, route, from_list), outcome.marks)
 
-    async def _cut(self, route: DiscoveryRoute, asked: Answer, from_list: bool, marks: Marks) -> Answer:
-        """LiteLLM's own answer with only the free models left, in its exact shape."""
+    async def _cut(self, route: DiscoveryRoute, asked: Answer, from_list: bool, outcome: Outcome) -> Answer:
+        """LiteLLM's own answer with only the models LiteLLM serves the caller now left (the free ones, or
+        none), in its exact shape."""
         catalog = await self._lookups().catalog()
         body = asked.json()
         if not _has_shape(route, body, from_list):
             raise UnknownShape("LiteLLM's answer has an unknown shape")
-        status, payload = _filtered(route, body, catalog.is_free, from_list)
-        return _json_answer(status, payload, reply_headers(asked.headers, marks))
+        kept = outcome.usable.admits(catalog.is_free, _any)
+        status, payload = _filtered(route, body, kept, from_list)
+        return _json_answer(status, payload, reply_headers(asked.headers, outcome.marks))
 
     def _report(
         self, outcome: Outcome, route: DiscoveryRoute, scope: Scope, state: BudgetState | None, status: int
@@ -258,7 +274,7 @@ class Discovery:
         return self._admin
 
     async def _rendering(
-        self, route: DiscoveryRoute, scope: Scope, who: Principal | None
+        self, route: DiscoveryRoute, scope: Scope, who: Principal | None, usable: Usable
     ) -> tuple[int, bytes]:
         """The answer rendered from the admin's view for this caller (cached per key and request)."""
         self._lookups()
@@ -268,19 +284,20 @@ class Discovery:
             raise AccessUnknown(NOT_A_VIRTUAL_KEY)
         token = who.token
         anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
-        request = (token, route.kind, route.model_id, scope["query_string"], anthropic)
-        return await self.rendered.get(request, lambda: self._rendered(route, scope, token, anthropic))
+        request = (token, route.kind, route.model_id, scope["query_string"], anthropic, usable)
+        rendering = partial(self._rendered, route, scope, token, anthropic, usable)
+        return await self.rendered.get(request, rendering)
 
     async def _rendered(
-        self, route: DiscoveryRoute, scope: Scope, token: str, anthropic: bool
+        self, route: DiscoveryRoute, scope: Scope, token: str, anthropic: bool, usable: Usable
     ) -> tuple[int, bytes]:
-        status, payload = await self._render(route, scope, anthropic, await self._visible(token))
+        status, payload = await self._render(route, scope, anthropic, await self._visible(token, usable))
         return status, json.dumps(payload, separators=(",", ":")).encode()
 
-    async def _visible(self, token: str) -> Callable[[str], bool]:
+    async def _visible(self, token: str, usable: Usable) -> Callable[[str], bool]:
         assert self._admin is not None
         catalog, access = await self._admin.access(token)
-        return self._policy.visible(catalog.is_free, access.allows)
+        return self._policy.visible(catalog.is_free, access.allows, usable)
 
     async def _render(
         self, route: DiscoveryRoute, scope: Scope, anthropic: bool, visible: Callable[[str], bool]
@@ -303,6 +320,10 @@ class Discovery:
 
 
 _ANSWERED = Reading.of(200, None)
+
+
+def _any(name: str) -> bool:
+    return True
 
 
 def _reading(answer: Answer) -> Reading:

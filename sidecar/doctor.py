@@ -51,6 +51,8 @@ from sidecar.litellm.budget import PROBE_ROUTE
 from sidecar.litellm.budget_errors import BudgetLevel, Reading, error_of
 from sidecar.litellm.credentials import key_hash, key_label
 from sidecar.litellm.levels import Finding, Level, Verdict, chain, graced, judge
+from sidecar.litellm.policy import usable
+from sidecar.litellm.rules import release_of
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, load_settings
 
@@ -79,6 +81,7 @@ class Diagnosis:
     verdict: Finding
     reason: str
     models: dict[str, list[str]]
+    usable: dict[str, Any]  # what LiteLLM serves the key now: its class (``policy.Usable``) and the models
     policies: dict[str, Any]
     advice: list[str] = field(default_factory=list)
     waited: float = 0.0  # seconds spent waiting for the records to agree
@@ -99,6 +102,7 @@ class Diagnosis:
             "refused": self.refused,
             "levels": self.levels,
             "models": self.models,
+            "usable": self.usable,
             "policies": self.policies,
             "advice": self.advice,
         }
@@ -274,6 +278,10 @@ async def _diagnose(
     listed = await _ask(caller, "/v1/models", headers, url)
     accessible = [name for name in catalog.names if access.allows(name)]
     free = [name for name in accessible if catalog.is_free(name)]
+    # What LiteLLM serves the key now, as discovery and the budget view decide it (``policy.usable``).
+    spent_at = (refusal.level, *(level.name for level in levels if level.spent)) if refusal else ()
+    now = usable(spent_at, release_of(version))
+    admits = now.admits(catalog.is_free, access.allows)
 
     if refusal is not None:
         first = judge(refusal, levels)
@@ -300,9 +308,10 @@ async def _diagnose(
         verdict=verdict,
         reason=reason,
         models={"accessible": accessible, "free": free},
+        usable={"now": now, "models": [name for name in accessible if admits(name)]},
         policies={
             "all": accessible,
-            "free_only": free if refusal is not None else accessible,
+            "free_only": [name for name in accessible if admits(name)],
             "blocked": _litellms_answer(listed),
         },
         disagree=disagree,
@@ -373,11 +382,6 @@ def _figure(value: float | None) -> str:
     return "no figure" if value is None else f"{value:g}"
 
 
-def _release(version: str | None) -> tuple[int, int, int] | None:
-    found = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
-    return None if found is None else (int(found[1]), int(found[2]), int(found[3]))
-
-
 def counter_name(level: Level, token: str) -> str:
     """The name of LiteLLM's spend counter that enforces ``level`` (``proxy_server.py``)."""
     if level.name == BudgetLevel.KEY:
@@ -389,7 +393,7 @@ def counter_name(level: Level, token: str) -> str:
 
 def phantom_advice(version: str | None, level: Level, token: str) -> list[str]:
     """What clears a phantom at ``level`` on that LiteLLM, and which settings govern its counters."""
-    release = _release(version)
+    release = release_of(version)
     before_188 = release is not None and release < (1, 88, 0)
     modern = release is not None and release >= (1, 106, 0)
     counter = counter_name(level, token)
@@ -482,6 +486,10 @@ def render(d: Diagnosis) -> str:
     lines += ["", *_wrap(f"verdict: {d.verdict.upper()} - {d.reason}", "", "  "), ""]
     lines.append(f"models it may access: {', '.join(d.models['accessible']) or 'none'}")
     lines.append(f"  of which free: {', '.join(d.models['free']) or 'none'}")
+    lines.append(
+        f"  usable now ({d.usable['now']}): {', '.join(d.usable['models']) or 'none'}"
+        + (" - LiteLLM refuses free models too at this level" if d.usable["now"] == "none" else "")
+    )
     lines.append("what each policy answers on /v1/models:")
     lines.append(f"  all:       {', '.join(d.policies['all']) or 'none'}")
     lines.append(f"  free_only: {', '.join(d.policies['free_only']) or 'none'}")

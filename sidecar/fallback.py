@@ -41,8 +41,9 @@ from urllib.parse import parse_qsl, urlencode
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import Principal, principal_of
-from sidecar.litellm.budget_errors import BUDGET_STATUSES, Refusal, error_of
-from sidecar.litellm.policy import EXCEEDED
+from sidecar.litellm.budget_errors import BUDGET_STATUSES, BudgetLevel, Refusal, error_of
+from sidecar.litellm.policy import EXCEEDED, LEVEL, asks_version
+from sidecar.litellm.policy import usable as now
 from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.upstream import SMALL_ANSWER, Answer, Hold, Upstream
@@ -110,7 +111,7 @@ class Fallback:
         await self._upstream.pass_through(scope, _replay_bytes(body, receive), send, first.hold)
         if first.refusal is None:
             return  # LiteLLM answered with no budget refusal: it went to the caller as it came
-        plan = await self._plan(scope, body)
+        plan = await self._plan(scope, body, first.refusal)
         del body
         if plan is None:
             await first.release()
@@ -129,9 +130,9 @@ class Fallback:
         """For a WebSocket handshake LiteLLM refused for budget, the same handshake with the free model
         its ``model`` query parameter maps to, if the caller may use it."""
         admin = self._admin
-        budget = (EXCEEDED, b"true") in refused.headers or Refusal.read(refused.status, refused.body)
+        refusal = Refusal.read(refused.status, refused.body) or _marked(refused)
         who = principal_of(scope)
-        if not self._mapping or admin is None or not budget or who is None or not who.virtual_key:
+        if not self._mapping or admin is None or refusal is None or who is None or not who.virtual_key:
             return None
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         models = [value for name, value in query if name == "model"]
@@ -139,7 +140,7 @@ class Fallback:
             return None
         model = models[0]
         target = self._mapping.get(model, self._mapping.get("*"))
-        if target is None or target == model or not await self._may_use(admin, who, model, target):
+        if target is None or target == model or not await self._may_use(admin, who, model, target, refusal):
             return None
         again = urlencode([(name, target if name == "model" else value) for name, value in query])
 
@@ -159,7 +160,7 @@ class Fallback:
         marks = [(FROM_HEADER, self._shown(model).encode()), (MODEL_HEADER, target.encode())]
         return Detour({**scope, "query_string": again.encode("latin-1")}, marks, ended)
 
-    async def _plan(self, scope: Scope, body: bytes) -> _Plan | None:
+    async def _plan(self, scope: Scope, body: bytes, refusal: Refusal) -> _Plan | None:
         """The retry for a request LiteLLM refused for budget, if it may fall back.
 
         What needs no parse is checked first; the body is parsed only then, once, for its model and for
@@ -175,7 +176,9 @@ class Fallback:
         if request is None or not isinstance(model, str):
             return None
         target = self._mapping.get(model, self._mapping.get("*"))
-        if target is None or target == model or not await self._may_use(admin, who, model, target):
+        if target is None or target == model:
+            return None
+        if not await self._may_use(admin, who, model, target, refusal):
             return None
         request["model"] = target
         return _Plan(model, target, json.dumps(request, separators=(",", ":")).encode())
@@ -212,13 +215,18 @@ class Fallback:
         """The mapping's key that applies to ``model``: the metric's label (never a caller's free text)."""
         return model if model in self._mapping else "*"
 
-    async def _may_use(self, admin: AdminLookups, who: Principal, model: str, target: str) -> bool:
-        """Only to a free model the caller may access: LiteLLM's catalog and the caller's access say."""
+    async def _may_use(
+        self, admin: AdminLookups, who: Principal, model: str, target: str, refusal: Refusal
+    ) -> bool:
+        """Only to a model LiteLLM serves the caller now, as discovery lists it (``policy.usable``): a free
+        one it may access - none where the refusing level refuses free models too on this LiteLLM."""
+        spent = (refusal.level,)
+        release = await admin.release() if asks_version(spent) else None
         try:
             catalog, allowed = await admin.access(who.token)
         except LookupFailed:
             return False
-        usable = catalog.is_free(target) and allowed.allows(target)
+        usable = now(spent, release).admits(catalog.is_free, allowed.allows)(target)
         if not usable:
             self._metrics.fallbacks.labels(self._rule(model), target, "not_allowed").inc()
             event(
@@ -227,7 +235,8 @@ class Fallback:
                 "fallback_refused",
                 target=target,
                 key=who.label,
-                reason="the target is not free or not among the models this caller may access",
+                reason="the target is not among the models LiteLLM serves this caller now: not free, not "
+                "among those it may access, or its spent level refuses free models too",
             )
         return usable
 
@@ -372,3 +381,16 @@ def _with_length(scope: Scope, length: int) -> Scope:
 def _label(scope: Scope) -> str | None:
     who = principal_of(scope)
     return who.label if who is not None else None
+
+
+def _marked(answer: Answer) -> Refusal | None:
+    """The refusal an answer the sidecar marked stands for (LiteLLM refuses a spent caller's WebSocket
+    handshake with an empty 403, which names nothing): the level its marks name."""
+    headers = dict(answer.headers)
+    if headers.get(EXCEEDED) != b"true":
+        return None
+    try:
+        level = BudgetLevel(headers.get(LEVEL, b"").decode("latin-1"))
+    except ValueError:
+        level = BudgetLevel.UNKNOWN
+    return Refusal(answer.status, level, None)

@@ -89,8 +89,11 @@ class Models(NamedTuple):
         """The models ``principal`` may access: all of them, unless its key is restricted."""
         return self.all if ACCESS[principal] == ALL_MODELS else ACCESS[principal]
 
-    def expected(self, principal: str, policy: str) -> list[str]:
-        """What a rescued answer lists for ``principal`` under ``policy`` (``all`` or ``free_only``)."""
+    def expected(self, principal: str, policy: str, version: str | None = None) -> list[str]:
+        """What a rescued answer lists for ``principal`` under ``policy`` (``all`` or ``free_only``) on
+        LiteLLM ``version``: under ``free_only`` what LiteLLM serves it now (``expected_models``)."""
+        if policy == "free_only" and (version, principal) in FREE_REFUSED:
+            return []
         return [m for m in self.access(principal) if policy == "all" or m in self.free]
 
 

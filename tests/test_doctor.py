@@ -65,7 +65,11 @@ def test_a_genuinely_spent_key_is_consistent_and_exits_0(
         "accessible": expected_models(principal, "all"),
         "free": expected_models(principal, "free_only"),
     }
-    assert found["policies"]["free_only"] == expected_models(principal, "free_only")
+    assert found["policies"]["free_only"] == expected_models(principal, "free_only", version)
+    assert found["usable"] == {
+        "now": "free" if expected_models(principal, "free_only", version) else "none",
+        "models": expected_models(principal, "free_only", version),
+    }
     assert found["policies"]["all"] == expected_models(principal, "all")
     if (version, principal) in NOT_RECORDED:
         assert (code, found["verdict"], found["exit_code"]) == (2, "unknown", 2)

@@ -13,7 +13,16 @@ import pytest
 
 from sidecar.litellm.budget_errors import UNNAMED, BudgetLevel, Refusal
 from sidecar.litellm.levels import NOT_ADMITTED, BudgetState, Finding, Source, Spent, Verdict
-from sidecar.litellm.policy import Action, Outcome, Policy, decide, phantom_marks
+from sidecar.litellm.policy import (
+    Action,
+    Outcome,
+    Policy,
+    Usable,
+    asks_version,
+    decide,
+    phantom_marks,
+    usable,
+)
 
 ALL, FREE_ONLY, BLOCKED = Policy.ALL, Policy.FREE_ONLY, Policy.BLOCKED
 PASS, BLOCK, MARK, FILTER, RESCUE = Action.PASS, Action.BLOCK, Action.MARK, Action.FILTER, Action.RESCUE
@@ -40,11 +49,14 @@ EXCEEDED = (b"x-sidecar-budget-exceeded", b"true")
 PHANTOM_MARK = (b"x-sidecar-budget-phantom", b"true")
 
 
-def marks(policy: str, level: str, *more: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
+def marks(
+    policy: str, level: str, *more: tuple[bytes, bytes], usable: str = "free"
+) -> tuple[tuple[bytes, bytes], ...]:
     return (
         EXCEEDED,
         (b"x-sidecar-policy", policy.encode()),
         (b"x-sidecar-budget-scope", level.encode()),
+        (b"x-sidecar-budget-usable", usable.encode()),
         *more,
     )
 
@@ -116,7 +128,9 @@ def test_the_outcome_of_each_situation(
     rendered: bool,
     marked: tuple[tuple[bytes, bytes], ...],
 ) -> None:
-    outcome = decide(policy, cuttable=cuttable, status=status, refusal=refusal, verdict=verdict, state=state)
+    outcome = decide(
+        policy, cuttable=cuttable, status=status, refusal=refusal, verdict=verdict, state=state, release=V110
+    )
     assert (outcome.action, outcome.level, outcome.rendered) == (action, level, rendered)
     assert outcome.marks == marked
 
@@ -187,6 +201,102 @@ def test_a_refusal_naming_no_level_is_named_in_one_place(
     [(ALL, True, ["free", "paid"]), (FREE_ONLY, True, ["free"]), (BLOCKED, False, ["free", "paid"])],
 )
 def test_what_each_policy_asks_and_shows(policy: Policy, asks: bool, shown: list[str]) -> None:
-    visible = policy.visible(lambda name: name == "free", lambda name: name != "denied")
+    visible = policy.visible(lambda name: name == "free", lambda name: name != "denied", Usable.FREE)
     assert policy.asks_budget is asks
     assert [name for name in ("free", "paid", "denied") if visible(name)] == shown
+    none = policy.visible(lambda name: name == "free", lambda name: name != "denied", Usable.NONE)
+    assert [name for name in ("free", "paid", "denied") if none(name)] == (
+        [] if policy is FREE_ONLY else shown
+    )
+
+
+V83, V88, V106, V110 = (1, 83, 3), (1, 88, 6), (1, 106, 2), (1, 110, 2)
+USER, END_USER, TEAM = BudgetLevel.USER, BudgetLevel.END_USER, BudgetLevel.TEAM
+# What a caller spent at these levels may use on that LiteLLM (``None``: a version the sidecar could not
+# read: any version's refusal counts). Measured by the harness (its README, "free chat" per principal).
+USABLE: list[tuple[tuple[BudgetLevel, ...], Any, Usable]] = [
+    ((), V88, Usable.ALL),
+    ((), None, Usable.ALL),
+    ((TEAM,), V88, Usable.FREE),
+    ((TEAM,), None, Usable.FREE),
+    ((USER,), V83, Usable.FREE),
+    ((USER,), V88, Usable.NONE),
+    ((USER,), V106, Usable.FREE),
+    ((USER,), V110, Usable.FREE),
+    ((USER,), None, Usable.NONE),
+    ((END_USER,), V83, Usable.NONE),
+    ((END_USER,), V88, Usable.NONE),
+    ((END_USER,), V106, Usable.FREE),
+    ((END_USER,), V110, Usable.FREE),
+    ((END_USER,), None, Usable.NONE),
+    ((TEAM, USER), V88, Usable.NONE),  # one level that refuses free models is enough
+    ((BudgetLevel.UNKNOWN,), V88, Usable.FREE),
+    ((UNNAMED,), V88, Usable.FREE),
+]
+
+
+@pytest.mark.parametrize(("levels", "release", "expected"), USABLE)
+def test_what_a_spent_caller_may_use_now(
+    levels: tuple[BudgetLevel, ...], release: Any, expected: Usable
+) -> None:
+    now = usable(levels, release)
+    assert now is expected
+    admits = now.admits(lambda name: name.startswith("free"), lambda name: name != "free-denied")
+    shown = [name for name in ("free", "free-2", "free-denied", "paid") if admits(name)]
+    assert (
+        shown
+        == {Usable.ALL: ["free", "free-2", "paid"], Usable.FREE: ["free", "free-2"], Usable.NONE: []}[now]
+    )
+    assert asks_version(levels) is any(level in (USER, END_USER) for level in levels)
+
+
+OVER_USER = BudgetState((Spent(USER, Source.ENFORCED), Spent(USER, Source.RECORDED)), verdict=SPENT)
+USER_REFUSAL = Refusal(429, USER, "ExceededBudget: User=u over budget. Spend=2, Budget=1", 2.0, 1.0)
+END_USER_REFUSAL = Refusal(
+    400, END_USER, "ExceededBudget: End User=e over budget. Spend=2, Budget=1", 2.0, 1.0
+)
+
+
+# A caller at a level that refuses free models too: ``free_only`` lists none (an empty list in LiteLLM's
+# shape, marked), ``all`` lists everything and says none is usable now; on versions that serve free models
+# to that level, the free ones.
+# policy, status, refusal, state, release -> action, rendered, marks
+SPENT_FREE_TOO: list[tuple[Any, ...]] = [
+    (FREE_ONLY, 200, None, OVER_USER, V88, FILTER, False, marks("free_only", "user", usable="none")),
+    (FREE_ONLY, 200, None, OVER_USER, V110, FILTER, False, marks("free_only", "user")),
+    (FREE_ONLY, 200, None, OVER_USER, None, FILTER, False, marks("free_only", "user", usable="none")),
+    (ALL, 200, None, OVER_USER, V88, MARK, False, marks("all", "user", usable="none")),
+    (ALL, 200, None, OVER_USER, V106, MARK, False, marks("all", "user")),
+    (FREE_ONLY, 429, USER_REFUSAL, OVER_USER, V88, RESCUE, True, marks("free_only", "user", usable="none")),
+    (
+        FREE_ONLY,
+        400,
+        END_USER_REFUSAL,
+        WITHIN,
+        V83,
+        RESCUE,
+        True,
+        marks("free_only", "end_user", usable="none"),
+    ),
+    (ALL, 400, END_USER_REFUSAL, None, V83, RESCUE, True, marks("all", "end_user", usable="none")),
+    (BLOCKED, 400, END_USER_REFUSAL, None, V83, BLOCK, False, ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "refusal", "state", "release", "action", "rendered", "marked"), SPENT_FREE_TOO
+)
+def test_a_level_that_refuses_free_models_too_lists_none_as_usable(
+    policy: Policy,
+    status: int,
+    refusal: Refusal | None,
+    state: BudgetState | None,
+    release: Any,
+    action: Action,
+    rendered: bool,
+    marked: tuple[tuple[bytes, bytes], ...],
+) -> None:
+    outcome = decide(
+        policy, cuttable=True, status=status, refusal=refusal, verdict=None, state=state, release=release
+    )
+    assert (outcome.action, outcome.rendered, outcome.marks) == (action, rendered, marked)

@@ -32,9 +32,16 @@ A ``pass`` whose budget state could not be established says why (``unknown``). W
 carried out - the caller's access or the catalog cannot be looked up, LiteLLM's answer has an unknown
 shape - it fails towards LiteLLM's answer (``Outcome.failed``): unchanged but for the phantom mark.
 
+What a spent caller may use now (``usable``): the free models it may access - or none, where a level it
+is spent at refuses zero-cost models too on this LiteLLM (``rules.RULES``; ``release``, LiteLLM's version,
+is looked up only for such levels, ``asks_version``). ``free_only`` lists exactly those (``Usable.admits``:
+possibly an empty list, in LiteLLM's shape); ``all`` lists everything the caller may access and says which
+class is usable in a mark. The budget view, ``doctor`` and the fallback ask the same ``usable``.
+
 The marks (``Outcome.marks``): a marked, filtered or rescued answer carries ``x-sidecar-budget-exceeded:
-true``, ``x-sidecar-policy`` and ``x-sidecar-budget-scope`` (the spent level: ``key``, ``key_window``,
-``team``, ``team_member``, ``user``, ``end_user``, ``org`` or ``unknown``); any answer that follows a
+true``, ``x-sidecar-policy``, ``x-sidecar-budget-scope`` (the spent level: ``key``, ``key_window``,
+``team``, ``team_member``, ``user``, ``end_user``, ``org`` or ``unknown``) and ``x-sidecar-budget-usable``
+(``free`` or ``none``: which of the models it may access LiteLLM serves it now); any answer that follows a
 phantom refusal (LiteLLM's records show that level within budget) carries ``x-sidecar-budget-phantom:
 true`` - a blocked or failed one too, and a refusal on a passed-through call (``phantom_marks``).
 """
@@ -42,11 +49,12 @@ true`` - a blocked or failed one too, and a refusal on a passed-through call (``
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from sidecar.litellm.budget_errors import BudgetLevel, Refusal
 from sidecar.litellm.levels import BudgetState, Finding, Verdict
+from sidecar.litellm.rules import Release, refuses_free, version_matters
 
 Marks = tuple[tuple[bytes, bytes], ...]
 Visible = Callable[[str], bool]
@@ -54,6 +62,7 @@ Visible = Callable[[str], bool]
 EXCEEDED = b"x-sidecar-budget-exceeded"
 POLICY = b"x-sidecar-policy"
 LEVEL = b"x-sidecar-budget-scope"  # the spent level; the header's name is older than the word
+USABLE = b"x-sidecar-budget-usable"  # which of the listed models LiteLLM serves the caller now
 PHANTOM = (b"x-sidecar-budget-phantom", b"true")
 
 
@@ -69,12 +78,54 @@ class Policy(enum.StrEnum):
         """Whether discovery establishes a caller's budget state: ``blocked`` answers as LiteLLM does."""
         return self is not Policy.BLOCKED
 
-    def visible(self, is_free: Visible, allowed: Visible) -> Visible:
+    def visible(self, is_free: Visible, allowed: Visible, usable: Usable) -> Visible:
         """Which models an answer rendered for a caller over budget shows: those it may access, and under
-        ``free_only`` only the free ones among them."""
+        ``free_only`` only those LiteLLM serves it now (``usable``)."""
         if self is Policy.FREE_ONLY:
-            return lambda name: is_free(name) and allowed(name)
+            return usable.admits(is_free, allowed)
         return allowed
+
+
+class Usable(enum.StrEnum):
+    """Which of the models a caller may access LiteLLM serves it now: the value of the
+    ``x-sidecar-budget-usable`` mark, the budget view's ``usable_models``, the ``free_only`` list."""
+
+    ALL = "all"  # within budget: every model it may access
+    FREE = "free"  # spent: the zero-cost ones (LiteLLM skips its budget checks for them)
+    NONE = "none"  # spent at a level that refuses zero-cost models too, on this LiteLLM (``rules.RULES``)
+
+    def admits(self, is_free: Visible, allowed: Visible) -> Visible:
+        """The models of this class among those the caller may access."""
+        if self is Usable.ALL:
+            return allowed
+        if self is Usable.FREE:
+            return lambda name: is_free(name) and allowed(name)
+        return _nothing
+
+
+def _nothing(name: str) -> bool:
+    return False
+
+
+def usable(spent: Iterable[BudgetLevel], release: Release | None) -> Usable:
+    """What a caller spent at the levels ``spent`` (none: within budget) may use on LiteLLM ``release``
+    (``None``: unknown, answered conservatively by ``rules.refuses_free``)."""
+    levels = list(spent)
+    if not levels:
+        return Usable.ALL
+    return Usable.NONE if any(refuses_free(level, release) for level in levels) else Usable.FREE
+
+
+def spent_levels(state: BudgetState | None, refusal: Refusal | None) -> tuple[BudgetLevel, ...]:
+    """Every level a caller is spent at, as far as it is known: its state's, and the refusal's."""
+    levels = tuple(s.level for s in state.spent) if state is not None else ()
+    return (*levels, refusal.level) if refusal is not None else levels
+
+
+def asks_version(levels: Iterable[BudgetLevel]) -> bool:
+    """Whether what a caller spent at ``levels`` may use depends on LiteLLM's version: only then is it
+    looked up."""
+    return any(version_matters(level) for level in levels)
 
 
 class Action(enum.StrEnum):
@@ -98,6 +149,7 @@ class Outcome:
     level: BudgetLevel | None = None  # the spent level; None within budget
     phantom: bool = False
     rendered: bool = False  # rendered from the admin's view rather than cut from LiteLLM's answer
+    usable: Usable = Usable.ALL  # which of the caller's models LiteLLM serves it now
     verdict: Verdict | None = None
     unknown: str = ""  # ``pass``: why the budget state could not be established
     reason: str = ""  # ``fail``: why the outcome decided could not be carried out
@@ -109,7 +161,8 @@ class Outcome:
         if self.action not in _MARKED:
             return phantom
         level = (self.level or BudgetLevel.UNKNOWN).encode()
-        return ((EXCEEDED, b"true"), (POLICY, self.policy.value.encode()), (LEVEL, level), *phantom)
+        policy, usable = self.policy.value.encode(), self.usable.value.encode()
+        return ((EXCEEDED, b"true"), (POLICY, policy), (LEVEL, level), (USABLE, usable), *phantom)
 
     def failed(self, reason: str, cause: str) -> Outcome:
         """This outcome, not carried out: LiteLLM's answer instead."""
@@ -124,13 +177,16 @@ def decide(
     refusal: Refusal | None,
     verdict: Verdict | None,
     state: BudgetState | None,
+    release: Release | None = None,
 ) -> Outcome:
-    """The outcome for one discovery answer (the table above)."""
+    """The outcome for one discovery answer (the table above); ``release``: LiteLLM's version, where what
+    a spent caller may use depends on it (``asks_version``)."""
     if refusal is not None:
         level = (state or BudgetState()).named(refusal.level, verdict)
         phantom = verdict is not None and verdict.verdict == Finding.PHANTOM
         action = Action.BLOCK if policy is Policy.BLOCKED else Action.RESCUE
-        return Outcome(action, policy, level, phantom, action is Action.RESCUE, verdict)
+        now = usable(spent_levels(state, refusal), release)
+        return Outcome(action, policy, level, phantom, action is Action.RESCUE, now, verdict)
     if state is None:
         return _PASS[policy]
     if not state.known and state.admitted:
@@ -141,7 +197,8 @@ def decide(
         action, rendered = Action.MARK, False
     else:
         action, rendered = Action.FILTER, not cuttable
-    return Outcome(action, policy, state.level, state.phantom, rendered, state.verdict)
+    now = usable(spent_levels(state, None), release)
+    return Outcome(action, policy, state.level, state.phantom, rendered, now, state.verdict)
 
 
 _PASS = {policy: Outcome(Action.PASS, policy) for policy in Policy}  # the most common outcome, made once

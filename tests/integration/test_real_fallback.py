@@ -99,6 +99,10 @@ def fallbacks(litellm: LiteLLM, url: str) -> list[dict[str, Any]]:
     return [line for line in litellm.sidecar_log(url) if line.get("event") == "fallback"]
 
 
+def fallbacks_refused(litellm: LiteLLM, url: str) -> list[dict[str, Any]]:
+    return [line for line in litellm.sidecar_log(url) if line.get("event") == "fallback_refused"]
+
+
 def next_fallback(litellm: LiteLLM, url: str, before: int) -> dict[str, Any]:
     """The ``fallback`` line after the first ``before``: written once the answer is sent, so it may come
     a moment after the client has read the end of a stream."""
@@ -129,12 +133,21 @@ def test_a_refused_paid_request_falls_back_to_the_free_model(
     with made(litellm.url, credentials("KEY_HEALTHY", litellm.keys)) as client:
         _, free_model, free_text = ask(client, "free-model", stream)
     assert free_text, (route, stream)
+    refused_before = len(fallbacks_refused(litellm, url))
     try:
         with made(url, credentials(principal, litellm.keys)) as client:
             raw, model, text = ask(client, "paid-model", stream)
     except API_ERRORS as exc:
         raw = None
         assert (exc.status_code, exc.response.content) == (paid.status_code, paid.content)  # the original
+    if not allowed:  # e.g. LiteLLM 1.88 refuses a spent user even free models: the sidecar knows it
+        # (rules.RULES) and does not try - the original refusal, and a fallback_refused line
+        assert raw is None
+        assert len(fallbacks(litellm, url)) == before
+        assert [line["target"] for line in fallbacks_refused(litellm, url)[refused_before:]] == ["free-model"]
+        key = f"{litellm.version} fallback {route} {principal} {'sse' if stream else 'json'}"
+        REPORT[key] = f"not tried (free models refused at this level): original {paid.status_code}"
+        return
     line = next_fallback(litellm, url, before)
     assert (line["model"], line["target"]) == ("paid-model", "free-model")
     if raw is not None:
@@ -149,7 +162,5 @@ def test_a_refused_paid_request_falls_back_to_the_free_model(
         failed = f"{line['retry_status']} {line['retry_error']}"
         outcome = f"retry admitted, failed {failed}: original {paid.status_code}"
     REPORT[f"{litellm.version} fallback {route} {principal} {'sse' if stream else 'json'}"] = outcome
-    if allowed:  # LiteLLM lets this caller use the free model: the free model's answer, on every route
-        assert raw is not None, outcome
-    else:  # e.g. LiteLLM 1.88 refuses a spent user even free models: the original refusal
-        assert raw is None and line["retry_budget_refusal"], outcome
+    # LiteLLM lets this caller use the free model: the free model's answer, on every route
+    assert raw is not None, outcome

@@ -78,7 +78,7 @@ def test_openai_client_lists_and_retrieves(litellm: LiteLLM, principal: str, pol
         direct_ids = None
     listed = [m.id for m in through.models.list()]
     if policy == "free_only":  # the same on every version, refused by LiteLLM or listed by it
-        assert listed == MODELS.expected(principal, "free_only")
+        assert listed == MODELS.expected(principal, "free_only", litellm.version)
     elif direct_ids is None:  # all: rescued
         assert listed == MODELS.expected(principal, "all")
     else:  # all, blocked: LiteLLM's own list
@@ -110,7 +110,7 @@ def test_each_discovery_route(litellm: LiteLLM, principal: str, policy: str) -> 
         assert answer.headers["x-sidecar-budget-scope"] == SCOPE[principal], route
         names = [entry[field] for entry in answer.json()["data"]]
         if policy == "free_only" or direct_is_budget_error(direct):
-            assert names == MODELS.expected(principal, policy), route
+            assert names == MODELS.expected(principal, policy, litellm.version), route
         else:  # all, and LiteLLM listed the models itself: its answer, marked
             assert answer.content == direct.content, route
         assert litellm.master_key not in answer.text
@@ -324,7 +324,7 @@ def test_each_caller_sees_its_own_budget(litellm: LiteLLM, principal: str) -> No
         assert (view["verdict"], view["refused"], view["usable_models"]) == ("within", None, MODELS.all)
         return
     assert view["refused"]["scope"] in (SCOPE[principal], "key")  # <= 1.88 names no level for a member
-    assert view["usable_models"] == MODELS.expected(principal, "free_only")
+    assert view["usable_models"] == MODELS.expected(principal, "free_only", litellm.version)
     blocking = [level for level in view["levels"] if level["blocking"]]
     if hidden:
         assert (view["verdict"], blocking) == ("unknown", [])
@@ -360,7 +360,7 @@ def test_the_doctor_finds_each_genuinely_spent_key_consistent(litellm: LiteLLM, 
         return
     assert found["models"]["accessible"] == MODELS.expected(principal, "all")
     assert found["refused"]["scope"] in (SCOPE[principal], "key")  # <= 1.88 names no level for a member
-    assert found["policies"]["free_only"] == MODELS.expected(principal, "free_only")
+    assert found["policies"]["free_only"] == MODELS.expected(principal, "free_only", litellm.version)
     if not unrecorded:
         (level,) = [level for level in found["levels"] if level["blocking"]]
         assert level["scope"] == SCOPE[principal]
