@@ -38,7 +38,7 @@ from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import PROBE_ROUTE, BudgetBook, Principal, principal_of
 from sidecar.litellm.budget_errors import Reading, Refusal
 from sidecar.litellm.levels import Finding, Level, chain
-from sidecar.litellm.policy import asks_version, usable
+from sidecar.litellm.policy import asks_version, spent_models, usable
 from sidecar.litellm.rules import RULES
 from sidecar.logs import event
 from sidecar.proxy.upstream import (
@@ -96,7 +96,7 @@ class BudgetView:
         if self._admin is not None and who.virtual_key:
             try:
                 everything = chain(await self._admin.budget_records(who.token, who.end_user))
-                usable = await self._usable(who.token, everything, refusal)
+                usable = await self._usable(who, everything, refusal)
             except LookupFailed as exc:
                 event(log, logging.WARNING, "budget_view_incomplete", reason=str(exc), key=who.label)
         levels = tuple(level for level in everything if level.name in _OWN_LEVELS)
@@ -118,14 +118,16 @@ class BudgetView:
             "usable_models": usable,
         }
 
-    async def _usable(self, token: str, levels: tuple[Level, ...], refusal: Refusal | None) -> list[str]:
-        """What LiteLLM serves the caller now, as discovery lists it (``policy.usable``): every model it
-        may access, else the free ones, or none where its spent level refuses free models too."""
+    async def _usable(self, who: Principal, levels: tuple[Level, ...], refusal: Refusal | None) -> list[str]:
+        """What LiteLLM serves the caller now, as discovery decides it (``policy.usable``): every model it
+        may access, else the free ones, or none where its spent level refuses free models too - without
+        the models whose own budget a refusal of this caller said is spent (its budget state's)."""
         assert self._admin is not None
         spent = (refusal.level, *(level.name for level in levels if level.spent)) if refusal else ()
         release = await self._admin.release() if asks_version(spent) else None
-        catalog, access = await self._admin.access(token)
-        admits = usable(spent, release).admits(catalog.is_free, access.allows)
+        catalog, access = await self._admin.access(who.token)
+        without = spent_models(self._budget.cached(who), refusal)
+        admits = usable(spent, release).admits(catalog.is_free, access.allows, without)
         return [name for name in catalog.names if admits(name)]
 
 

@@ -17,8 +17,8 @@
      where it refused (``/v2/model/info``, whose pages and counts LiteLLM computes over every model, is
      always rendered from the admin's view).
    Such answers carry ``x-sidecar-budget-exceeded: true``, ``x-sidecar-policy``,
-   ``x-sidecar-budget-scope`` (``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
-   ``org`` or ``unknown``) and ``x-sidecar-budget-usable`` (``free`` or ``none``). Where LiteLLM's refusal
+   ``x-sidecar-budget-scope`` (the spent level, ``rules.BudgetLevel``) and ``x-sidecar-budget-usable``
+   (``free``, ``none`` or ``others``). Where LiteLLM's refusal
    is a phantom (its records show that level within budget, ``litellm/levels.py``) the answer follows it
    all the same - paid models fail for that caller right now - and carries ``x-sidecar-budget-phantom:
    true``.
@@ -218,7 +218,7 @@ class Discovery:
         """The answer for ``outcome``; when it cannot be carried out, LiteLLM's (``Outcome.failed``)."""
         try:
             if outcome.rendered:
-                status, payload = await self._rendering(route, scope, who, outcome.usable)
+                status, payload = await self._rendering(route, scope, who, outcome)
                 return outcome, _json_answer(status, payload, reply_headers(asked.headers, outcome.marks))
             if outcome.action is Action.FILTER:
                 return outcome, await self._cut(route, asked, from_list, outcome)
@@ -233,8 +233,8 @@ class Discovery:
         body = asked.json()
         if not _has_shape(route, body, from_list):
             raise UnknownShape("LiteLLM's answer has an unknown shape")
-        kept = outcome.usable.admits(catalog.is_free, _any)
-        status, payload = _filtered(route, body, kept, from_list)
+        now = outcome.usable.admits(catalog.is_free, _any, outcome.without)
+        status, payload = _filtered(route, body, lambda name: catalog.is_free(name) and now(name), from_list)
         return _json_answer(status, payload, reply_headers(asked.headers, outcome.marks))
 
     def _report(
@@ -274,7 +274,7 @@ class Discovery:
         return self._admin
 
     async def _rendering(
-        self, route: DiscoveryRoute, scope: Scope, who: Principal | None, usable: Usable
+        self, route: DiscoveryRoute, scope: Scope, who: Principal | None, outcome: Outcome
     ) -> tuple[int, bytes]:
         """The answer rendered from the admin's view for this caller (cached per key and request)."""
         self._lookups()
@@ -284,20 +284,28 @@ class Discovery:
             raise AccessUnknown(NOT_A_VIRTUAL_KEY)
         token = who.token
         anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
-        request = (token, route.kind, route.model_id, scope["query_string"], anthropic, usable)
-        rendering = partial(self._rendered, route, scope, token, anthropic, usable)
+        usable, without = outcome.usable, outcome.without
+        request = (token, route.kind, route.model_id, scope["query_string"], anthropic, usable, without)
+        rendering = partial(self._rendered, route, scope, token, anthropic, usable, without)
         return await self.rendered.get(request, rendering)
 
     async def _rendered(
-        self, route: DiscoveryRoute, scope: Scope, token: str, anthropic: bool, usable: Usable
+        self,
+        route: DiscoveryRoute,
+        scope: Scope,
+        token: str,
+        anthropic: bool,
+        usable: Usable,
+        without: frozenset[str],
     ) -> tuple[int, bytes]:
-        status, payload = await self._render(route, scope, anthropic, await self._visible(token, usable))
+        visible = await self._visible(token, usable, without)
+        status, payload = await self._render(route, scope, anthropic, visible)
         return status, json.dumps(payload, separators=(",", ":")).encode()
 
-    async def _visible(self, token: str, usable: Usable) -> Callable[[str], bool]:
+    async def _visible(self, token: str, usable: Usable, without: frozenset[str]) -> Callable[[str], bool]:
         assert self._admin is not None
         catalog, access = await self._admin.access(token)
-        return self._policy.visible(catalog.is_free, access.allows, usable)
+        return self._policy.visible(catalog.is_free, access.allows, usable, without)
 
     async def _render(
         self, route: DiscoveryRoute, scope: Scope, anthropic: bool, visible: Callable[[str], bool]

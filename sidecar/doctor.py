@@ -51,7 +51,7 @@ from sidecar.litellm.budget import PROBE_ROUTE
 from sidecar.litellm.budget_errors import BudgetLevel, Reading, error_of
 from sidecar.litellm.credentials import key_hash, key_label
 from sidecar.litellm.levels import Finding, Level, Verdict, chain, graced, judge
-from sidecar.litellm.policy import usable
+from sidecar.litellm.policy import spent_models, usable
 from sidecar.litellm.rules import release_of
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings, SettingsError, load_settings
@@ -281,7 +281,7 @@ async def _diagnose(
     # What LiteLLM serves the key now, as discovery and the budget view decide it (``policy.usable``).
     spent_at = (refusal.level, *(level.name for level in levels if level.spent)) if refusal else ()
     now = usable(spent_at, release_of(version))
-    admits = now.admits(catalog.is_free, access.allows)
+    admits = now.admits(catalog.is_free, access.allows, spent_models(None, refusal))
 
     if refusal is not None:
         first = judge(refusal, levels)

@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, urlencode
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import Principal, principal_of
 from sidecar.litellm.budget_errors import BUDGET_STATUSES, BudgetLevel, Refusal, error_of
-from sidecar.litellm.policy import EXCEEDED, LEVEL, asks_version
+from sidecar.litellm.policy import EXCEEDED, LEVEL, asks_version, spent_models
 from sidecar.litellm.policy import usable as now
 from sidecar.logs import event
 from sidecar.metrics import Metrics
@@ -226,7 +226,8 @@ class Fallback:
             catalog, allowed = await admin.access(who.token)
         except LookupFailed:
             return False
-        usable = now(spent, release).admits(catalog.is_free, allowed.allows)(target)
+        admits = now(spent, release).admits(catalog.is_free, allowed.allows, spent_models(None, refusal))
+        usable = catalog.is_free(target) and admits(target)
         if not usable:
             self._metrics.fallbacks.labels(self._rule(model), target, "not_allowed").inc()
             event(

@@ -18,6 +18,7 @@ from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, VERSIONS, FakeLiteLLM, load_recordings
 from tests.seeded import BROKE, END_USER_BROKE, FREE_MODELS, SCOPE
 from tests.test_budget import events, refusal_of
+from tests.test_operations import metric
 
 PAID_CHAT = {"model": "paid-model", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 PAID_STREAM = {**PAID_CHAT, "stream": True}
@@ -309,3 +310,37 @@ def test_a_new_phantom_is_unknown_until_it_has_lasted_the_grace(
             f"recorded spend below max_budget for {lasted:.0f} s so far: LiteLLM writes spend in batches; "
             f"phantom after {grace:g} s"
         )
+
+
+def test_a_per_model_budget_is_named_with_its_model_and_only_that_model_drops_out(
+    fake: FakeLiteLLM, sidecar: SidecarFactory, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key whose own budget for ``paid-model`` is spent (``model_max_budget``, licensed: from LiteLLM's
+    source, proxy/hooks/model_max_budget_limiter.py:921-922 in 1.110.2): LiteLLM refuses that model and
+    serves every other. The refusal names the level ``model`` and the model; discovery, the budget view
+    and the metric follow it from the refusal alone - no look-up per model."""
+    fake.use_version("1.110.2")
+    token = key_hash(KEYS["KEY_HEALTHY"])
+    message = f"LiteLLM Virtual Key: {token}, key_alias: None, exceeded budget for model=paid-model"
+    refusal = {"error": {"message": message, "type": "budget_exceeded", "param": None, "code": "422"}}
+    fake.answer("POST", "/v1/chat/completions", 422, refusal)
+    url = sidecar(policy="all")
+    with caplog.at_level(logging.INFO, logger="sidecar.litellm.budget"):
+        refused = client.post(url + "/v1/chat/completions", headers=bearer("KEY_HEALTHY"), json=PAID_CHAT)
+    assert (refused.status_code, refused.json()) == (422, refusal)  # LiteLLM's refusal, unchanged
+    (line,) = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "budget_refusal"]
+    assert (line["scope"], line["model"], line["verdict"]) == ("model", "paid-model", "unknown")
+    text = client.get(url + "/sidecar/metrics").text
+    assert metric(text, 'sidecar_budget_refusals_total{scope="model",verdict="unknown"}') == 1
+    listed = client.get(url + "/v1/models", headers=bearer("KEY_HEALTHY"))
+    direct = client.get(fake.url + "/v1/models", headers=bearer("KEY_HEALTHY"))
+    assert listed.content == direct.content  # under all: LiteLLM's own list, marked
+    assert listed.headers["x-sidecar-budget-scope"] == "model"
+    assert listed.headers["x-sidecar-budget-usable"] == "others"
+    view = client.get(url + "/sidecar/v1/budget", headers=bearer("KEY_HEALTHY")).json()
+    assert view["usable_models"] == [m for m in json_ids(direct) if m != "paid-model"]
+    assert not [s for s in fake.admin_requests() if "paid-model" in s.target]
+
+
+def json_ids(answer: httpx.Response) -> list[str]:
+    return [entry["id"] for entry in answer.json()["data"]]

@@ -300,3 +300,63 @@ def test_a_level_that_refuses_free_models_too_lists_none_as_usable(
         policy, cuttable=True, status=status, refusal=refusal, verdict=None, state=state, release=release
     )
     assert (outcome.action, outcome.rendered, outcome.marks) == (action, rendered, marked)
+
+
+MODEL = BudgetLevel.MODEL
+MODEL_REFUSAL = Refusal(
+    422, MODEL, "LiteLLM Team: t, exceeded budget for model=paid-model", model="paid-model"
+)
+OVER_MODEL = BudgetState((Spent(MODEL, Source.SEEN, model="paid-model"),))
+OVER_MODEL_AND_TEAM = BudgetState((Spent(MODEL, Source.SEEN, model="free-2"), Spent(TEAM, Source.ENFORCED)))
+MODELS = ("free", "free-2", "paid", "paid-model")
+
+
+# A per-model budget refuses its model only (proxy/hooks/model_max_budget_limiter.py): the caller may use
+# every other model - under ``free_only`` the free ones - known from the refusal, with no look-up per model.
+# policy, status, refusal, state -> action, marks, what ``free_only`` renders / ``usable`` admits
+PER_MODEL: list[tuple[Any, ...]] = [
+    (
+        FREE_ONLY,
+        200,
+        None,
+        OVER_MODEL,
+        FILTER,
+        marks("free_only", "model", usable="others"),
+        ["free", "free-2"],
+    ),
+    (ALL, 200, None, OVER_MODEL, MARK, marks("all", "model", usable="others"), ["free", "free-2", "paid"]),
+    (
+        ALL,
+        422,
+        MODEL_REFUSAL,
+        WITHIN,
+        RESCUE,
+        marks("all", "model", usable="others"),
+        ["free", "free-2", "paid"],
+    ),
+    # with another level spent too (named: the wider one): the free models, but not the one whose own budget
+    # is spent
+    (FREE_ONLY, 200, None, OVER_MODEL_AND_TEAM, FILTER, marks("free_only", "team", usable="free"), ["free"]),
+]
+
+
+@pytest.mark.parametrize(("policy", "status", "refusal", "state", "action", "marked", "shown"), PER_MODEL)
+def test_a_per_model_budget_takes_only_its_model_out(
+    policy: Policy,
+    status: int,
+    refusal: Refusal | None,
+    state: BudgetState,
+    action: Action,
+    marked: tuple[tuple[bytes, bytes], ...],
+    shown: list[str],
+) -> None:
+    outcome = decide(
+        policy, cuttable=True, status=status, refusal=refusal, verdict=None, state=state, release=V88
+    )
+    assert (outcome.action, outcome.marks) == (action, marked)
+    is_free, allowed = (lambda name: name.startswith("free")), (lambda name: True)
+    if policy is FREE_ONLY:
+        visible = policy.visible(is_free, allowed, outcome.usable, outcome.without)
+    else:
+        visible = outcome.usable.admits(is_free, allowed, outcome.without)
+    assert [name for name in MODELS if visible(name)] == shown

@@ -95,19 +95,43 @@ MESSAGES = {
     BudgetLevel.USER: "ExceededBudget: User=user-broke over budget. Spend=0.02, Budget=0.01",
     BudgetLevel.END_USER: "ExceededBudget: End User=end-user-broke over budget. Spend=0.02, Budget=0.01",
     BudgetLevel.ORG: "Budget has been exceeded! Organization=org-broke Current cost: 0.18, Max budget: 0.01",
+    # From the source only (licensed, or not seeded by the harness): each quotes the line its row cites.
+    # proxy/hooks/model_max_budget_limiter.py:921-922 (1.110.2)
+    BudgetLevel.MODEL: "LiteLLM Virtual Key: 9f86d0, key_alias: None, exceeded budget for model=paid-model",
+    # proxy/auth/auth_checks.py:7445
+    BudgetLevel.PROJECT: "Budget has been exceeded! Project=p1 Current cost: 2.0, Max budget: 1.0",
+    # proxy/auth/auth_checks.py:7780
+    BudgetLevel.ACCESS_GROUP: "Budget has been exceeded! Model access group=g Current cost: 2, Max budget: 1",
+    # proxy/auth/auth_checks.py:7725
+    BudgetLevel.TAG: "Budget has been exceeded! Tag=batch Current cost: 2.0, Max budget: 1.0",
 }
+# The per-model refusals of every entity (proxy/hooks/model_max_budget_limiter.py:922, 961, 984, 1010, 1028;
+# with ", budget_model=<pattern>" when a pattern's budget is what is spent, :1093-1095).
+MODEL_MESSAGES = [
+    ("LiteLLM Virtual Key: 9f86d0, key_alias: k, exceeded budget for model=paid-model", "paid-model"),
+    ("LiteLLM User: u1, exceeded budget for model=gpt-4o", "gpt-4o"),
+    ("LiteLLM End User: e1, exceeded budget for model=openai/gpt-4o", "openai/gpt-4o"),
+    ("LiteLLM Team: t1, exceeded budget for model=paid-model", "paid-model"),
+    ("LiteLLM Team Member: user=u1, team=t1, exceeded budget for model=paid-model", "paid-model"),
+    ("LiteLLM Team: t1, exceeded budget for model=openai/gpt-4o, budget_model=openai/*", "openai/gpt-4o"),
+]
 
 
 @pytest.mark.parametrize("row", RULES, ids=lambda row: str(row.level))
 def test_each_row_names_its_level_compares_and_cites_its_source(row: Rule) -> None:
     assert RULE[row.level] is row
-    body = {"error": {"message": MESSAGES[row.level], "type": "budget_exceeded"}}
-    assert budget_level(body) == row.level
-    assert row.named in MESSAGES[row.level]
+    if row.named:
+        body = {"error": {"message": MESSAGES[row.level], "type": "budget_exceeded"}}
+        assert budget_level(body) == row.level
+        assert row.named in MESSAGES[row.level]
+    else:  # the proxy's budget: its message names no level, as a key's did up to 1.88
+        body = {"error": {"message": "Budget has been exceeded! Current cost: 2, Max budget: 1", "type": "x"}}
+        assert budget_level(body, unnamed=BudgetLevel.UNNAMED) == BudgetLevel.UNNAMED
     at_budget = Level(row.level, "", 1.0, 1.0)
     assert at_budget.spent is row.at_limit  # ">=" or ">"
     assert Level(row.level, "", 1.5, 1.0).spent
-    assert row.record.startswith("/") and row.record.endswith("/info")
+    assert row.record == "" or (row.record.startswith("/") and row.record.endswith("/info"))
+    assert row.proven is (row.record != "")  # the harness seeds exactly the levels with records
     assert ".py:" in row.source
     assert (row.free_refused is None) is (row.free_source == "")
     assert row.free_refused is None or ".py:" in row.free_source
@@ -121,4 +145,24 @@ def test_the_recorded_messages_name_the_level_their_row_says() -> None:
             refusal = Refusal.of(entry["status"], entry["body"]) if isinstance(entry["body"], dict) else None
             if refusal is not None:
                 named.add(refusal.level)
-    assert named - {BudgetLevel.UNNAMED, BudgetLevel.UNKNOWN} == set(RULE)  # every row, and only rows
+    proven = {level for level, row in RULE.items() if row.proven}
+    assert named - {BudgetLevel.UNNAMED, BudgetLevel.UNKNOWN} == proven  # every proven row, and only rows
+
+
+@pytest.mark.parametrize(("message", "model"), MODEL_MESSAGES)
+def test_a_per_model_refusal_names_the_level_and_the_model(message: str, model: str) -> None:
+    for status, body in [
+        (422, {"error": {"message": message, "type": "budget_exceeded", "param": None, "code": "422"}}),
+        (429, {"error": {"message": f"429: {message}", "type": "None"}}),  # a pre-call hook's HTTPException
+    ]:
+        refusal = Refusal.of(status, body)
+        assert refusal is not None
+        assert (refusal.level, refusal.model, refusal.named) == (BudgetLevel.MODEL, model, "model")
+
+
+def test_a_message_that_only_quotes_the_words_is_no_per_model_refusal() -> None:
+    """An access denial quotes the caller's model name, which may say anything: not a budget refusal."""
+    body = {
+        "error": {"message": "key not allowed to access model=x, exceeded budget for model=y", "type": "x"}
+    }
+    assert Refusal.of(403, body) is None

@@ -115,6 +115,7 @@ class Seen:
 
     level: BudgetLevel  # as the refusal names it: UNNAMED when it names none
     verdict: Verdict | None = None
+    model: str | None = None  # a per-model budget's model, as the refusal names it
 
     @property
     def named(self) -> bool:
@@ -123,9 +124,8 @@ class Seen:
     def over(self, state: BudgetState = WITHIN) -> BudgetState:
         """``state`` with this refusal, seen since it was established (its verdict the newer one)."""
         verdict = self.verdict or state.verdict
-        return BudgetState(
-            (Spent(state.named(self.level, verdict), Source.SEEN), *state.spent), verdict=verdict
-        )
+        seen = Spent(state.named(self.level, verdict), Source.SEEN, model=self.model)
+        return BudgetState((seen, *state.spent), verdict=verdict)
 
 
 PROBE_ROUTE = "/cursor/v1/models"
@@ -136,6 +136,7 @@ _ADMITTED_FOR = 3600.0  # seconds a credential LiteLLM admitted is probed alongs
 # How the sidecar is set up, or a bound it keeps (counted on its own): not a failure of the source.
 _EXPECTED = frozenset({NO_ADMIN, NOT_A_VIRTUAL_KEY, SHED})
 _LOG_EVERY = 60.0
+_SHOWN_LIMIT = 128  # characters of a model name a refusal names, in a log line
 _FORGET = 300.0  # a disagreement not seen again for this long starts over
 Probe = Callable[[], Awaitable[Reading]]
 T = TypeVar("T")
@@ -207,7 +208,7 @@ class BudgetBook:
         """Record a budget refusal LiteLLM sent ``who``; returns the level it names."""
         if who is not None:
             if self.ttl > 0:
-                self._seen.put(who, Seen(refusal.level, verdict), time.monotonic() + self.ttl)
+                self._seen.put(who, Seen(refusal.level, verdict, refusal.model), time.monotonic() + self.ttl)
             self.admit(who)
             self.states.forget(who)
         return Spent(refusal.level, Source.SEEN)
@@ -218,6 +219,8 @@ class BudgetBook:
         self.saw(who, refusal, verdict)
         self._metrics.budget_refusals.labels(verdict.level, verdict.verdict).inc()
         fields: dict[str, Any] = {"route": route, **verdict.fields()}
+        if refusal.model is not None:
+            fields["model"] = refusal.model[:_SHOWN_LIMIT]
         if who is not None and who.label:
             fields["key"] = who.label
         if who is not None and who.end_user is not None:

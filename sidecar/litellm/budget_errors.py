@@ -1,12 +1,14 @@
 """What counts as LiteLLM's "budget exceeded" answer.
 
-LiteLLM signals a spent budget (key, key window, team, team member, user, end user or organisation) with an
-error answer whose status changed across versions: 400 up to 1.84, 429 from 1.85 to 1.100, 422 from 1.106;
-a few paths use 403. The body is ``{"error": {"message": ..., "type": ..., ...}}``; on the Anthropic route
+LiteLLM signals a spent budget (each level of ``rules.RULES``: key, key window, team, team member, user, end
+user, organisation, a per-model budget, project, model access group, tag, the proxy's) with an error answer
+whose status changed across versions: 400 up to 1.84, 429 from 1.85 to 1.100, 422 from 1.106; a few paths
+use 403. The body is ``{"error": {"message": ..., "type": ..., ...}}``; on the Anthropic route
 ``/v1/messages`` LiteLLM 1.110 gives it Anthropic's shape, ``{"type": "error", "error": {"type":
 "invalid_request_error", "message": ..., "litellm_error_type": "budget_exceeded"}}``. Most carry
 ``budget_exceeded`` in ``type`` (or ``litellm_error_type``); some (1.88's user check, "Max budget limit
-reached.") carry ``"None"``, so the message is matched too, against LiteLLM's own wording. Anything
+reached.") carry ``"None"``, so the message is matched too, against LiteLLM's own wording (a per-model
+budget's: "LiteLLM Team: t, exceeded budget for model=gpt-4o"). Anything
 else - a 401 for a bad key, a 403 "access denied", a 5xx, a body that is not JSON - is *not* a budget
 error and is passed through untouched.
 
@@ -35,17 +37,29 @@ BUDGET_STATUSES = frozenset({400, 403, 422, 429})
 # limit reached."). Matched at the start only: an access denial's message quotes the caller's model name,
 # which may say anything.
 _BUDGET_MESSAGES = re.compile(
-    r"\s*(?:\d{3}: )?(?:Budget has been exceeded!|ExceededBudget:|Max budget limit reached\.)"
+    r"\s*(?:\d{3}: )?(?:Budget has been exceeded!|ExceededBudget:|Max budget limit reached\.|"
+    r"LiteLLM (?:Virtual Key|User|End User|Team|Team Member): .*, exceeded budget for model=)"
 )
 
-# Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=.."), as
-# each level's row in ``rules.RULES`` has it; the longest first ("Key over" before "Key").
-_NAMED = {rule.named: rule.level for rule in sorted(RULES, key=lambda rule: -len(rule.named))}
+# Whose budget is spent: the word right after LiteLLM's prefix ("Budget has been exceeded! Team=.."), or
+# for a per-model budget the words before the model ("..., exceeded budget for model=gpt-4o"), as each
+# level's row in ``rules.RULES`` has it; the longest first ("Key over" before "Key").
+_NAMED = {rule.named: rule.level for rule in sorted(RULES, key=lambda rule: -len(rule.named)) if rule.named}
+
+
+def _alternatives(prefixed: bool) -> str:
+    return "|".join(
+        re.escape(rule.named) + (r"\b" if rule.named[-1].isalnum() else "")
+        for rule in sorted(RULES, key=lambda rule: -len(rule.named))
+        if rule.named and rule.prefixed is prefixed
+    )
+
+
 _LEVEL = re.compile(
-    r"(?:Budget has been exceeded!|ExceededBudget:)\s*("
-    + "|".join(re.escape(named) + (r"\b" if named[-1].isalnum() else "") for named in _NAMED)
-    + "|Current cost)"
+    rf"(?:Budget has been exceeded!|ExceededBudget:)\s*({_alternatives(True)}|Current cost)"
+    rf"|({_alternatives(False)})"
 )
+_MODEL = re.compile(r"exceeded budget for model=([^,\s]+)")
 # LiteLLM <= 1.88 names no principal for a key's own budget nor for a team member's: "Current cost: ..."
 UNNAMED = BudgetLevel.UNNAMED
 
@@ -89,13 +103,13 @@ def _message(body: Any) -> str:
 
 
 def budget_level(body: Any, unnamed: BudgetLevel = BudgetLevel.KEY) -> BudgetLevel:
-    """Whose budget is spent - ``key``, ``key_window``, ``team``, ``team_member``, ``user``, ``end_user``,
-    ``org`` - or ``unknown``. A message that names no principal (LiteLLM <= 1.88 for a key's and a team
+    """Whose budget is spent - a level of ``rules.RULES`` (``key``, ``team``, ... ``model``, ``tag``) - or
+    ``unknown``. A message that names no principal (LiteLLM <= 1.88 for a key's and a team
     member's budget) gives ``unnamed``, by default ``key``."""
     match = _LEVEL.search(_message(body))
     if match is None:
         return BudgetLevel.UNKNOWN
-    return _NAMED.get(match.group(1), unnamed)
+    return _NAMED.get(match.group(1) or match.group(2), unnamed)
 
 
 def stated(body: Any) -> tuple[float | None, float | None]:
@@ -117,6 +131,7 @@ class Refusal:
     enforced: float | None = None  # the spend it states: LiteLLM's counter
     budget: float | None = None  # the budget it states
     window: str | None = None  # the key budget window it names ("Key over 1d budget": "1d")
+    model: str | None = None  # the model whose own budget is spent ("exceeded budget for model=gpt-4o")
 
     @classmethod
     def of(cls, status: int, body: Any) -> Refusal | None:
@@ -126,6 +141,7 @@ class Refusal:
         message = _message(body)
         enforced, budget = stated(body)
         window = _WINDOW.search(message)
+        model = _MODEL.search(message)
         return cls(
             status,
             budget_level(body, unnamed=UNNAMED),
@@ -133,6 +149,7 @@ class Refusal:
             enforced,
             budget,
             window.group(1) if window else None,
+            model.group(1) if model else None,
         )
 
     @classmethod

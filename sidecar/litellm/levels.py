@@ -271,6 +271,7 @@ class Spent:
     level: BudgetLevel
     source: Source
     reset_at: str | None = None
+    model: str | None = None  # a per-model budget's model: only that model is refused
 
 
 NOT_ADMITTED = "LiteLLM does not admit the credential"

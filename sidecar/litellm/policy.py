@@ -40,8 +40,9 @@ class is usable in a mark. The budget view, ``doctor`` and the fallback ask the 
 
 The marks (``Outcome.marks``): a marked, filtered or rescued answer carries ``x-sidecar-budget-exceeded:
 true``, ``x-sidecar-policy``, ``x-sidecar-budget-scope`` (the spent level: ``key``, ``key_window``,
-``team``, ``team_member``, ``user``, ``end_user``, ``org`` or ``unknown``) and ``x-sidecar-budget-usable``
-(``free`` or ``none``: which of the models it may access LiteLLM serves it now); any answer that follows a
+``team``, ``team_member``, ``user``, ``end_user``, ``org``, ``model``, ``project``, ``access_group``,
+``tag``, ``proxy`` or ``unknown``) and ``x-sidecar-budget-usable`` (``free``, ``none`` or ``others``: which
+of the models it may access LiteLLM serves it now); any answer that follows a
 phantom refusal (LiteLLM's records show that level within budget) carries ``x-sidecar-budget-phantom:
 true`` - a blocked or failed one too, and a refusal on a passed-through call (``phantom_marks``).
 """
@@ -78,11 +79,15 @@ class Policy(enum.StrEnum):
         """Whether discovery establishes a caller's budget state: ``blocked`` answers as LiteLLM does."""
         return self is not Policy.BLOCKED
 
-    def visible(self, is_free: Visible, allowed: Visible, usable: Usable) -> Visible:
+    def visible(
+        self, is_free: Visible, allowed: Visible, usable: Usable, without: frozenset[str] = frozenset()
+    ) -> Visible:
         """Which models an answer rendered for a caller over budget shows: those it may access, and under
-        ``free_only`` only those LiteLLM serves it now (``usable``)."""
+        ``free_only`` only the free ones LiteLLM serves it now (``usable``, ``without`` the models whose own
+        budget is spent)."""
         if self is Policy.FREE_ONLY:
-            return usable.admits(is_free, allowed)
+            now = usable.admits(is_free, allowed, without)
+            return lambda name: is_free(name) and now(name)
         return allowed
 
 
@@ -91,16 +96,21 @@ class Usable(enum.StrEnum):
     ``x-sidecar-budget-usable`` mark, the budget view's ``usable_models``, the ``free_only`` list."""
 
     ALL = "all"  # within budget: every model it may access
+    OTHERS = "others"  # only per-model budgets spent: every model but those
     FREE = "free"  # spent: the zero-cost ones (LiteLLM skips its budget checks for them)
     NONE = "none"  # spent at a level that refuses zero-cost models too, on this LiteLLM (``rules.RULES``)
 
-    def admits(self, is_free: Visible, allowed: Visible) -> Visible:
-        """The models of this class among those the caller may access."""
-        if self is Usable.ALL:
-            return allowed
-        if self is Usable.FREE:
-            return lambda name: is_free(name) and allowed(name)
-        return _nothing
+    def admits(self, is_free: Visible, allowed: Visible, without: frozenset[str] = frozenset()) -> Visible:
+        """The models of this class among those the caller may access, ``without`` the models whose own
+        budget is spent."""
+        if self is Usable.NONE:
+            return _nothing
+        free = self is Usable.FREE
+
+        def kept(name: str) -> bool:
+            return (not free or is_free(name)) and allowed(name) and name not in without
+
+        return kept
 
 
 def _nothing(name: str) -> bool:
@@ -109,10 +119,12 @@ def _nothing(name: str) -> bool:
 
 def usable(spent: Iterable[BudgetLevel], release: Release | None) -> Usable:
     """What a caller spent at the levels ``spent`` (none: within budget) may use on LiteLLM ``release``
-    (``None``: unknown, answered conservatively by ``rules.refuses_free``)."""
-    levels = list(spent)
+    (``None``: unknown, answered conservatively by ``rules.refuses_free``). A per-model budget refuses its
+    model only (``spent_models``); every other level refuses every paid model."""
+    every = list(spent)
+    levels = [level for level in every if level is not BudgetLevel.MODEL]
     if not levels:
-        return Usable.ALL
+        return Usable.OTHERS if every else Usable.ALL
     return Usable.NONE if any(refuses_free(level, release) for level in levels) else Usable.FREE
 
 
@@ -120,6 +132,15 @@ def spent_levels(state: BudgetState | None, refusal: Refusal | None) -> tuple[Bu
     """Every level a caller is spent at, as far as it is known: its state's, and the refusal's."""
     levels = tuple(s.level for s in state.spent) if state is not None else ()
     return (*levels, refusal.level) if refusal is not None else levels
+
+
+def spent_models(state: BudgetState | None, refusal: Refusal | None) -> frozenset[str]:
+    """The models whose own budget (``model_max_budget``) a refusal of this caller said is spent: known
+    from the refusals themselves, with no look-up per model."""
+    models = {s.model for s in state.spent if s.model is not None} if state is not None else set()
+    if refusal is not None and refusal.model is not None:
+        models.add(refusal.model)
+    return frozenset(models)
 
 
 def asks_version(levels: Iterable[BudgetLevel]) -> bool:
@@ -150,6 +171,7 @@ class Outcome:
     phantom: bool = False
     rendered: bool = False  # rendered from the admin's view rather than cut from LiteLLM's answer
     usable: Usable = Usable.ALL  # which of the caller's models LiteLLM serves it now
+    without: frozenset[str] = frozenset()  # the models whose own budget is spent (per-model budgets)
     verdict: Verdict | None = None
     unknown: str = ""  # ``pass``: why the budget state could not be established
     reason: str = ""  # ``fail``: why the outcome decided could not be carried out
@@ -186,7 +208,8 @@ def decide(
         phantom = verdict is not None and verdict.verdict == Finding.PHANTOM
         action = Action.BLOCK if policy is Policy.BLOCKED else Action.RESCUE
         now = usable(spent_levels(state, refusal), release)
-        return Outcome(action, policy, level, phantom, action is Action.RESCUE, now, verdict)
+        without = spent_models(state, refusal)
+        return Outcome(action, policy, level, phantom, action is Action.RESCUE, now, without, verdict)
     if state is None:
         return _PASS[policy]
     if not state.known and state.admitted:
@@ -197,8 +220,8 @@ def decide(
         action, rendered = Action.MARK, False
     else:
         action, rendered = Action.FILTER, not cuttable
-    now = usable(spent_levels(state, None), release)
-    return Outcome(action, policy, state.level, state.phantom, rendered, now, state.verdict)
+    now, without = usable(spent_levels(state, None), release), spent_models(state, None)
+    return Outcome(action, policy, state.level, state.phantom, rendered, now, without, state.verdict)
 
 
 _PASS = {policy: Outcome(Action.PASS, policy) for policy in Policy}  # the most common outcome, made once

@@ -49,6 +49,11 @@ class BudgetLevel(enum.StrEnum):
     USER = "user"  # the key's user (personal keys)
     END_USER = "end_user"  # the end user (customer) the request names
     ORG = "org"  # the organisation
+    MODEL = "model"  # a per-model budget (model_max_budget of a key, user, end user, team or member)
+    PROJECT = "project"  # the key's project
+    ACCESS_GROUP = "access_group"  # a model access group's budget (LiteLLM >= 1.106)
+    TAG = "tag"  # a request tag's budget
+    PROXY = "proxy"  # the proxy-wide max_budget
     UNKNOWN = "unknown"  # a level the sidecar cannot name
     # A refusal that names no level (LiteLLM <= 1.88: "Current cost: ..." for a key's or a team member's
     # budget): resolved against the caller's chain (``levels.BudgetState.named``), never shown.
@@ -71,13 +76,18 @@ class Rule:
     """One budget level as LiteLLM enforces it."""
 
     level: BudgetLevel
-    named: str  # how LiteLLM's refusal names it, right after "Budget has been exceeded!"/"ExceededBudget:"
-    record: str  # the admin route whose answer records it (``levels.chain`` reads it)
+    # How LiteLLM's refusal names it: right after "Budget has been exceeded!"/"ExceededBudget:", or, where
+    # ``prefixed`` is false, anywhere in a budget refusal's message; "": it names none.
+    named: str
+    record: str  # the admin route whose answer records it (``levels.chain`` reads it); "": none read
     at_limit: bool  # spent at max_budget already (``>=``); else only past it (``>``)
     own: bool  # LiteLLM shows that record to the caller's own key (the budget view shows it)
     source: str  # where LiteLLM builds the refusal and compares (1.110.2 unless said)
     free_refused: Versions | None = None  # versions on which it refuses zero-cost models too
     free_source: str = ""  # why, in LiteLLM's source (the module docstring has the whole story)
+    prefixed: bool = True
+    licence: str = ""  # where LiteLLM asks for an enterprise licence to set such a budget; "": it does not
+    proven: bool = True  # recognised on real LiteLLM (the integration suite); else from its source only
 
 
 _AUTH = "proxy/auth/auth_checks.py"
@@ -144,6 +154,63 @@ RULES: tuple[Rule, ...] = (
         True,
         False,
         f'{_AUTH}:7653 "Budget has been exceeded! Organization=" (1.88.6:4254, 1.83.3:3466)',
+        licence="from 1.106 (the harness cannot make one there; measured)",
+    ),
+    # Per-model budgets: checked for the requested model only, so only that model is spent; a zero-cost
+    # model skips every budget check. LiteLLM names the model, not the level word the others use.
+    Rule(
+        BudgetLevel.MODEL,
+        ", exceeded budget for model=",
+        "",
+        True,
+        False,
+        'proxy/hooks/model_max_budget_limiter.py:922,961,984,1010,1028 "LiteLLM Virtual Key|User|End User|'
+        'Team|Team Member: ..., exceeded budget for model=<model>", compared at :1090 (1.88.6:81,136)',
+        prefixed=False,
+        licence="for a key: proxy/management_endpoints/key_management_endpoints.py:8570 (measured: 1.88.6, "
+        "1.110.2)",
+        proven=False,
+    ),
+    Rule(
+        BudgetLevel.PROJECT,
+        "Project=",
+        "",
+        True,
+        False,
+        f'{_AUTH}:7445 "Budget has been exceeded! Project=", compared at :7423 (1.88.6:4063, 1.83.3:3284)',
+        proven=False,
+    ),
+    Rule(
+        BudgetLevel.ACCESS_GROUP,
+        "Model access group=",
+        "",
+        True,
+        False,
+        f'{_AUTH}:7780 "Budget has been exceeded! Model access group=", compared at :7775 (1.106.2:6915, '
+        "1.109.1:7820; none before 1.106)",
+        proven=False,
+    ),
+    Rule(
+        BudgetLevel.TAG,
+        "Tag=",
+        "",
+        False,
+        False,
+        f'{_AUTH}:7725 "Budget has been exceeded! Tag=", compared at :7720 (1.88.6:4312, 1.83.3:3518)',
+        proven=False,
+    ),
+    # The proxy-wide budget's refusal names no level ("Budget has been exceeded! Current cost: ...",
+    # exceptions.py:1147, the default message of BudgetExceededError), as a key's or a team member's did up
+    # to 1.88: it is read as theirs (``levels.BudgetState.named``).
+    Rule(
+        BudgetLevel.PROXY,
+        "",
+        "",
+        False,
+        False,
+        f"{_AUTH}:946 _global_proxy_budget_check, spend > max_budget; exceptions.py:1147 (1.88.6:356; "
+        "1.83.3:319)",
+        proven=False,
     ),
 )
 RULE = {rule.level: rule for rule in RULES}
