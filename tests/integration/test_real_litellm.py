@@ -123,12 +123,13 @@ def test_v2_pages_are_consistent(litellm: LiteLLM) -> None:
         targets = [f"/v2/model/info?page={p}&size=2" for p in (1, 2, 3)]
         # refused by LiteLLM or paged by it over every model: recut over the caller's free models
         pages = [httpx.get(url + target, headers=headers).json() for target in targets]
-        assert [[d["model_name"] for d in page["data"]] for page in pages] == [
-            ["free-model", "free-model-2"],
-            ["free-embedding", "realtime-model"],
-            [],
-        ]
-        assert {(p["total_count"], p["total_pages"], p["size"]) for p in pages} == {(4, 2, 2)}
+        # none where LiteLLM refuses the caller free models too (1.88.6's user)
+        free = MODELS.expected(principal, "free_only", litellm.version)
+        assert free in (MODELS.free, [])
+        assert [[d["model_name"] for d in page["data"]] for page in pages] == [free[:2], free[2:4], []]
+        assert {(p["total_count"], p["total_pages"], p["size"]) for p in pages} == {
+            (len(free), -(-len(free) // 2), 2)
+        }
         assert [p["current_page"] for p in pages] == [1, 2, 3]
 
 
