@@ -129,7 +129,8 @@ def test_the_demo_shows_each_answer_with_the_sidecars_headers_and_stops_everythi
     assert "its admin credential: a read-only proxy_admin_viewer key, not the master key" in out
     rows = [line.split() for line in out.splitlines()]
     free_only = "models, free_only 429 budget_exceeded 200 free-model, free-model-2, free-embedding"
-    assert (free_only + " budget-exceeded=true policy=free_only budget-scope=team").split() in rows
+    marks = " budget-exceeded=true policy=free_only budget-scope=team budget-usable=free"
+    assert (free_only + marks).split() in rows
     assert ["chat", "paid-model", "429", "budget_exceeded", "429", "budget_exceeded", "-"] in rows
     assert run.state is not None, out[-3000:]
     assert not run.state.exists(), f"the demo left its state dir {run.state}"
