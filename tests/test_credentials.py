@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from sidecar.litellm import credentials
+from sidecar.litellm.budget import principal_of
 from sidecar.litellm.credentials import caller_key, end_user_of
 
 
@@ -92,3 +93,13 @@ def test_the_operators_user_header_mappings_come_after_the_standard_headers(mapp
 
 def test_without_the_setting_a_mapped_header_names_no_one() -> None:
     assert end_user_of(request(("x-openwebui-user-id", "u1"))) is None
+
+
+def test_a_principals_label_is_its_keys_label_and_reveals_neither_key_nor_token() -> None:
+    key = "sk-label-0000000000"
+    who = principal_of({"type": "http", "headers": [(b"authorization", b"Bearer " + key.encode())]})
+    assert who is not None
+    label = credentials.key_label(key)
+    assert who.label == label  # what the logs say of a principal is what doctor says of its key
+    assert len(label) == 12 and int(label, 16) >= 0
+    assert label not in key and label not in who.token and label not in credentials.key_hash(key)

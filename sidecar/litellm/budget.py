@@ -59,7 +59,7 @@ from typing import Any, NamedTuple, TypeVar
 from sidecar.cache import Recent, SingleFlightCache
 from sidecar.litellm.admin import SHED, AdminLookups, LookupFailed
 from sidecar.litellm.budget_errors import UNNAMED, BudgetLevel, Reading, Refusal
-from sidecar.litellm.credentials import caller, key_hash, key_label
+from sidecar.litellm.credentials import caller, key_hash, token_label
 from sidecar.litellm.levels import (
     NOT_ADMITTED,
     PHANTOM_AFTER,
@@ -89,13 +89,16 @@ class Principal(NamedTuple):
     """One caller as LiteLLM budgets it: its credential's hash and the end user it names.
 
     A tuple, not a dataclass: it is made for every discovery request and keys the budget caches, and a
-    tuple's hash and equality run in C (a dataclass's are Python functions, a few per request). The label
-    is part of equality, harmlessly: it is a function of the same credential as the token."""
+    tuple's hash and equality run in C (a dataclass's are Python functions, a few per request)."""
 
     token: str  # SHA-256 of the credential; LiteLLM's token when ``virtual_key``
     virtual_key: bool  # an ``sk-`` key LiteLLM's admin API can be asked about
     end_user: str | None = None
-    label: str = ""  # ``key_label`` of the credential, for logs
+
+    @property
+    def label(self) -> str:
+        """``key_label`` of the credential, for logs: made when a line is written, not per request."""
+        return token_label(self.token)
 
 
 def principal_of(scope: Scope) -> Principal | None:
@@ -103,7 +106,7 @@ def principal_of(scope: Scope) -> Principal | None:
     key, end_user = caller(scope)
     if key is None:
         return None
-    return Principal(key_hash(key), key.startswith("sk-"), end_user, key_label(key))
+    return Principal(key_hash(key), key.startswith("sk-"), end_user)
 
 
 WITHIN = BudgetState()

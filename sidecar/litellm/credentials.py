@@ -114,8 +114,14 @@ def key_hash(key: str) -> str:
 
 def key_label(key: str) -> str:
     """A short, non-reversible label for logs: 12 hex digits of a hash distinct from LiteLLM's token."""
+    return token_label(key_hash(key))
+
+
+def token_label(token: str) -> str:
+    """``key_label`` of the key whose ``key_hash`` is ``token``: a hash of the token (so that a label is
+    made only when a line is written, from what a principal keeps), never the token itself."""
     digest = _LABEL.copy()
-    digest.update(key.encode("utf-8"))
+    digest.update(token.encode("ascii"))
     return digest.hexdigest()[:12]
 
 
