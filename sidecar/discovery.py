@@ -161,7 +161,7 @@ class Discovery:
             refusal=reading.refusal,
             verdict=verdict,
             state=state,
-            release=await self._release(state, reading),
+            release=await self._release(state, reading) if _spent(state, reading) else None,
         )
         if outcome.action is Action.PASS and not outcome.unknown:  # most answers: nothing to carry out
             return _listed(asked, route, from_list)
@@ -340,6 +340,11 @@ def _reading(answer: Answer) -> Reading:
         return _ANSWERED  # the same for every 200: no refusal, past the budget checks
     body = answer.json(limit=SMALL_ANSWER) if 400 <= answer.status < 500 else None
     return Reading.of(answer.status, body)
+
+
+def _spent(state: BudgetState | None, reading: Reading) -> bool:
+    """Whether the caller is spent at some level, as far as is known (most are not: nothing to look up)."""
+    return reading.refusal is not None or (state is not None and bool(state.spent))
 
 
 def _as_probe(reading: Reading) -> Probe:
