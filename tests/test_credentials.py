@@ -103,3 +103,29 @@ def test_a_principals_label_is_its_keys_label_and_reveals_neither_key_nor_token(
     assert who.label == label  # what the logs say of a principal is what doctor says of its key
     assert len(label) == 12 and int(label, 16) >= 0
     assert label not in key and label not in who.token and label not in credentials.key_hash(key)
+
+
+# LiteLLM's user_api_key_auth_websocket (user_api_key_auth.py:1361 @1.110.2, :267 @1.83.3):
+#     authorization = websocket.headers.get("authorization")
+#     if not authorization:
+#         api_key = websocket.headers.get("api-key")
+#         if not api_key:  # ... protocol.startswith("openai-insecure-api-key.")
+#     else:
+#         if not authorization.startswith("Bearer "): ... 403 "Invalid Authorization header format"
+WEBSOCKET_KEYS = [
+    ([(b"authorization", b"Bearer sk-a"), (b"api-key", b"sk-b")], "sk-a"),
+    ([(b"authorization", b"Basic sk-a"), (b"api-key", b"sk-b")], None),  # refused, api-key not tried
+    ([(b"api-key", b"sk-b"), (b"sec-websocket-protocol", b"openai-insecure-api-key.sk-c")], "sk-b"),
+    ([(b"sec-websocket-protocol", b"realtime, openai-insecure-api-key.sk-c")], "sk-c"),
+    ([(b"sec-websocket-protocol", b"realtime")], None),
+    ([(b"x-litellm-api-key", b"Bearer sk-d")], None),  # read over HTTP, not on a WebSocket
+]
+
+
+@pytest.mark.parametrize(("headers", "key"), WEBSOCKET_KEYS)
+def test_a_websocket_handshakes_key_is_read_as_litellms_websocket_auth_reads_it(
+    headers: list[tuple[bytes, bytes]], key: str | None
+) -> None:
+    scope = {"type": "websocket", "headers": headers, "query_string": b""}
+    assert credentials.caller(scope)[0] == key
+    assert (principal_of(scope) is None) == (key is None)

@@ -458,7 +458,12 @@ class RealtimeLiteLLM:
             return
         await receive()
         headers = dict(scope["headers"])
+        # LiteLLM's WebSocket auth (user_api_key_auth_websocket): Authorization, else api-key, else the
+        # browser's openai-insecure-api-key.<key> subprotocol.
+        protocols = headers.get(b"sec-websocket-protocol", b"").decode().split(",")
+        browser = [p.strip().removeprefix("openai-insecure-api-key.") for p in protocols if "api-key." in p]
         key = headers.get(b"authorization", b"").removeprefix(b"Bearer ").decode()
+        key = key or headers.get(b"api-key", b"").decode() or (browser[0] if browser else "")
         model = dict(parse_qsl(scope["query_string"].decode())).get("model")
         self.asked.append(f"{model} {scope['query_string'].decode()}")
         refused_too = model == "free-model" and key == KEYS["KEY_KEY_BROKE"]  # a retry LiteLLM refuses
@@ -499,6 +504,25 @@ def test_a_spent_callers_refused_handshake_is_marked_and_counted(
     assert metric(text, 'sidecar_budget_refusals_total{scope="team",verdict="spent"}') == 1
     with connect(ws(url) + "/v1/realtime?model=realtime-model", additional_headers=spent) as caller:
         assert json.loads(caller.recv())["type"] == "session.created"  # the free model: served
+
+
+def test_a_browser_callers_refused_handshake_is_marked_too(sidecar: SidecarFactory, realtime: str) -> None:
+    """A browser cannot set headers on a WebSocket: its key rides in a subprotocol, where LiteLLM reads it
+    (``openai-insecure-api-key.<key>``), and so does the sidecar; an Azure client's ``api-key`` alike."""
+    url = sidecar(upstream_url=realtime)
+    browser = cast(Any, ["realtime", f"openai-insecure-api-key.{KEYS['KEY_KEY_BROKE']}"])
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", subprotocols=browser)
+    answer = refused.value.response
+    assert (answer.status_code, answer.body) == (403, b"")
+    assert (answer.headers["x-sidecar-budget-exceeded"], answer.headers["x-sidecar-budget-scope"]) == (
+        "true",
+        "key",
+    )
+    azure = {"api-key": KEYS["KEY_TEAM_BROKE"]}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=azure)
+    assert refused.value.response.headers["x-sidecar-budget-scope"] == "team"
 
 
 def test_a_refused_handshake_within_budget_is_not_marked(sidecar: SidecarFactory, realtime: str) -> None:

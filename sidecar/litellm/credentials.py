@@ -14,6 +14,11 @@ not see: the rows below are LiteLLM's own, read from its source on every version
   discovery), pass-through endpoints' own headers, and ``general_settings.litellm_key_header_name`` (an
   operator setting the sidecar does not read: a deployment using it is seen as sending no key, so its
   discovery is LiteLLM's own answer).
+- **The key of a WebSocket handshake** (``user_api_key_auth_websocket``: UAKA:267 @1.83.3, :370 @1.88.6,
+  :707 @1.106.2, :1298 @1.109.1, :1361 @1.110.2) is read by a rule of its own, ``websocket_key``:
+  ``Authorization`` (only as ``Bearer <key>``; any other scheme is refused, later sources not tried), else
+  ``api-key``, else the browser's ``openai-insecure-api-key.<key>`` subprotocol; the other headers are not
+  read there.
 - **The end user** (``get_end_user_id_from_request_body``, ``proxy/auth/auth_utils.py``:770 @1.83.3,
   :1173 @1.88.6, :1709 @1.106.2, :1961 @1.109.1, :1996 @1.110.2): ``x-litellm-customer-id`` *before*
   ``x-litellm-end-user-id`` (``STANDARD_CUSTOMER_ID_HEADERS``, ``constants.py``:1257 @1.83.3 ... :1733
@@ -75,8 +80,31 @@ def _credential_headers(scope: Scope) -> dict[bytes, bytes]:
 def caller(scope: Scope) -> tuple[str | None, str | None]:
     """The key and the end user LiteLLM reads from this request (``caller_key``, ``end_user_of``)."""
     headers = _credential_headers(scope)
-    key = _key(headers)
+    key = _key(headers) if scope.get("type") != "websocket" else websocket_key(scope)
     return key, (_end_user(scope, headers) if key is not None else None)
+
+
+_SUBPROTOCOL = "openai-insecure-api-key."
+
+
+def websocket_key(scope: Scope) -> str | None:
+    """The key LiteLLM reads from a WebSocket handshake (its own rule: see above), or ``None``."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in (b"authorization", b"api-key", b"sec-websocket-protocol") and name not in found:
+            found[name] = value
+    authorization = found.get(b"authorization", b"").decode("latin-1")
+    if authorization:
+        key = authorization[len("Bearer ") :].strip() if authorization.startswith("Bearer ") else ""
+        return key or None
+    api_key = found.get(b"api-key", b"").decode("latin-1")
+    if api_key:
+        return api_key
+    for protocol in found.get(b"sec-websocket-protocol", b"").decode("latin-1").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(_SUBPROTOCOL):
+            return protocol[len(_SUBPROTOCOL) :] or None
+    return None
 
 
 def caller_key(scope: Scope) -> str | None:
