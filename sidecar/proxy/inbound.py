@@ -182,7 +182,8 @@ class _HeadHeld:
         held = self._held
         if held:
             self._held = b""
-            self._transport.write(held)
+            if not self._transport.is_closing():  # the caller may have gone meanwhile: nothing to say
+                self._transport.write(held)
 
     def close(self) -> None:
         self._release()
