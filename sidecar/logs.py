@@ -51,6 +51,16 @@ def _no_websocket_access(record: logging.LogRecord) -> bool:
     return not (isinstance(record.msg, str) and record.msg.startswith(_WEBSOCKET_ACCESS))
 
 
+def _no_websocket_frames(record: logging.LogRecord) -> bool:
+    """uvicorn's WebSocket protocol logs every handshake header and frame at DEBUG (``< authorization:
+    Bearer sk-...``, ``> TEXT ...``): raw keys, and callers' messages. Never written."""
+    return not (
+        record.levelno <= logging.DEBUG
+        and isinstance(record.msg, str)
+        and record.msg.startswith(("< ", "> "))
+    )
+
+
 def configure(level: str) -> None:
     """Send the sidecar's and uvicorn's logs to stderr as JSON lines at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -63,9 +73,11 @@ def configure(level: str) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.error").addFilter(_aborted_on_purpose)
     logging.getLogger("uvicorn.error").addFilter(_no_websocket_access)
+    logging.getLogger("uvicorn.error").addFilter(_no_websocket_frames)
     logging.getLogger("uvicorn.access").disabled = True
-    # httpx logs every request URL at INFO; admin look-up URLs carry a key's LiteLLM token hash.
-    for name in ("httpx", "httpcore"):
+    # httpx logs every request URL at INFO; admin look-up URLs carry a key's LiteLLM token hash. The
+    # websockets client towards LiteLLM logs the handshake's headers (the caller's key) and frames at DEBUG.
+    for name in ("httpx", "httpcore", "websockets"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 

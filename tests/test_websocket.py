@@ -538,11 +538,16 @@ def test_a_refused_handshake_within_budget_is_not_marked(sidecar: SidecarFactory
     assert "sidecar_budget_refusals_total{" not in text
 
 
-def test_the_log_has_one_line_per_socket_without_keys_or_queries(fake: FakeLiteLLM, tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_the_log_has_one_line_per_socket_without_keys_or_queries(
+    fake: FakeLiteLLM, tmp_path: Path, level: str
+) -> None:
+    """Not at debug either: uvicorn's WebSocket protocol and the websockets client log every handshake
+    header there (``< authorization: Bearer sk-...``)."""
     with WsUpstream(echo) as upstream:
         port, log = closed_port(), tmp_path / "sidecar.log"
         with log.open("wb") as stderr:
-            env = _env(fake, port=str(port), upstream_url=upstream.url)
+            env = _env(fake, port=str(port), upstream_url=upstream.url, log_level=level)
             proc = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, stderr=stderr)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
