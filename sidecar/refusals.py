@@ -10,8 +10,10 @@ refusal goes on without the mark. Any other answer goes on as it came.
 
 A WebSocket handshake is held the same way (``handshake_hold``), and one more case is looked into: LiteLLM's
 WebSocket auth refuses a spent key on a paid realtime model with ``403`` and an empty body, the very answer
-it gives an unknown key. When the caller's budget state (``BudgetBook.state``, established as for discovery:
-LiteLLM's probe route with the caller's own headers, then its records) says spent, that refusal counts as a
+it gives an unknown key. When the caller's budget state says spent - the state known already, or, for a
+credential LiteLLM admitted lately (``BudgetBook.admitted``: its discovery or a budget refusal of its), one
+established as for discovery: LiteLLM's probe route with the caller's own headers, then its records; never
+for a stranger, whose 403 may be a wrong key - that refusal counts as a
 budget refusal at the spent level - recorded, judged, counted and logged as one - and goes back with
 ``x-sidecar-budget-exceeded: true`` and ``x-sidecar-budget-scope`` (and the phantom mark), its status and
 body unchanged. A caller within budget, or one whose state is not known within ``VERDICT_WAIT``, gets it as
@@ -61,12 +63,19 @@ class Refusals:
             return shown
         if who is None or self._probe is None:
             return answer
-        try:
-            state = await asyncio.wait_for(
-                asyncio.shield(self._budget.state(who, self._probe(scope))), VERDICT_WAIT
-            )
-        except TimeoutError:
-            return answer
+        state = self._budget.cached(who)
+        if state is None:
+            if not self._budget.admitted(who):
+                # A stranger: its empty 403 is as likely a wrong key as a spent one, and asking LiteLLM
+                # would cost it a second authentication per refused handshake (a key lookup per random
+                # key): never for a credential LiteLLM has not admitted lately, as in discovery.
+                return answer
+            try:
+                state = await asyncio.wait_for(
+                    asyncio.shield(self._budget.state(who, self._probe(scope))), VERDICT_WAIT
+                )
+            except TimeoutError:
+                return answer
         if not state.over:
             return answer
         level = state.level

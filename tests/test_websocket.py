@@ -467,7 +467,9 @@ class RealtimeLiteLLM:
         model = dict(parse_qsl(scope["query_string"].decode())).get("model")
         self.asked.append(f"{model} {scope['query_string'].decode()}")
         refused_too = model == "free-model" and key == KEYS["KEY_KEY_BROKE"]  # a retry LiteLLM refuses
-        if model == "not-allowed" or (model == "realtime-paid-model" and key in self.SPENT) or refused_too:
+        wrong_key = key not in KEYS.values()  # the same empty 403
+        spent = model == "realtime-paid-model" and key in self.SPENT
+        if wrong_key or model == "not-allowed" or spent or refused_too:
             await send({"type": "websocket.close", "code": 1008})  # uvicorn: 403, empty body
             return
         await send({"type": "websocket.accept"})
@@ -494,6 +496,9 @@ def test_a_spent_callers_refused_handshake_is_marked_and_counted(
 ) -> None:
     url = sidecar(upstream_url=realtime)
     spent = {"Authorization": f"Bearer {KEYS['KEY_TEAM_BROKE']}"}
+    httpx.get(url + "/v1/models", headers=spent)  # a client lists its models first: the sidecar knows it
+    counted = 'sidecar_budget_refusals_total{scope="team",verdict="spent"}'
+    before = metric(httpx.get(url + "/sidecar/metrics").text, counted)  # the list's own refusal, on 1.88
     with pytest.raises(InvalidStatus) as refused:
         connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=spent)
     answer = refused.value.response
@@ -501,7 +506,7 @@ def test_a_spent_callers_refused_handshake_is_marked_and_counted(
     assert answer.headers["x-sidecar-budget-exceeded"] == "true"
     assert answer.headers["x-sidecar-budget-scope"] == "team"
     text = httpx.get(url + "/sidecar/metrics").text
-    assert metric(text, 'sidecar_budget_refusals_total{scope="team",verdict="spent"}') == 1
+    assert metric(text, counted) == before + 1
     with connect(ws(url) + "/v1/realtime?model=realtime-model", additional_headers=spent) as caller:
         assert json.loads(caller.recv())["type"] == "session.created"  # the free model: served
 
@@ -510,6 +515,8 @@ def test_a_browser_callers_refused_handshake_is_marked_too(sidecar: SidecarFacto
     """A browser cannot set headers on a WebSocket: its key rides in a subprotocol, where LiteLLM reads it
     (``openai-insecure-api-key.<key>``), and so does the sidecar; an Azure client's ``api-key`` alike."""
     url = sidecar(upstream_url=realtime)
+    for key in ("KEY_KEY_BROKE", "KEY_TEAM_BROKE"):  # each lists its models first
+        httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEYS[key]}"})
     browser = cast(Any, ["realtime", f"openai-insecure-api-key.{KEYS['KEY_KEY_BROKE']}"])
     with pytest.raises(InvalidStatus) as refused:
         connect(ws(url) + "/v1/realtime?model=realtime-paid-model", subprotocols=browser)
@@ -523,6 +530,23 @@ def test_a_browser_callers_refused_handshake_is_marked_too(sidecar: SidecarFacto
     with pytest.raises(InvalidStatus) as refused:
         connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=azure)
     assert refused.value.response.headers["x-sidecar-budget-scope"] == "team"
+
+
+def test_a_strangers_refused_handshake_costs_litellm_nothing_more(
+    sidecar: SidecarFactory, realtime: str, realtime_litellm: RealtimeLiteLLM
+) -> None:
+    """LiteLLM refuses a wrong key's handshake with the same empty 403 as a spent one's: for a credential it
+    has not admitted lately, the sidecar asks nothing (a probe would be a second key lookup per random
+    key), and the 403 goes back as it came."""
+    url = sidecar(upstream_url=realtime)
+    for n in range(5):
+        stranger = {"Authorization": f"Bearer sk-random-{n:04d}"}
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=stranger)
+        assert (refused.value.response.status_code, refused.value.response.body) == (403, b"")
+        assert "x-sidecar-budget-exceeded" not in refused.value.response.headers
+    assert len(realtime_litellm.asked) == 5
+    assert [seen.target for seen in realtime_litellm.fake.seen] == []  # no probe, no look-up
 
 
 def test_a_refused_handshake_within_budget_is_not_marked(sidecar: SidecarFactory, realtime: str) -> None:
@@ -577,6 +601,8 @@ def test_a_paid_realtime_model_refused_for_budget_falls_back(
     sidecar: SidecarFactory, realtime: str, realtime_litellm: RealtimeLiteLLM
 ) -> None:
     url = sidecar(upstream_url=realtime, fallback={"realtime-paid-model": "free-model"})
+    for key in ("KEY_TEAM_BROKE", "KEY_KEY_BROKE"):  # each lists its models first: the sidecar knows it
+        httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEYS[key]}"})
     spent = {"Authorization": f"Bearer {KEYS['KEY_TEAM_BROKE']}", "OpenAI-Beta": "realtime=v1"}
     with connect(ws(url) + "/v1/realtime?model=realtime-paid-model&x=1", additional_headers=spent) as caller:
         assert json.loads(caller.recv())["type"] == "session.created"

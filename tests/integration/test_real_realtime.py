@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -88,11 +89,18 @@ def session(base_url: str, principal: str, keys: dict[str, str], model: str, bet
     return Seen(101, events=tuple(events), text=text)
 
 
+def lists_its_models(sidecar: str, principal: str, keys: dict[str, str]) -> None:
+    """What a client's model picker does first: the sidecar then knows the caller, and judges an empty 403
+    on its handshake (LiteLLM's answer to a wrong key too) as a budget refusal when its state says spent."""
+    httpx.get(sidecar + "/v1/models", headers=credentials(principal, keys), timeout=30)
+
+
 @pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
 def test_realtime_sessions_through_the_sidecar_are_litellms_own(litellm: LiteLLM, beta: bool) -> None:
     sidecar = litellm.sidecar("all")
     table = []
     for principal in PRINCIPALS:
+        lists_its_models(sidecar, principal, litellm.keys)
         for model in MODELS:
             direct = session(litellm.url, principal, litellm.keys, model, beta)
             through = session(sidecar, principal, litellm.keys, model, beta)
@@ -126,6 +134,7 @@ def test_a_paid_realtime_model_refused_for_budget_falls_back_to_the_free_one(lit
     sidecar = litellm.sidecar("all", fallback='{"realtime-paid-model": "realtime-model"}')
     for principal in ("KEY_TEAM_BROKE", "KEY_KEY_BROKE"):
         assert session(litellm.url, principal, litellm.keys, "realtime-paid-model", False).status == 403
+        lists_its_models(sidecar, principal, litellm.keys)
         through = session(sidecar, principal, litellm.keys, "realtime-paid-model", False)
         assert through.events[0] == "session.created" and through.events[-1] == "response.done", principal
         assert through.text == "Hello world"
