@@ -141,3 +141,20 @@ def test_admin_client_keeps_no_cookies(respx_mock: respx.MockRouter) -> None:
 
     run(main())
     assert "cookie" not in groups.calls.last.request.headers
+
+
+@respx.mock(base_url=BASE, assert_all_called=False)
+def test_a_version_look_up_that_fails_is_not_repeated_by_every_request(respx_mock: respx.MockRouter) -> None:
+    """LiteLLM without its OpenAPI document (docs off, an ingress blocking it): asked once per catalog
+    lifetime, not by every request of a caller spent at a level whose rule depends on the version."""
+    document = respx_mock.get("/openapi.json").respond(404)
+    admin, client = lookups()
+
+    async def go() -> list[object]:
+        try:
+            return [await admin.release() for _ in range(5)]
+        finally:
+            await client.aclose()
+
+    assert run(go()) == [None] * 5
+    assert document.call_count == 1

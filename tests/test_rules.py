@@ -73,7 +73,14 @@ def test_versions_between_and_after_those_read(version: str, user: bool, end_use
 
 @pytest.mark.parametrize(
     ("text", "release"),
-    [("1.88.6", (1, 88, 6)), ("1.110.2-stable", (1, 110, 2)), ("v1", None), ("", None), (None, None)],
+    [
+        ("1.88.6", (1, 88, 6)),
+        ("1.110.2-stable", (1, 110, 2)),
+        ("v1", None),
+        ("", None),
+        (None, None),
+        ("1." + "9" * 5000 + ".0", None),  # past int()'s digit limit: not a version, not a crash
+    ],
 )
 def test_a_version_is_read_as_litellm_writes_it(text: str | None, release: object) -> None:
     assert release_of(text) == release

@@ -127,6 +127,8 @@ class AdminLookups:
         self._bound = bound if bound is not None else LookupBound(50.0, 10)
         self._shed_log = Sparse(log, "admin_lookups_shed", "shed", _SHED_LOG_EVERY)
         self.views: SingleFlightCache[View | str, Any] = SingleFlightCache(catalog_ttl)
+        self._catalog_ttl = catalog_ttl
+        self._release_failed_until = 0.0  # a failed version look-up is not tried again before this
         self.model_scopes: SingleFlightCache[str, ModelScope] = SingleFlightCache(scope_ttl)
         # Budget records change with every paid call: kept only as long as budget states are.
         self.records: SingleFlightCache[tuple[str, str], Any] = SingleFlightCache(budget_ttl)
@@ -177,9 +179,14 @@ class AdminLookups:
             version = info.get("version") if isinstance(info, dict) else None
             return release_of(version if isinstance(version, str) else None)
 
+        if time.monotonic() < self._release_failed_until:
+            return None
         try:
             found: Release | None = await self.views.get("version", load)
         except LookupFailed:
+            # Remembered as the catalog would be: a LiteLLM without the document (docs off, an ingress
+            # blocking it) is not asked again by every spent caller's request.
+            self._release_failed_until = time.monotonic() + self._catalog_ttl
             return None
         return found
 

@@ -218,7 +218,7 @@ RULE = {rule.level: rule for rule in RULES}
 
 def release_of(version: str | None) -> Release | None:
     """``(major, minor, patch)`` of a LiteLLM version (``1.88.6``, ``1.110.2-stable``), if it is one."""
-    found = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    found = re.match(r"(\d{1,6})\.(\d{1,6})\.(\d{1,6})", version or "")
     return None if found is None else (int(found[1]), int(found[2]), int(found[3]))
 
 
