@@ -94,10 +94,11 @@ def test_an_mcp_session_through_the_sidecar(sidecar: SidecarFactory) -> None:
             "Authorization": "Bearer sk-caller-0000000000",
             "accept": "application/json, text/event-stream",
         }
-        # The 307 as LiteLLM writes it for a caller that reaches it directly: to the caller's host
+        # The 307 to where LiteLLM's points for a caller that reaches it directly - the caller's own
+        # scheme and host: relative, so a TLS terminator's https stays https
         moved = client.post(url + "/mcp", json=INITIALIZE, headers=key)
         assert moved.status_code == 307
-        assert moved.headers["location"] == url + "/mcp/"
+        assert moved.headers["location"] == "/mcp/"
         assert (moved.headers["vary"], moved.content) == ("Origin", b"")
         # followed, it stays on the sidecar; the POST is answered with events and a session
         started = client.post(url + "/mcp", json=INITIALIZE, headers=key, follow_redirects=True)

@@ -123,20 +123,21 @@ def downstream_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, 
     return [header for header in lowered if header[0] not in dropped]
 
 
-def relocated(headers: RawHeaders, upstream_host: bytes, prefix: bytes, caller_host: bytes) -> RawHeaders:
-    """``headers`` with a ``Location`` that points at LiteLLM itself pointed at the caller's host instead,
-    as nginx's ``proxy_redirect default`` does.
+def relocated(headers: RawHeaders, upstream_host: bytes, prefix: bytes) -> RawHeaders:
+    """``headers`` with a ``Location`` that points at LiteLLM itself made relative: the caller resolves it
+    against the URL it asked, so it stays on the scheme, host and port the caller used.
 
     LiteLLM writes an absolute ``Location`` from the ``Host`` it was sent - the upstream's, on this path
     (Starlette's 307 from ``/mcp`` to ``/mcp/``, LiteLLM before 1.110: ``http://127.0.0.1:4000/mcp/``).
-    Followed as it is, it would take the caller past the sidecar to an address that may not even be
-    reachable from where the caller is. It gets the caller's own host (and loses the upstream's path
-    prefix), as LiteLLM writes it for a caller that reaches it directly; scheme, path and query stay as
-    LiteLLM wrote them. A ``Location`` anywhere else is left alone."""
+    Followed as it is, it would take the caller past the sidecar to an address that may not be reachable
+    from where the caller is; and its scheme is LiteLLM's, ``http`` behind a TLS terminator, so a client
+    would repeat a POST, key and all, in the clear. A relative reference (RFC 9110 10.2.2) keeps what the
+    caller used; the upstream's path prefix goes, query and fragment stay. A ``Location`` anywhere else is
+    left alone."""
     out = []
     for name, value in headers:
         if name == b"location":
-            scheme, sep, rest = value.partition(b"://")
+            _, sep, rest = value.partition(b"://")
             end = len(rest)
             for mark in (b"/", b"?", b"#"):
                 at = rest.find(mark)
@@ -145,10 +146,9 @@ def relocated(headers: RawHeaders, upstream_host: bytes, prefix: bytes, caller_h
             authority, path = rest[:end], rest[end:]
             inside = not prefix or path == prefix or path.startswith((prefix + b"/", prefix + b"?"))
             if sep and authority.lower() == upstream_host.lower() and inside:
-                tail = path[len(prefix) :]
-                if not tail.startswith(b"/"):
-                    tail = b"/" + tail
-                value = scheme + b"://" + caller_host + tail
+                value = path[len(prefix) :]
+                if not value.startswith(b"/"):
+                    value = b"/" + value
         out.append((name, value))
     return out
 

@@ -3,7 +3,7 @@
 Every inference request crosses this path, so it is raw ASGI over the pooled HTTP/1.1 client of
 ``http1.py`` (chosen by measurement, see the README). That client is shared by all callers and keeps no
 state between them: no cookies, no redirects (a 3xx goes back to the caller; a ``Location`` that names
-LiteLLM's own address names the caller's host instead, ``forwarding.relocated``), no proxy from the
+LiteLLM's own address is made relative, ``forwarding.relocated``), no proxy from the
 environment, no decompression (compressed bodies stay compressed, byte for byte), no headers of its own.
 
 The request path and query are sent exactly as the caller sent them (``raw_path``, ``query_string``). A
@@ -298,9 +298,7 @@ class Upstream:
     ) -> None:
         headers = downstream_headers(response.headers)
         if 300 <= response.status < 400 or response.status == 201:  # the answers that carry a Location
-            caller_host = _header(scope, b"host")
-            if caller_host:
-                headers = relocated(headers, self._host, self._prefix, caller_host)
+            headers = relocated(headers, self._host, self._prefix)
         if response.status in (204, 304):  # no body follows; a length would make the server wait for one
             headers = [(name, value) for name, value in headers if name != b"content-length"]
         ahead = b""  # what was read before the head is sent
@@ -363,15 +361,6 @@ async def _read_up_to(response: Response, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    """A request header's value (the first), by its lower-case name."""
-    headers: RawHeaders = scope["headers"]
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def _declared_length(headers: RawHeaders) -> int:

@@ -14,6 +14,7 @@ sent).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -46,7 +47,11 @@ def _session(base: str, key: str) -> list[Any]:
     headers = {"Authorization": f"Bearer {key}", **ACCEPT}
     with httpx.Client(timeout=10) as client:
         moved = client.post(base + "/mcp", json=INITIALIZE, headers=headers)
-        seen.append(("/mcp", moved.status_code, moved.headers.get("location", "").replace(base, "BASE")))
+        # Where the client is sent (LiteLLM's absolute Location, the sidecar's relative one, resolved)
+        target = (
+            urljoin(base + "/mcp", moved.headers.get("location", "")) if "location" in moved.headers else ""
+        )
+        seen.append(("/mcp", moved.status_code, target.replace(base, "BASE")))
         started = client.post(base + "/mcp", json=INITIALIZE, headers=headers, follow_redirects=True)
         assert str(started.url).startswith(base)  # a redirect never took the client elsewhere
         session = started.headers.get("mcp-session-id")
