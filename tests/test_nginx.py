@@ -122,6 +122,10 @@ def named(name: bytes) -> Any:
                 break
         target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
         headers = [(b"content-type", b"text/plain"), (b"x-upstream", name)]
+        asked = dict(scope["headers"])
+        headers.append(
+            (b"x-seen-upgrade", asked.get(b"upgrade", b"-") + b"; " + asked.get(b"connection", b"-"))
+        )
         if target.startswith(b"/sse"):
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"data: 0\n\n", "more_body": True})
@@ -205,3 +209,14 @@ def test_a_websocket_passes_through_to_litellm(split: str) -> None:
         assert socket.recv(timeout=5) == b"\x00\x01"
     answer = httpx.post(split + "/v1/chat/completions", content=b"{}", timeout=5)  # other requests as before
     assert answer.headers["x-upstream"] == "litellm"
+
+
+def test_only_a_websocket_upgrade_is_passed_on(split: str) -> None:
+    """Any other Upgrade (h2c: the classic request-smuggling path past a proxy) reaches no upstream."""
+    smuggle = {
+        "Upgrade": "h2c",
+        "Connection": "Upgrade, HTTP2-Settings",
+        "HTTP2-Settings": "AAMAAABkAAQAAP__",
+    }
+    answer = httpx.post(split + "/v1/chat/completions", content=b"{}", headers=smuggle, timeout=5)
+    assert (answer.headers["x-upstream"], answer.headers["x-seen-upgrade"]) == ("litellm", "-; -")
