@@ -37,7 +37,7 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from sidecar.litellm.admin import AdminLookups, LookupFailed
 from sidecar.litellm.budget import Principal, principal_of
@@ -142,7 +142,7 @@ class Fallback:
         target = self._mapping.get(model, self._mapping.get("*"))
         if target is None or target == model or not await self._may_use(admin, who, model, target, refusal):
             return None
-        again = urlencode([(name, target if name == "model" else value) for name, value in query])
+        again = _with_model(scope["query_string"], target)
 
         def ended(outcome: str) -> None:
             self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
@@ -158,7 +158,7 @@ class Fallback:
             )
 
         marks = [(FROM_HEADER, self._shown(model).encode()), (MODEL_HEADER, target.encode())]
-        return Detour({**scope, "query_string": again.encode("latin-1")}, marks, ended)
+        return Detour({**scope, "query_string": again}, marks, ended)
 
     async def _plan(self, scope: Scope, body: bytes, refusal: Refusal) -> _Plan | None:
         """The retry for a request LiteLLM refused for budget, if it may fall back.
@@ -395,3 +395,13 @@ def _marked(answer: Answer) -> Refusal | None:
     except ValueError:
         level = BudgetLevel.UNKNOWN
     return Refusal(answer.status, level, None)
+
+
+def _with_model(query: bytes, target: str) -> bytes:
+    """``query`` with its ``model`` parameter's value replaced by ``target``: every other byte as the caller
+    sent it (decoding and encoding the whole query again would change escapes LiteLLM may read)."""
+    parts = query.split(b"&")
+    for at, part in enumerate(parts):
+        if unquote_plus(part.split(b"=", 1)[0].decode("latin-1")) == "model":
+            parts[at] = b"model=" + quote(target, safe="").encode("ascii")
+    return b"&".join(parts)

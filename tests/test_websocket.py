@@ -604,15 +604,16 @@ def test_a_paid_realtime_model_refused_for_budget_falls_back(
     for key in ("KEY_TEAM_BROKE", "KEY_KEY_BROKE"):  # each lists its models first: the sidecar knows it
         httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEYS[key]}"})
     spent = {"Authorization": f"Bearer {KEYS['KEY_TEAM_BROKE']}", "OpenAI-Beta": "realtime=v1"}
-    with connect(ws(url) + "/v1/realtime?model=realtime-paid-model&x=1", additional_headers=spent) as caller:
+    query = "model=realtime-paid-model&x=1&note=caf%C3%A9+%2B&raw=%FF"  # the rest goes as the caller sent it
+    with connect(ws(url) + "/v1/realtime?" + query, additional_headers=spent) as caller:
         assert json.loads(caller.recv())["type"] == "session.created"
         response = caller.response
         assert response is not None
         assert response.headers["x-sidecar-fallback-from"] == "realtime-paid-model"
         assert response.headers["x-sidecar-fallback-model"] == "free-model"
     assert realtime_litellm.asked == [
-        "realtime-paid-model model=realtime-paid-model&x=1",
-        "free-model model=free-model&x=1",
+        f"realtime-paid-model {query}",
+        "free-model model=free-model&x=1&note=caf%C3%A9+%2B&raw=%FF",
     ]
 
     refused_twice = {"Authorization": f"Bearer {KEYS['KEY_KEY_BROKE']}"}
