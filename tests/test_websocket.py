@@ -648,3 +648,41 @@ def _listening(url: str) -> bool:
     except httpx.TransportError:
         return False
     return True
+
+
+def test_a_redirect_from_litellm_reaches_the_caller_and_is_never_followed(sidecar: SidecarFactory) -> None:
+    """The HTTP pass-through never follows a redirect; a handshake's neither: the caller's credential
+    would go wherever ``Location`` points."""
+    target_saw: list[bytes] = []
+
+    async def target(reader: Reader, writer: Writer) -> None:
+        target_saw.append(await accept(reader, writer))
+        await reader.read()
+
+    with ScriptedUpstream(target) as elsewhere:
+        there = ws(elsewhere.url).replace("127.0.0.1", "localhost").encode()
+        answers = iter(
+            [
+                b"HTTP/1.1 302 Found\r\nlocation: %s/x\r\ncontent-length: 5\r\n\r\nmoved" % there,
+                b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://elsewhere.example/x\r\n"
+                b"content-length: 0\r\n\r\n",
+            ]
+        )
+
+        async def redirects(reader: Reader, writer: Writer) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(next(answers))
+            await writer.drain()
+            writer.close()
+
+        with ScriptedUpstream(redirects) as upstream:
+            url = sidecar(upstream_url=upstream.url)
+            with RawCaller(url, headers=b"api-key: sk-caller\r\nx-litellm-api-key: sk-caller\r\n") as caller:
+                assert caller.status == 302
+                assert b"location: " + there + b"/x" in caller.head.lower()
+                assert caller.ended() and caller.buffer == b"moved"
+            with RawCaller(url) as caller:
+                assert caller.status == 307  # not a 500: a Location of any scheme is only passed on
+                assert b"location: http://elsewhere.example/x" in caller.head.lower()
+        time.sleep(0.2)
+    assert target_saw == []

@@ -10,11 +10,12 @@ The handshake carries the caller's headers as the HTTP pass-through forwards the
 (``forwarding.handshake_request_headers``: its credential - ``Authorization``, ``api-key``, the
 ``openai-insecure-api-key.*`` subprotocol -, ``OpenAI-Beta``, ``Origin``, minus hop-by-hop, plus
 ``X-Forwarded-*``) and the caller's subprotocols; LiteLLM's choice among them goes back to the caller. A
-refusal before the upgrade (LiteLLM answers 403 with an empty body to a spent key on a paid realtime model)
-reaches the caller as LiteLLM's HTTP answer, status, headers and body, through ASGI's
-``websocket.http.response`` extension, shown first to ``hold`` as any passed-through refusal (the budget
-marks), then to ``rescue``, which may name another handshake to try instead (a ``Detour``: the budget
-fallback's free model). LiteLLM unreachable: 502; no handshake answer within ``connect_timeout``: 504.
+refusal before the upgrade (LiteLLM answers 403 with an empty body to a spent key on a paid realtime model;
+a redirect, never followed, alike) reaches the caller as LiteLLM's HTTP answer, status, headers and
+body, through ASGI's ``websocket.http.response`` extension, shown first to ``hold`` as any passed-through
+refusal (the budget marks), then to ``rescue``, which may name another handshake to try instead (a
+``Detour``: the budget fallback's free model). LiteLLM unreachable: 502; no handshake answer within
+``connect_timeout``: 504.
 
 After the upgrade each message goes on as it came, in order, text as text and binary as binary; a close
 code and reason go on to the other side (a caller that vanishes without a close frame: an empty close
@@ -110,6 +111,16 @@ class _UpstreamConnection(ClientConnection):
             self.transport.close()
 
 
+class _Handshake(connect):
+    """``connect`` that never follows a redirect: a 3xx from LiteLLM is a refusal like any other, passed
+    to the caller as LiteLLM sent it (the HTTP pass-through never follows one either). Followed, the
+    caller's ``api-key``, ``x-litellm-api-key`` and key subprotocol would go wherever ``Location`` points:
+    the library strips only ``Authorization`` and cookies on a cross-origin redirect."""
+
+    def process_redirect(self, exc: Exception) -> Exception:
+        return exc
+
+
 class WebSocketRelay:
     """Passes callers' WebSockets through to LiteLLM, a relay per socket; nothing shared between them."""
 
@@ -198,7 +209,7 @@ class WebSocketRelay:
         )
 
     async def _open(self, scope: Scope) -> ClientConnection:
-        """The handshake with LiteLLM; ``InvalidStatus`` for any answer but 101."""
+        """The handshake with LiteLLM; ``InvalidStatus`` for any answer but 101, a redirect included."""
         query = scope.get("query_string", b"")
         uri = (
             self._base
@@ -210,7 +221,7 @@ class WebSocketRelay:
             for name, value in handshake_request_headers(scope)
         ]
         try:
-            return await connect(
+            return await _Handshake(
                 uri,
                 additional_headers=headers,
                 subprotocols=scope.get("subprotocols") or None,
