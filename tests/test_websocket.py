@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -686,3 +687,29 @@ def test_a_redirect_from_litellm_reaches_the_caller_and_is_never_followed(sideca
                 assert b"location: http://elsewhere.example/x" in caller.head.lower()
         time.sleep(0.2)
     assert target_saw == []
+
+
+def test_a_handshake_that_cannot_go_to_litellm_is_refused_not_crashed(
+    sidecar: SidecarFactory, echoing: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An absolute-form target (``GET http://evil.example/x``) names no path on LiteLLM: 400, and no
+    handshake leaves; a target the client towards LiteLLM refuses (a fragment) is LiteLLM not reached:
+    502 and a warning, as for any upstream error, never an ASGI crash."""
+    url = sidecar(upstream_url=echoing.url)
+    with caplog.at_level(logging.INFO):
+        with RawCaller(url, path="http://evil.example/x") as caller:
+            assert caller.status == 400
+            assert caller.ended()
+            error = json.loads(caller.buffer)["error"]
+            assert (error["type"], error["code"]) == ("invalid_request_error", "400")
+        with RawCaller(url, path="/v1/realtime#fragment") as caller:
+            assert caller.status == 502
+            assert caller.ended()
+            assert json.loads(caller.buffer)["error"]["code"] == "502"
+    assert echoing.seen == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    warned = [f for r in caplog.records if (f := getattr(r, "fields", {})).get("event") == "upstream_error"]
+    assert [f["kind"] for f in warned] == ["unreachable"]
+    text = httpx.get(url + "/sidecar/metrics").text
+    assert metric(text, 'sidecar_requests_total{route="websocket",status="400"}') == 1
+    assert metric(text, 'sidecar_requests_total{route="websocket",status="502"}') == 1

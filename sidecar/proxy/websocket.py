@@ -14,8 +14,9 @@ refusal before the upgrade (LiteLLM answers 403 with an empty body to a spent ke
 a redirect, never followed, alike) reaches the caller as LiteLLM's HTTP answer, status, headers and
 body, through ASGI's ``websocket.http.response`` extension, shown first to ``hold`` as any passed-through
 refusal (the budget marks), then to ``rescue``, which may name another handshake to try instead (a
-``Detour``: the budget fallback's free model). LiteLLM unreachable: 502; no handshake answer within
-``connect_timeout``: 504.
+``Detour``: the budget fallback's free model). LiteLLM unreachable, or a handshake the client towards it
+refuses to send: 502; no handshake answer within ``connect_timeout``: 504; a request target that is not a
+path (absolute-form, ``GET http://elsewhere/``): 400.
 
 After the upgrade each message goes on as it came, in order, text as text and binary as binary; a close
 code and reason go on to the other side (a caller that vanishes without a close frame: an empty close
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -74,6 +76,17 @@ PING_INTERVAL = 20.0  # seconds between keep-alive pings to LiteLLM (uvicorn's d
 IDLE = 1001  # the close code of an idle timeout (going away), to both sides
 _NO_STATUS = 1005  # a close frame without a code (uvicorn also says it of a caller that vanished)
 _ABNORMAL = 1006  # LiteLLM's connection lost without a close frame: the caller's is closed alike
+_NOT_A_PATH = json.dumps(
+    {
+        "error": {
+            "message": "the request target must be a path",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "400",
+        }
+    },
+    separators=(",", ":"),
+).encode()
 # Handshake headers LiteLLM's 101 carries that belong to its hop: the caller's come from its own handshake.
 _OWN_HANDSHAKE = frozenset(
     {b"sec-websocket-accept", b"sec-websocket-extensions", b"sec-websocket-protocol", b"content-length"}
@@ -156,6 +169,10 @@ class WebSocketRelay:
         if (await receive())["type"] != "websocket.connect":
             return  # the caller left before its handshake was read through
         path = scope["raw_path"].decode("latin-1")
+        if not path.startswith("/"):  # absolute-form (``GET http://elsewhere/ HTTP/1.1``): no path on LiteLLM
+            self._metrics.request("websocket", 400)
+            await self.answer(scope, send, _json_answer(400, _NOT_A_PATH))
+            return
         marks: RawHeaders = []
         try:
             upstream = await self._open(scope)
@@ -245,7 +262,7 @@ class WebSocketRelay:
         except InvalidHandshake as exc:
             message = "upstream LiteLLM sent an answer that cannot be passed on"
             raise UpstreamUnavailable(502, message, "invalid", str(exc)) from None
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - OSError, or a handshake the client will not send
             raise UpstreamUnavailable(
                 502, "upstream LiteLLM is unreachable", "unreachable", str(exc)
             ) from None
