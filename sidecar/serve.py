@@ -183,6 +183,7 @@ def server_config(settings: Settings, app: SidecarApp | None = None) -> uvicorn.
         ),
         ws="websockets-sansio",  # WebSockets are relayed to LiteLLM (``proxy/websocket.py``)
         ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=settings.ws_per_message_deflate,  # off unless asked: see settings.py
         lifespan="on",
         access_log=False,
         server_header=False,

@@ -85,9 +85,12 @@ class Settings(BaseSettings):
 
     # WebSockets passed through (realtime, Responses): the largest message either way, in bytes (a bigger
     # one closes both sides with 1009; OpenAI's realtime API takes audio in messages of up to 15 MiB), and
-    # how long a socket may carry no message either way before both sides are closed (1001), in seconds.
+    # how long a socket may carry no message either way before both sides are closed (1001), in seconds;
+    # whether callers may negotiate permessage-deflate (off: a small compressed message inflates to
+    # ws_max_message_bytes on the shared event loop, and each socket's compression state costs memory).
     ws_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     ws_idle_timeout: float = Field(default=600.0, gt=0)
+    ws_per_message_deflate: bool = False
 
     log_level: LogLevel = "info"
 

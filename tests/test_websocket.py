@@ -713,3 +713,19 @@ def test_a_handshake_that_cannot_go_to_litellm_is_refused_not_crashed(
     text = httpx.get(url + "/sidecar/metrics").text
     assert metric(text, 'sidecar_requests_total{route="websocket",status="400"}') == 1
     assert metric(text, 'sidecar_requests_total{route="websocket",status="502"}') == 1
+
+
+def test_permessage_deflate_is_off_towards_callers_unless_asked_for(
+    sidecar: SidecarFactory, echoing: WsUpstream
+) -> None:
+    """Compressed, 16 KB from a caller is 16 MiB for the relay to inflate on the shared loop: off by
+    default; ``ws_per_message_deflate`` turns it on."""
+    offer = b"sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n"
+    with RawCaller(sidecar(upstream_url=echoing.url), headers=offer) as caller:
+        assert caller.status == 101
+        assert b"sec-websocket-extensions" not in caller.head.lower()
+        caller.send(frame(TEXT, b"plain"))
+        assert caller.next_frame() == (TEXT, True, b"plain")
+    with RawCaller(sidecar(upstream_url=echoing.url, ws_per_message_deflate=True), headers=offer) as caller:
+        assert caller.status == 101
+        assert b"sec-websocket-extensions: permessage-deflate" in caller.head.lower()

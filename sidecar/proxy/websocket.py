@@ -35,14 +35,16 @@ relay speaks WebSocket on both sides with ``websockets`` (uvicorn's ``websockets
 caller, its asyncio client towards LiteLLM - the library the ``openai`` client's realtime support uses
 too): frames are checked on each hop (garbage, bad UTF-8, oversize: each side gets the close code the
 RFC names), pings are answered on each hop (uvicorn pings the caller, the client pings LiteLLM, each
-every 20 s), and permessage-deflate is negotiated with the caller only (towards LiteLLM, beside the sidecar,
-compression would cost CPU for nothing). Measured on one connection, 20,000 pipelined echoes through each
+every 20 s), and permessage-deflate is never negotiated towards LiteLLM (beside the sidecar, compression
+would cost CPU for nothing) and with a caller only if ``ws_per_message_deflate`` allows it (off by default:
+16 KB compressed inflate to 16 MiB, some 57 ms of CPU on the shared loop per message, and a socket whose
+LiteLLM does not read could hold ~72 MiB). Measured on one connection, 20,000 pipelined echoes through each
 (uvloop, 2 shared cores; /tmp scripts, not bench/): 300-byte text messages cost the relay 19 µs of CPU per
 message and a bare asyncio byte tunnel 5 µs (14,100 vs 25,800 round trips/s); 16 KB messages 36 vs 26 µs;
 each adds about 150 µs to a round trip at the median. A realtime session sends tens of messages a second,
 so a core relays hundreds of busy sessions; the relay's extra ~14 µs per message buys the bounds above.
-Memory: some 40 KiB per open socket, 80 KiB when the caller negotiates permessage-deflate (1,000 more
-sockets, the process's RSS).
+Memory: some 40 KiB per open socket (1,000 more sockets, the process's RSS), 80 KiB where
+``ws_per_message_deflate`` lets the caller negotiate compression.
 """
 
 from __future__ import annotations
