@@ -159,9 +159,10 @@ class Metrics:
         )
         self.websocket_closes = Counter(
             "sidecar_websocket_closes",
-            "WebSockets ended, by who ended them (caller, upstream: LiteLLM, idle: the idle timeout) and "
-            "the close code (1005: none given or the caller vanished, 1006: LiteLLM's connection lost, "
-            "1009: a message over ws_max_message_bytes).",
+            "WebSockets ended, by who ended them (caller, upstream: LiteLLM, idle: the idle timeout, "
+            "caller_stalled, upstream_stalled: a side given up on for taking no message within the idle "
+            "timeout) and the close code (1005: none given or the caller vanished, 1006: LiteLLM's "
+            "connection lost, 1009: a message over ws_max_message_bytes).",
             ["by", "code"],
             registry=r,
         )

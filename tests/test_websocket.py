@@ -8,9 +8,11 @@ Upstreams are either a real ``websockets`` server (``WsUpstream``) or a scripted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -729,3 +731,91 @@ def test_permessage_deflate_is_off_towards_callers_unless_asked_for(
     with RawCaller(sidecar(upstream_url=echoing.url, ws_per_message_deflate=True), headers=offer) as caller:
         assert caller.status == 101
         assert b"sec-websocket-extensions: permessage-deflate" in caller.head.lower()
+
+
+def big_frame(size: int) -> bytes:
+    """A caller's binary frame of ``size`` zero bytes, masked with a zero key (no Python loop over it)."""
+    return bytes([0x80 | BINARY, 0x80 | 127]) + struct.pack("!Q", size) + b"\x00" * (4 + size)
+
+
+def open_sockets(url: str, timeout: float = 5.0) -> float | None:
+    """``sidecar_websockets_open`` once it is 0, or as it is after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (count := metric(httpx.get(url + "/sidecar/metrics").text, "sidecar_websockets_open")) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    return count
+
+
+def test_a_caller_that_reads_nothing_is_given_up_on(sidecar: SidecarFactory) -> None:
+    """uvicorn's send waits while the caller's socket is full, a close included: past ``ws_idle_timeout``
+    without a message taken, the caller's connection is cut, LiteLLM told, the socket counted closed."""
+    got_up: list[tuple[int, bool, bytes] | None] = []
+
+    async def floods(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        chunk = frame(BINARY, b"\x00" * 65536, mask=False)
+        with contextlib.suppress(TimeoutError):
+            while True:  # until the sockets between are full
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 0.5)
+        got_up.append(await read_frame(reader, bytearray()))
+
+    with ScriptedUpstream(floods) as upstream:
+        url = sidecar(upstream_url=upstream.url, ws_idle_timeout=1.0)
+        with RawCaller(url) as caller:  # reads nothing
+            assert upstream.wait_for(lambda _: bool(got_up), timeout=6)
+            assert got_up[0] is not None and close_code(got_up[0][2]) == (1001, "caller stalled")
+            assert caller.ended(timeout=2)  # cut, not left open behind a full buffer
+        assert open_sockets(url) == 0
+        text = httpx.get(url + "/sidecar/metrics").text
+        assert metric(text, 'sidecar_websocket_closes_total{by="caller_stalled",code="1001"}') == 1
+
+
+def test_litellm_that_reads_nothing_is_given_up_on(sidecar: SidecarFactory) -> None:
+    cut: list[bool] = []
+
+    async def deaf(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        await asyncio.sleep(10)  # reads nothing
+        cut.append(True)
+
+    with ScriptedUpstream(deaf) as upstream:
+        url = sidecar(upstream_url=upstream.url, ws_idle_timeout=1.0)
+        with RawCaller(url) as caller:
+            caller.send(big_frame(16 << 20))  # more than LiteLLM's socket takes unread
+            got = caller.next_frame(timeout=6)
+            assert got is not None and got[0] == CLOSE
+            assert close_code(got[2]) == (1001, "upstream stalled")
+        assert open_sockets(url) == 0
+        text = httpx.get(url + "/sidecar/metrics").text
+        assert metric(text, 'sidecar_websocket_closes_total{by="upstream_stalled",code="1001"}') == 1
+        assert upstream.stats.connections == 1
+
+
+def test_a_caller_leaving_while_litellm_takes_nothing_is_noticed(sidecar: SidecarFactory) -> None:
+    ended: list[float] = []
+
+    async def deaf(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        await asyncio.sleep(1.5)  # reads nothing for a while, then everything to the end
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1 << 20):
+                pass
+        ended.append(time.monotonic())
+
+    with ScriptedUpstream(deaf) as upstream:
+        url = sidecar(upstream_url=upstream.url)
+        with RawCaller(url) as caller:
+            caller.send(big_frame(16 << 20))
+            time.sleep(0.5)
+            caller.send(close_frame(1000, "bye"))
+            left = time.monotonic()
+            got = caller.next_frame()
+            assert got is not None and got[0] == CLOSE
+        assert open_sockets(url, timeout=3) == 0
+        assert time.monotonic() - left < 2.5  # not held until LiteLLM reads
+        assert upstream.wait_for(lambda _: bool(ended))
+        text = httpx.get(url + "/sidecar/metrics").text
+        assert metric(text, 'sidecar_websocket_closes_total{by="caller",code="1000"}') == 1

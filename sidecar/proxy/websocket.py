@@ -22,11 +22,15 @@ After the upgrade each message goes on as it came, in order, text as text and bi
 code and reason go on to the other side (a caller that vanishes without a close frame: an empty close
 frame upstream at once; LiteLLM's connection lost without one: the caller's is closed the same way). Bounds,
 with clear close codes: a message over ``max_message_bytes`` closes both sides with 1009; no message either
-way for ``idle_timeout`` seconds closes both with 1001 "idle timeout"; LiteLLM that does not answer a close
-within ``CLOSE_TIMEOUT`` seconds has its connection cut. In flight per direction: the message being relayed,
-plus at most ``UPSTREAM_QUEUE`` frames read ahead from LiteLLM (uvicorn reads the caller's next message only
-once the previous one is taken) and the sockets' write buffers (a send waits while they are full): a
-slow reader slows its writer down, nothing queues without bound.
+way for ``idle_timeout`` seconds closes both with 1001 "idle timeout"; a side that takes no message for
+``idle_timeout`` (its socket full: a send waits until it drains) is given up on, the other closed with 1001
+"caller stalled" or "upstream stalled"; a side that does not answer a close within ``CLOSE_TIMEOUT`` seconds,
+or cannot even be written it, has its connection cut (the caller's through uvicorn's protocol: closed
+the ordinary way, a transport would first write out all it holds, forever to a caller that reads nothing).
+In flight per direction: the message being relayed, plus at most ``UPSTREAM_QUEUE`` frames read ahead
+from LiteLLM, or the caller's next message (read while one waits to go to LiteLLM, so that a caller that
+leaves is noticed at once; uvicorn reads no further until it is taken), and the sockets' write buffers
+(a send waits while they are full): a slow reader slows its writer down, nothing queues without bound.
 
 Relay, not tunnel. A byte tunnel after LiteLLM's 101 (nginx's way) has no per-message work and lets the
 two ends negotiate extensions; but to count messages, bound their size and relay close codes it would parse
@@ -50,7 +54,6 @@ Memory: some 40 KiB per open socket (1,000 more sockets, the process's RSS), 80 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -59,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -318,7 +322,8 @@ class _Session:
         self._receive = receive
         self._send = send
         self._upstream = upstream
-        self._last = time.monotonic()
+        self._last = time.monotonic()  # when a message last came, or went, either way
+        self._sending = 0  # messages on their way: the socket is not idle, if one stalls that is its bound
         metrics = relay._metrics
         self._count_up = metrics.websocket_messages.labels("up").inc
         self._bytes_up = metrics.websocket_bytes.labels("up").inc
@@ -326,23 +331,31 @@ class _Session:
         self._bytes_down = metrics.websocket_bytes.labels("down").inc
 
     async def run(self) -> tuple[str, int]:
-        """Relay until the end; who ended it (caller, upstream, idle) and the close code it gave."""
+        """Relay until the end; who ended it (caller, upstream, idle, or the side given up on for not
+        reading: caller_stalled, upstream_stalled) and the close code it gave."""
         up: asyncio.Future[tuple[int, str] | None] | None = asyncio.ensure_future(self._caller_to_upstream())
         down = asyncio.ensure_future(self._upstream_to_caller())
         idle = self._relay.idle_timeout
         try:
             while True:
                 wait = self._last + idle - time.monotonic()
-                if wait <= 0:
+                if wait <= 0 and self._sending:
+                    wait = idle  # a message on its way is not idleness: it goes, or is given up on
+                elif wait <= 0:
                     await self._close_caller(IDLE, "idle timeout")
-                    await self._upstream.close(IDLE, "idle timeout")
+                    await self._cut_upstream(IDLE, "idle timeout")
                     return "idle", IDLE
                 tasks = (down,) if up is None else (up, down)
                 done, _ = await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if down in done:
-                    ended = down.result()
+                    try:
+                        ended = down.result()
+                    except _Stalled:  # the caller reads nothing: given up on, LiteLLM told
+                        self._abort_caller()
+                        await self._cut_upstream(IDLE, "caller stalled")
+                        return "caller_stalled", IDLE
                     if ended is None:  # the caller left while a message went down
-                        await self._upstream.close(cast(int, None))
+                        await self._cut_upstream(None)
                         return "caller", _NO_STATUS
                     code, reason = ended  # LiteLLM closed, or its connection broke: the caller is told
                     if _sendable(code):
@@ -351,57 +364,95 @@ class _Session:
                         await self._close_caller(1000, "")
                     return "upstream", code
                 if up is not None and up in done:
-                    left = up.result()
+                    try:
+                        left = up.result()
+                    except _Stalled:  # LiteLLM reads nothing: the caller is told, LiteLLM cut
+                        await self._close_caller(IDLE, "upstream stalled")
+                        await self._cut_upstream(IDLE, "upstream stalled")
+                        return "upstream_stalled", IDLE
                     if left is None:  # LiteLLM closed while a message went up: its close comes down
                         up = None
                         continue
                     code, reason = left
-                    if _sendable(code):
-                        await self._upstream.close(code, reason)
-                    else:  # vanished, or closed without a code: an empty close frame, at once
-                        await self._upstream.close(cast(int, None))
+                    # vanished, or closed without a code: an empty close frame, at once
+                    await self._cut_upstream(code if _sendable(code) else None, reason)
                     return "caller", code
         finally:
             for task in (up, down):
                 if task is not None:
                     task.cancel()
-            await self._upstream.close()  # nothing once closed; else cut within CLOSE_TIMEOUT
+            await self._cut_upstream(None)  # nothing once closed
 
     async def _caller_to_upstream(self) -> tuple[int, str] | None:
-        """Caller's messages up; its close code and reason when it leaves, ``None`` when LiteLLM closed."""
-        receive, upstream = self._receive, self._upstream
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
+        """Caller's messages up; its close code and reason when it leaves, ``None`` when LiteLLM closed;
+        ``_Stalled`` when LiteLLM takes no message for ``idle_timeout``. While a message waits to go up,
+        the caller's next one (or its leaving) is read already: a caller that leaves is noticed at once."""
+        receive, upstream, idle = self._receive, self._upstream, self._relay.idle_timeout
+        incoming: asyncio.Future[Any] = asyncio.ensure_future(receive())
+        sending: asyncio.Future[None] | None = None
+        try:
+            while True:
+                message = await incoming
+                kind = message["type"]
+                if kind == "websocket.disconnect":
+                    return message.get("code", _NO_STATUS), message.get("reason") or ""
+                incoming = asyncio.ensure_future(receive())
+                if kind != "websocket.receive":
+                    continue
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
                 self._last = time.monotonic()
                 self._count_up()
                 self._bytes_up(len(data))
+                started = time.monotonic()
+                sending = asyncio.ensure_future(upstream.send(data))
+                self._sending += 1
                 try:
-                    await upstream.send(data)
+                    await asyncio.wait((sending, incoming), timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+                    if not sending.done():
+                        if incoming.done() and incoming.result()["type"] == "websocket.disconnect":
+                            continue  # the caller left: its close goes up at once, not after the send
+                        await asyncio.wait((sending,), timeout=started + idle - time.monotonic())
+                        if not sending.done():
+                            raise _Stalled
+                finally:
+                    self._sending -= 1
+                self._last = time.monotonic()
+                try:
+                    sending.result()
                 except ConnectionClosed:
                     return None
-            elif kind == "websocket.disconnect":
-                return message.get("code", _NO_STATUS), message.get("reason") or ""
+        finally:
+            incoming.cancel()
+            if sending is not None:
+                sending.cancel()
 
     async def _upstream_to_caller(self) -> tuple[int, str] | None:
         """LiteLLM's messages down; the close code and reason to give the caller when it closes (the
         code the client closed with itself for a broken frame or an oversize message), ``None`` when the
-        caller left."""
-        upstream, send = self._upstream, self._send
+        caller left; ``_Stalled`` when the caller takes no message for ``idle_timeout``."""
+        upstream, send, idle = self._upstream, self._send, self._relay.idle_timeout
         try:
             while True:
                 data = await upstream.recv()
                 self._last = time.monotonic()
                 self._count_down()
                 self._bytes_down(len(data))
-                if isinstance(data, str):
-                    await send({"type": "websocket.send", "text": data})
-                else:
-                    await send({"type": "websocket.send", "bytes": data})
+                message = (
+                    {"type": "websocket.send", "text": data}
+                    if isinstance(data, str)
+                    else {"type": "websocket.send", "bytes": data}
+                )
+                self._sending += 1
+                try:
+                    async with asyncio.timeout(idle):  # uvicorn's send waits while the caller reads nothing
+                        await send(message)
+                except TimeoutError:
+                    raise _Stalled from None
+                finally:
+                    self._sending -= 1
+                self._last = time.monotonic()
         except ConnectionClosed as closed:
             frame = closed.rcvd if closed.rcvd is not None else closed.sent
             if frame is None:
@@ -411,8 +462,38 @@ class _Session:
             return None
 
     async def _close_caller(self, code: int, reason: str) -> None:
-        with contextlib.suppress(OSError):  # the caller left already
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        """The caller's close frame, unless it left already; a caller that reads nothing gets it within
+        ``CLOSE_TIMEOUT`` or has its connection cut (uvicorn's send waits until the socket drains)."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except OSError:  # the caller left already
+            pass
+        except TimeoutError:
+            self._abort_caller()
+
+    def _abort_caller(self) -> None:
+        """Cut the caller's connection. uvicorn closes it when the relay returns, but a transport closed
+        that way first writes out what it holds, forever to a caller that reads nothing; an abort drops
+        it. The transport is reached as ``inbound.watch_disconnect`` reaches HTTP's: ``receive`` is a
+        method of uvicorn's protocol; another server's (or a wrapped ``receive``) is left to its own
+        close."""
+        protocol = getattr(self._receive, "__self__", None)
+        if isinstance(protocol, WebSocketsSansIOProtocol):
+            protocol.transport.abort()
+
+    async def _cut_upstream(self, code: int | None, reason: str = "") -> None:
+        """LiteLLM's close frame (``None``: an empty one), and its connection cut if the close is not
+        answered, or cannot even be written (LiteLLM reads nothing), within ``CLOSE_TIMEOUT``."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._upstream.close(cast(int, code), reason)
+        except TimeoutError:
+            self._upstream.transport.abort()
+
+
+class _Stalled(Exception):
+    """A side took no message for ``idle_timeout``: the relay gives up on it."""
 
 
 def _answer_headers(headers: Headers) -> RawHeaders:
