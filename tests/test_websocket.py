@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -29,6 +29,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from sidecar.metrics import Metrics
+from sidecar.proxy.websocket import WebSocketRelay
 from tests.conftest import SidecarFactory
 from tests.fake_litellm import KEYS, FakeLiteLLM
 from tests.scripted import ScriptedUpstream
@@ -819,3 +821,48 @@ def test_a_caller_leaving_while_litellm_takes_nothing_is_noticed(sidecar: Sideca
         assert upstream.wait_for(lambda _: bool(ended))
         text = httpx.get(url + "/sidecar/metrics").text
         assert metric(text, 'sidecar_websocket_closes_total{by="caller",code="1000"}') == 1
+
+
+def test_a_caller_uvicorn_closed_itself_is_a_caller_gone(caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn closes a caller itself when it answers no ping (keepalive timeout); a send after that
+    raises its RuntimeError ("Unexpected ASGI message ... after sending 'websocket.close'"): the caller
+    is gone, LiteLLM is told, nothing crashes. (The relay driven directly: uvicorn's ping bounds are 20 s.)"""
+    got_up: list[tuple[int, bool, bytes] | None] = []
+
+    async def talks(reader: Reader, writer: Writer) -> None:
+        await accept(reader, writer)
+        writer.write(frame(TEXT, b"session.created", mask=False))
+        await writer.drain()
+        got_up.append(await read_frame(reader, bytearray()))
+
+    metrics = Metrics()
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not sent:
+            return {"type": "websocket.connect"}
+        await asyncio.Event().wait()  # the caller says nothing more
+        raise AssertionError
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] != "websocket.accept":
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}', after sending 'websocket.close'."
+            )
+
+    async def main(url: str) -> None:
+        relay = WebSocketRelay(
+            url, connect_timeout=5, idle_timeout=30, max_message_bytes=1 << 20, metrics=metrics
+        )
+        scope = {"type": "websocket", "raw_path": b"/v1/realtime", "headers": [], "client": ("127.0.0.1", 1)}
+        await asyncio.wait_for(relay.handle(scope, receive, send), 5)
+
+    with ScriptedUpstream(talks) as upstream, caplog.at_level(logging.INFO):
+        asyncio.run(main(upstream.url))
+        assert upstream.wait_for(lambda _: bool(got_up))
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send"]
+    assert got_up[0] is not None and got_up[0][0] == CLOSE
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    closes = {"by": "caller", "code": "1005"}
+    assert metrics.registry.get_sample_value("sidecar_websocket_closes_total", closes) == 1

@@ -431,7 +431,8 @@ class _Session:
     async def _upstream_to_caller(self) -> tuple[int, str] | None:
         """LiteLLM's messages down; the close code and reason to give the caller when it closes (the
         code the client closed with itself for a broken frame or an oversize message), ``None`` when the
-        caller left; ``_Stalled`` when the caller takes no message for ``idle_timeout``."""
+        caller left (or uvicorn closed it itself: its send then raises ``RuntimeError``); ``_Stalled``
+        when the caller takes no message for ``idle_timeout``."""
         upstream, send, idle = self._upstream, self._send, self._relay.idle_timeout
         try:
             while True:
@@ -450,6 +451,8 @@ class _Session:
                         await send(message)
                 except TimeoutError:
                     raise _Stalled from None
+                except RuntimeError:  # uvicorn closed the caller itself (no pong in time, a bad frame)
+                    return None
                 finally:
                     self._sending -= 1
                 self._last = time.monotonic()
@@ -467,7 +470,7 @@ class _Session:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self._send({"type": "websocket.close", "code": code, "reason": reason})
-        except OSError:  # the caller left already
+        except (OSError, RuntimeError):  # the caller left already, or uvicorn closed it itself
             pass
         except TimeoutError:
             self._abort_caller()
