@@ -162,7 +162,8 @@ class Metrics:
             "WebSockets ended, by who ended them (caller, upstream: LiteLLM, idle: the idle timeout, "
             "caller_stalled, upstream_stalled: a side given up on for taking no message within the idle "
             "timeout) and the close code (1005: none given or the caller vanished, 1006: LiteLLM's "
-            "connection lost, 1009: a message over ws_max_message_bytes).",
+            "connection lost, 1009: a message over ws_max_message_bytes; 3xxx, 4xxx: the application codes "
+            "3000-3999 and 4000-4999).",
             ["by", "code"],
             registry=r,
         )

@@ -106,6 +106,13 @@ def _sendable(code: int) -> bool:
     )
 
 
+def _code_label(code: int) -> str:
+    """A close code as a metric label: the RFC's codes as they are, the ranges anyone may pick from
+    (3000-3999 registered, 4000-4999 private) as ``3xxx`` and ``4xxx``: a series per code a caller
+    chooses would be thousands. (The log line has the code itself.)"""
+    return f"{code // 1000}xxx" if 3000 <= code < 5000 else str(code)
+
+
 @dataclass(frozen=True, slots=True)
 class Detour:
     """Another handshake to try for one LiteLLM refused (the budget fallback's): its scope, the headers
@@ -220,7 +227,7 @@ class WebSocketRelay:
             side, code = await _Session(self, receive, send, upstream).run()
         finally:
             opened.dec()
-        self._metrics.websocket_closes.labels(side, str(code)).inc()
+        self._metrics.websocket_closes.labels(side, _code_label(code)).inc()
         event(
             log,
             logging.INFO,
