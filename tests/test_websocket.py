@@ -883,3 +883,22 @@ def test_application_close_codes_are_grouped_in_the_metrics(
     assert metric(text, 'sidecar_websocket_closes_total{by="caller",code="4xxx"}') == 2
     assert metric(text, 'sidecar_websocket_closes_total{by="caller",code="1000"}') == 1
     assert 'code="3000"' not in text and 'code="4999"' not in text
+
+
+def test_the_handshake_carries_no_body_framing_from_the_caller(sidecar: SidecarFactory) -> None:
+    """A handshake has no body: the caller's ``Content-Length`` and ``Expect`` would declare one to
+    LiteLLM that never comes (as for any request the sidecar builds itself)."""
+    heads: list[bytes] = []
+
+    async def records(reader: Reader, writer: Writer) -> None:
+        heads.append(await accept(reader, writer))
+        await reader.read()
+
+    with ScriptedUpstream(records) as upstream:
+        framing = b"content-length: 0\r\nexpect: 100-continue\r\nopenai-beta: realtime=v1\r\n"
+        with RawCaller(sidecar(upstream_url=upstream.url), headers=framing) as caller:
+            assert caller.status == 101
+        assert upstream.wait_for(lambda _: bool(heads))
+    head = heads[0].lower()
+    assert b"openai-beta: realtime=v1" in head
+    assert b"content-length" not in head and b"expect" not in head and b"transfer-encoding" not in head

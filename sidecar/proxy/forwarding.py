@@ -9,7 +9,8 @@ included, is forwarded as sent: the sidecar adds no credential of its own on thi
 
 A WebSocket handshake (``handshake_request_headers``) goes up the same way, less what the client towards
 LiteLLM writes itself: ``Host`` and the handshake's own ``Sec-WebSocket-*`` (the caller's subprotocols go
-with it as a list); its ``X-Forwarded-Proto`` is the handshake request's, ``http`` or ``https``.
+with it as a list), and less the caller's body framing, as a request the sidecar builds (below): a handshake
+has no body; its ``X-Forwarded-Proto`` is the handshake request's, ``http`` or ``https``.
 
 A request the sidecar builds itself on a caller's behalf (the discovery forward, the budget probe, the budget
 view's call: ``built_request_headers``) carries no body, so it says so: the caller's framing
@@ -41,8 +42,9 @@ _REQUEST_DROPPED = HOP_BY_HOP | {b"host", b"x-forwarded-for"}
 _FRAMING = frozenset({b"content-length", b"expect"})  # a request's body, never that of a request we build
 _BUILT_DROPPED = _REQUEST_DROPPED | _FRAMING
 # A WebSocket handshake's own headers: the client towards LiteLLM writes its own (the caller's subprotocols
-# go with it as a list), and ``Host``, which it writes from the upstream's URL.
-_HANDSHAKE_DROPPED = _REQUEST_DROPPED | {
+# go with it as a list), and ``Host``, which it writes from the upstream's URL; a handshake has no body,
+# so no framing either.
+_HANDSHAKE_DROPPED = _BUILT_DROPPED | {
     b"sec-websocket-key",
     b"sec-websocket-version",
     b"sec-websocket-extensions",
