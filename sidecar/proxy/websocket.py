@@ -331,6 +331,8 @@ class _Session:
         self._upstream = upstream
         self._last = time.monotonic()  # when a message last came, or went, either way
         self._sending = 0  # messages on their way: the socket is not idle, if one stalls that is its bound
+        self._up_since = 0.0  # when the message going up now started to (0: none), for ``run``'s bound
+        self._down_since = 0.0  # the same for the message going down
         metrics = relay._metrics
         self._count_up = metrics.websocket_messages.labels("up").inc
         self._bytes_up = metrics.websocket_bytes.labels("up").inc
@@ -345,9 +347,22 @@ class _Session:
         idle = self._relay.idle_timeout
         try:
             while True:
-                wait = self._last + idle - time.monotonic()
-                if wait <= 0 and self._sending:
-                    wait = idle  # a message on its way is not idleness: it goes, or is given up on
+                now = time.monotonic()
+                if self._down_since and now - self._down_since >= idle:  # the caller reads nothing
+                    down.cancel()
+                    self._abort_caller()
+                    await self._cut_upstream(IDLE, "caller stalled")
+                    return "caller_stalled", IDLE
+                if self._up_since and now - self._up_since >= idle and up is not None:  # nor LiteLLM
+                    up.cancel()
+                    await self._close_caller(IDLE, "upstream stalled")
+                    await self._cut_upstream(IDLE, "upstream stalled")
+                    return "upstream_stalled", IDLE
+                wait = self._last + idle - now
+                sending = self._sending or self._up_since or self._down_since
+                if wait <= 0 and sending:
+                    since = [t for t in (self._up_since, self._down_since) if t]
+                    wait = min(since) + idle - now if since else idle  # on its way: not idleness
                 elif wait <= 0:
                     await self._close_caller(IDLE, "idle timeout")
                     await self._cut_upstream(IDLE, "idle timeout")
@@ -355,12 +370,7 @@ class _Session:
                 tasks = (down,) if up is None else (up, down)
                 done, _ = await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if down in done:
-                    try:
-                        ended = down.result()
-                    except _Stalled:  # the caller reads nothing: given up on, LiteLLM told
-                        self._abort_caller()
-                        await self._cut_upstream(IDLE, "caller stalled")
-                        return "caller_stalled", IDLE
+                    ended = down.result()
                     if ended is None:  # the caller left while a message went down
                         await self._cut_upstream(None)
                         return "caller", _NO_STATUS
@@ -392,18 +402,21 @@ class _Session:
 
     async def _caller_to_upstream(self) -> tuple[int, str] | None:
         """Caller's messages up; its close code and reason when it leaves, ``None`` when LiteLLM closed;
-        ``_Stalled`` when LiteLLM takes no message for ``idle_timeout``. While a message waits to go up,
-        the caller's next one (or its leaving) is read already: a caller that leaves is noticed at once."""
+        ``_Stalled`` when LiteLLM takes no message for ``idle_timeout``. A message that fits under LiteLLM's
+        write buffer goes at once, with nothing made for it (a task and a timer per message doubled the
+        relay's CPU per message); while one waits for LiteLLM to read, the caller's next one (or its leaving)
+        is read already: a caller that leaves is noticed at once."""
         receive, upstream, idle = self._receive, self._upstream, self._relay.idle_timeout
-        incoming: asyncio.Future[Any] = asyncio.ensure_future(receive())
+        incoming: asyncio.Future[Any] | None = None
         sending: asyncio.Future[None] | None = None
+        high = upstream.transport.get_write_buffer_limits()[1]
         try:
             while True:
-                message = await incoming
+                message = await (incoming if incoming is not None else receive())
+                incoming = None
                 kind = message["type"]
                 if kind == "websocket.disconnect":
                     return message.get("code", _NO_STATUS), message.get("reason") or ""
-                incoming = asyncio.ensure_future(receive())
                 if kind != "websocket.receive":
                     continue
                 data = message.get("text")
@@ -412,6 +425,21 @@ class _Session:
                 self._last = time.monotonic()
                 self._count_up()
                 self._bytes_up(len(data))
+                if not upstream.paused and len(data) + upstream.transport.get_write_buffer_size() < high:
+                    # The usual case: LiteLLM reads, and the message fits under the write buffer's high
+                    # mark, so the send cannot wait for it to drain: no task, no timer. ``run`` still bounds
+                    # it (``_up_since``).
+                    self._up_since = self._last
+                    try:
+                        await upstream.send(data)
+                    except ConnectionClosed:
+                        return None
+                    finally:
+                        self._up_since = 0.0
+                    self._last = time.monotonic()
+                    continue
+                # LiteLLM pushes back: the caller's next message (or its leaving) is read meanwhile.
+                incoming = asyncio.ensure_future(receive())
                 started = time.monotonic()
                 sending = asyncio.ensure_future(upstream.send(data))
                 self._sending += 1
@@ -431,16 +459,17 @@ class _Session:
                 except ConnectionClosed:
                     return None
         finally:
-            incoming.cancel()
+            if incoming is not None:
+                incoming.cancel()
             if sending is not None:
                 sending.cancel()
 
     async def _upstream_to_caller(self) -> tuple[int, str] | None:
         """LiteLLM's messages down; the close code and reason to give the caller when it closes (the
         code the client closed with itself for a broken frame or an oversize message), ``None`` when the
-        caller left (or uvicorn closed it itself: its send then raises ``RuntimeError``); ``_Stalled``
-        when the caller takes no message for ``idle_timeout``."""
-        upstream, send, idle = self._upstream, self._send, self._relay.idle_timeout
+        caller left (or uvicorn closed it itself: its send then raises ``RuntimeError``). A caller that
+        takes no message for ``idle_timeout`` is given up on by ``run`` (``_down_since``)."""
+        upstream, send = self._upstream, self._send
         try:
             while True:
                 data = await upstream.recv()
@@ -452,16 +481,14 @@ class _Session:
                     if isinstance(data, str)
                     else {"type": "websocket.send", "bytes": data}
                 )
-                self._sending += 1
+                # uvicorn's send waits while the caller reads nothing: ``run`` bounds it (``_down_since``)
+                self._down_since = self._last
                 try:
-                    async with asyncio.timeout(idle):  # uvicorn's send waits while the caller reads nothing
-                        await send(message)
-                except TimeoutError:
-                    raise _Stalled from None
+                    await send(message)
                 except RuntimeError:  # uvicorn closed the caller itself (no pong in time, a bad frame)
                     return None
                 finally:
-                    self._sending -= 1
+                    self._down_since = 0.0
                 self._last = time.monotonic()
         except ConnectionClosed as closed:
             frame = closed.rcvd if closed.rcvd is not None else closed.sent
