@@ -24,6 +24,7 @@ each time the answer changes) and to ``--check``, never to whoever asks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,7 @@ class Running:
     budget_view: BudgetView
     hold: Hold  # what the pass-through holds back: budget refusals, judged and marked (``refusals.py``)
     handshake_hold: Hold  # the same for WebSocket handshakes, and LiteLLM's empty 403 to a spent caller
+    handshake_accepted: Callable[[Scope], None]  # a handshake LiteLLM upgraded: its caller is known
     fallback: Fallback | None  # None unless the ``fallback`` setting maps a model
 
 
@@ -124,6 +126,7 @@ def start(settings: Settings, upstream: Upstream, metrics: Metrics) -> Running:
         budget_view=BudgetView(upstream, admin, budget),
         hold=refusals.hold,
         handshake_hold=refusals.handshake_hold,
+        handshake_accepted=refusals.handshake_accepted,
         fallback=fallback,
     )
 
@@ -233,7 +236,9 @@ class SidecarApp:
             else:
                 fallback = running.fallback
                 rescue = fallback.handshake_detour if fallback is not None else None
-                await self.websockets.handle(scope, receive, send, running.handshake_hold, rescue)
+                await self.websockets.handle(
+                    scope, receive, send, running.handshake_hold, rescue, running.handshake_accepted
+                )
 
     async def _for_litellm(
         self, running: Running, raw_path: bytes, scope: Scope, receive: Receive, send: Send

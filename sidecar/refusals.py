@@ -11,7 +11,8 @@ refusal goes on without the mark. Any other answer goes on as it came.
 A WebSocket handshake is held the same way (``handshake_hold``), and one more case is looked into: LiteLLM's
 WebSocket auth refuses a spent key on a paid realtime model with ``403`` and an empty body, the very answer
 it gives an unknown key. When the caller's budget state says spent - the state known already, or, for a
-credential LiteLLM admitted lately (``BudgetBook.admitted``: its discovery or a budget refusal of its), one
+credential LiteLLM admitted lately (``BudgetBook.admitted``: its discovery, a handshake LiteLLM upgraded, or
+a budget refusal of its), one
 established as for discovery: LiteLLM's probe route with the caller's own headers, then its records; never
 for a stranger, whose 403 may be a wrong key - that refusal counts as a
 budget refusal at the spent level - recorded, judged, counted and logged as one - and goes back with
@@ -55,6 +56,13 @@ class Refusals:
 
     async def _marked(self, scope: Scope, answer: Answer) -> Answer:
         return (await self.judged(scope, answer))[1]
+
+    def handshake_accepted(self, scope: Scope) -> None:
+        """LiteLLM upgraded this handshake: it authenticated the caller's credential, which is then known
+        (``BudgetBook.admit``): a realtime-only client's later refused handshake is judged too."""
+        who = principal_of(scope)
+        if who is not None:
+            self._budget.admit(who)
 
     async def _handshake_marked(self, scope: Scope, answer: Answer) -> Answer:
         refusal, shown = await self.judged(scope, answer)

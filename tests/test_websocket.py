@@ -537,6 +537,25 @@ def test_a_browser_callers_refused_handshake_is_marked_too(sidecar: SidecarFacto
     assert refused.value.response.headers["x-sidecar-budget-scope"] == "team"
 
 
+def test_a_realtime_only_callers_refusal_is_marked_once_litellm_upgraded_it(
+    sidecar: SidecarFactory, realtime: str
+) -> None:
+    """A client that never lists models: the session LiteLLM upgraded on the free model made its key
+    known, so its refused handshake on the paid one is judged and marked."""
+    url = sidecar(upstream_url=realtime)
+    spent = {"Authorization": f"Bearer {KEYS['KEY_TEAM_BROKE']}"}
+    with connect(ws(url) + "/v1/realtime?model=realtime-model", additional_headers=spent) as caller:
+        assert json.loads(caller.recv())["type"] == "session.created"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=spent)
+    answer = refused.value.response
+    assert (answer.status_code, answer.body) == (403, b"")
+    assert (answer.headers["x-sidecar-budget-exceeded"], answer.headers["x-sidecar-budget-scope"]) == (
+        "true",
+        "team",
+    )
+
+
 def test_a_strangers_refused_handshake_costs_litellm_nothing_more(
     sidecar: SidecarFactory, realtime: str, realtime_litellm: RealtimeLiteLLM
 ) -> None:

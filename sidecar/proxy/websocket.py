@@ -176,9 +176,11 @@ class WebSocketRelay:
         send: Send,
         hold: Hold | None = None,
         rescue: Rescue | None = None,
+        accepted: Callable[[Scope], None] | None = None,
     ) -> None:
         """One caller's WebSocket: the handshake with LiteLLM, then the relay until either side closes. A
-        refused handshake is shown to ``hold``, then to ``rescue``, which may name another to try."""
+        refused handshake is shown to ``hold``, then to ``rescue``, which may name another to try; one
+        LiteLLM upgrades is told to ``accepted``."""
         if (await receive())["type"] != "websocket.connect":
             return  # the caller left before its handshake was read through
         path = scope["raw_path"].decode("latin-1")
@@ -209,6 +211,8 @@ class WebSocketRelay:
             await self.answer(scope, send, _json_answer(failed.status, failed.body()))
             return
         self._metrics.request("websocket", 101)
+        if accepted is not None:
+            accepted(scope)
         switching = upstream.response
         given = _answer_headers(switching.headers) if switching is not None else []
         accept = [(name, value) for name, value in given if name not in _OWN_HANDSHAKE] + marks
