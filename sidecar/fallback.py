@@ -139,23 +139,13 @@ class Fallback:
         if len(models) != 1:
             return None
         model = models[0]
-        target = self._mapping.get(model, self._mapping.get("*"))
-        if target is None or target == model or not await self._may_use(admin, who, model, target, refusal):
+        target = await self._target(admin, who, model, refusal)
+        if target is None:
             return None
         again = _with_model(scope["query_string"], target)
 
         def ended(outcome: str) -> None:
-            self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
-            event(
-                log,
-                logging.INFO,
-                "fallback",
-                outcome=outcome,
-                model=model[:_SHOWN_LIMIT],
-                target=target,
-                key=who.label,
-                route="websocket",
-            )
+            self._ended(model, target, outcome, who.label, route="websocket")
 
         marks = [(FROM_HEADER, self._shown(model).encode()), (MODEL_HEADER, target.encode())]
         return Detour({**scope, "query_string": again}, marks, ended)
@@ -175,21 +165,22 @@ class Fallback:
         model = request.get("model") if request is not None else None
         if request is None or not isinstance(model, str):
             return None
-        target = self._mapping.get(model, self._mapping.get("*"))
-        if target is None or target == model:
-            return None
-        if not await self._may_use(admin, who, model, target, refusal):
+        target = await self._target(admin, who, model, refusal)
+        if target is None:
             return None
         request["model"] = target
         return _Plan(model, target, json.dumps(request, separators=(",", ":")).encode())
 
-    def _count(self, scope: Scope, model: str, target: str, retry: _Retry) -> None:
-        """The metric and log line of one retry, however it ended."""
-        # "abandoned": the caller went away before the retry was answered. LiteLLM unreachable or too slow
-        # is "refused": its answer is then the sidecar's own 502 or 504 (retry_error "upstream_error").
-        outcome = "abandoned" if retry.status is None else "served" if retry.passed else "refused"
+    async def _target(self, admin: AdminLookups, who: Principal, model: str, refusal: Refusal) -> str | None:
+        """The free model ``model`` falls back to for this caller, if the mapping names one it may use."""
+        target = self._mapping.get(model, self._mapping.get("*"))
+        if target is None or target == model or not await self._may_use(admin, who, model, target, refusal):
+            return None
+        return target
+
+    def _ended(self, model: str, target: str, outcome: str, key: str | None, **fields: Any) -> None:
+        """The metric and log line of one fallback, however it ended."""
         self._metrics.fallbacks.labels(self._rule(model), target, outcome).inc()
-        refused = outcome == "refused"
         event(
             log,
             logging.INFO,
@@ -197,7 +188,21 @@ class Fallback:
             outcome=outcome,
             model=model[:_SHOWN_LIMIT],
             target=target,
-            key=_label(scope),
+            key=key,
+            **fields,
+        )
+
+    def _count(self, scope: Scope, model: str, target: str, retry: _Retry) -> None:
+        """The metric and log line of one retry, however it ended."""
+        # "abandoned": the caller went away before the retry was answered. LiteLLM unreachable or too slow
+        # is "refused": its answer is then the sidecar's own 502 or 504 (retry_error "upstream_error").
+        outcome = "abandoned" if retry.status is None else "served" if retry.passed else "refused"
+        refused = outcome == "refused"
+        self._ended(
+            model,
+            target,
+            outcome,
+            _label(scope),
             # Why a refused fallback failed: LiteLLM refused the free model for budget too, or its answer
             # was another error (e.g. the target's provider does not serve this route).
             retry_status=retry.status,
