@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from run import build_argv, build_env, cpu_seconds, describe_build, free_port, nginx_around, rss_mb
+from streams import wait_listening
 
 HERE = Path(__file__).resolve().parent
 PATH = b"/v1/realtime?model=gpt-realtime"
@@ -359,18 +359,6 @@ def run_hold(port: int, count: int, deflate: bool) -> None:
 
 
 # --- the harness ----------------------------------------------------------------------------------------
-def wait_listening(port: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited at start:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start")
-
-
 def nginx_config(directory: Path, port: int, upstream_port: int, sockets: int) -> Path:
     """nginx as ``deploy/nginx`` passes WebSockets on: the upgrade mapped, no buffering, long timeouts."""
     return nginx_around(

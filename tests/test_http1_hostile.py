@@ -336,6 +336,14 @@ def test_an_early_answer_during_an_upload_is_the_answer() -> None:
 
 TOO_LARGE = b'{"error":{"message":"Request size is too large","code":"413"}}'
 EARLY_413 = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: %d\r\n\r\n%s" % (len(TOO_LARGE), TOO_LARGE)
+# A 64 MiB upload's head, and an upload of it that sends 64 KiB, then pauses (a caller on a slow link).
+_UPLOAD_HEAD = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
+
+
+async def _pausing_upload() -> AsyncIterator[bytes]:
+    yield b"x" * 65536
+    await asyncio.sleep(30)
+    yield b"x" * 65536
 
 
 async def endless_upload(size: int = 64 * 1024 * 1024) -> AsyncIterator[bytes]:
@@ -368,9 +376,8 @@ def test_an_early_answer_is_the_answer_when_the_upstream_resets_the_upload() -> 
 
     async def test(port: int) -> None:
         pool = ConnectionPool("127.0.0.1", port, False, 2.0, 2.0)
-        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
         try:
-            response = await pool.request(head, upload(), method="POST")
+            response = await pool.request(_UPLOAD_HEAD, upload(), method="POST")
             assert (response.status, await response.read()) == (413, TOO_LARGE)
             response.release()
             assert not pool._idle  # never pooled
@@ -397,9 +404,8 @@ def test_an_early_answer_ends_an_upload_the_upstream_no_longer_reads() -> None:
         await asyncio.sleep(30)  # reads nothing more; holds the connection open
 
     async def test(pool: ConnectionPool, stats: Stats) -> None:
-        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
         started = asyncio.get_running_loop().time()
-        response = await pool.request(head, endless_upload(), method="POST")
+        response = await pool.request(_UPLOAD_HEAD, endless_upload(), method="POST")
         assert (response.status, await response.read()) == (413, TOO_LARGE)
         response.release()
         assert asyncio.get_running_loop().time() - started < 1.0  # not after the 5 s write timeout
@@ -421,15 +427,9 @@ def test_an_early_answer_does_not_wait_for_a_caller_that_pauses_its_upload() -> 
         await writer.drain()
         await reader.read()  # reads on, without closing: only the client's closing ends this
 
-    async def pausing_upload() -> AsyncIterator[bytes]:
-        yield b"x" * 65536
-        await asyncio.sleep(30)
-        yield b"x" * 65536
-
     async def test(pool: ConnectionPool, stats: Stats) -> None:
-        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
         started = asyncio.get_running_loop().time()
-        response = await pool.request(head, pausing_upload(), method="POST")
+        response = await pool.request(_UPLOAD_HEAD, _pausing_upload(), method="POST")
         assert (response.status, await response.read()) == (413, TOO_LARGE)
         response.release()
         assert asyncio.get_running_loop().time() - started < 1.0
@@ -445,16 +445,10 @@ def test_a_connection_dropped_while_the_caller_pauses_its_upload_fails_at_once()
     async def hangs_up(reader: Reader, writer: Writer) -> None:
         await reader.readuntil(b"\r\n\r\n")  # and closes, answering nothing
 
-    async def pausing_upload() -> AsyncIterator[bytes]:
-        yield b"x" * 65536
-        await asyncio.sleep(30)
-        yield b"x" * 65536
-
     async def test(pool: ConnectionPool, stats: Stats) -> None:
-        head = b"POST /v1/files HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (64 * 1024 * 1024)
         started = asyncio.get_running_loop().time()
         with pytest.raises(UpstreamClosed):
-            await pool.request(head, pausing_upload(), method="POST")
+            await pool.request(_UPLOAD_HEAD, _pausing_upload(), method="POST")
         assert asyncio.get_running_loop().time() - started < 1.0
 
     run(hangs_up, test, read_timeout=30.0)

@@ -20,19 +20,10 @@ import httpx
 import pytest
 
 from tests.integration.conftest import REPORT, LiteLLM
+from tests.test_mcp import INITIALIZE
 
 pytestmark = pytest.mark.integration
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 ACCEPT = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
 PRINCIPALS = ["MASTER", "KEY_HEALTHY", "KEY_TEAM_BROKE", "KEY_KEY_BROKE"]
 
