@@ -597,23 +597,29 @@ def test_the_log_has_one_line_per_socket_without_keys_or_queries(
         with log.open("wb") as stderr:
             env = _env(fake, port=str(port), upstream_url=upstream.url, log_level=level)
             proc = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, stderr=stderr)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while not _listening(url):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         secret = KEYS["KEY_HEALTHY"]
-        with connect(
-            ws(url) + "/v1/realtime?model=m&note=query-text",
-            additional_headers={"Authorization": f"Bearer {secret}"},
-            subprotocols=cast(Any, ["realtime", f"openai-insecure-api-key.{secret}"]),
-        ) as caller:
-            caller.send("x")
-            assert caller.recv() == "x"
-            caller.close(4001, "done")
-        assert upstream.wait_closed()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+        try:  # the sidecar stops whatever happens
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 15
+            while not _listening(url):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            with connect(
+                ws(url) + "/v1/realtime?model=m&note=query-text",
+                additional_headers={"Authorization": f"Bearer {secret}"},
+                subprotocols=cast(Any, ["realtime", f"openai-insecure-api-key.{secret}"]),
+            ) as caller:
+                caller.send("x")
+                assert caller.recv() == "x"
+                caller.close(4001, "done")
+            assert upstream.wait_closed()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
     text = log.read_text()
     closed = [line for line in map(json.loads, text.splitlines()) if line.get("event") == "websocket_closed"]
     assert len(closed) == 1
