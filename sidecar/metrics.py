@@ -139,6 +139,14 @@ class Metrics:
             ["from", "to", "outcome"],
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "sidecar_gc_pause_seconds",
+            "Python's cycle collections and how long each held the event loop, by generation (2: the full "
+            "collections, at most one every gc_interval seconds; proxy/collector.py).",
+            ["generation"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.websockets_open = Gauge(
             "sidecar_websockets_open",
             "WebSockets passed through to LiteLLM and open now (after LiteLLM's 101).",
@@ -176,6 +184,9 @@ class Metrics:
         if inc is None:
             inc = self._request_children[(route, status)] = self._requests.labels(route, str(status)).inc
         inc()
+
+    def gc_paused(self, generation: int, seconds: float) -> None:
+        self.gc_pause.labels(str(generation)).observe(seconds)
 
     def watch_caches(self, **caches: SingleFlightCache[Any, Any]) -> None:
         for name, cache in caches.items():

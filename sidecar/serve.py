@@ -43,6 +43,7 @@ from sidecar import logs
 from sidecar.app import ALWAYS_ANSWERED, SidecarApp, create_app
 from sidecar.logs import event
 from sidecar.proxy.capacity import LOW_STREAMS, raise_open_files
+from sidecar.proxy.collector import Collector
 from sidecar.proxy.inbound import bounded_protocol
 from sidecar.settings import Settings
 
@@ -85,7 +86,9 @@ class DrainingServer(uvicorn.Server):
 
     On the first SIGTERM/SIGINT the app reports not ready at once and keeps serving for ``drain_delay``
     seconds; then uvicorn's own graceful shutdown closes the listener and lets in-flight requests finish
-    within ``timeout_graceful_shutdown``. A second signal skips the delay.
+    within ``timeout_graceful_shutdown``. A second signal skips the delay. Python's cycle collector runs
+    on the process's terms once serving starts (``proxy/collector.py``), its full collections from
+    uvicorn's tick.
     """
 
     def __init__(self, config: uvicorn.Config, drain_delay: float) -> None:
@@ -93,17 +96,22 @@ class DrainingServer(uvicorn.Server):
         self._drain_delay = drain_delay
         self._stop_at: float | None = None
         self._announcing: asyncio.Task[None] | None = None
+        self._collector: Collector | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         app = self.config.app
         if isinstance(app, SidecarApp) and not self.should_exit:
+            self._collector = Collector(app.settings.gc_interval, app.metrics.gc_paused)
+            self._collector.start()
             self._announcing = asyncio.create_task(announce(app))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._announcing is not None:
             self._announcing.cancel()
         await super().shutdown(sockets)
+        if self._collector is not None:
+            self._collector.stop()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.app
@@ -115,6 +123,8 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
+        if self._collector is not None:
+            self._collector.tick()
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self.should_exit = True
         return await super().on_tick(counter)

@@ -204,6 +204,39 @@ def process(fake: FakeLiteLLM, tmp_path: Path) -> Iterator[StartSidecar]:
             proc.wait()
 
 
+def test_the_served_process_runs_its_full_collections_from_its_tick_and_counts_every_pause(
+    process: StartSidecar,
+) -> None:
+    """``proxy/collector.py`` end to end: callers holding connections open make the heap grow (young
+    collections; CPython's own rule would add full ones); the process's tick runs the full collection, and
+    ``/sidecar/metrics`` shows both kinds of pause."""
+    _, url, _ = process(gc_interval="0.3", log_level="warning")
+    port = int(url.rsplit(":", 1)[1])
+    held: list[socket.socket] = []
+    try:
+        for _ in range(600):  # each kept-alive caller: a protocol, its transport, parser, timer, ...
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            held.append(sock)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        for sock in held:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while True:
+            text = httpx.get(url + "/sidecar/metrics", timeout=5).text
+            counts = {
+                generation: metric(text, f'sidecar_gc_pause_seconds_count{{generation="{generation}"}}')
+                for generation in "02"
+                if f'sidecar_gc_pause_seconds_count{{generation="{generation}"}}' in text
+            }
+            if len(counts) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert counts.get("0", 0) >= 1 and counts.get("2", 0) >= 1, text
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_ctrl_c_drains_and_ends_by_the_signal_without_a_traceback(
     process: StartSidecar, fake: FakeLiteLLM
 ) -> None:
