@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, cast
@@ -927,3 +929,44 @@ def test_the_handshake_carries_no_body_framing_from_the_caller(sidecar: SidecarF
     head = heads[0].lower()
     assert b"openai-beta: realtime=v1" in head
     assert b"content-length" not in head and b"expect" not in head and b"transfer-encoding" not in head
+
+
+def test_sessions_closed_or_vanished_leave_no_cycles_for_the_full_collection(
+    sidecar: SidecarFactory, echoing: WsUpstream
+) -> None:
+    """Full collections are rare (``gc_interval``, ``proxy/collector.py``): a relayed session, closed by
+    its caller or vanished, leaves none of the sidecar's objects in a reference cycle - reference counting
+    frees them as it ends."""
+    url = sidecar(upstream_url=echoing.url)
+
+    def sessions(count: int) -> None:
+        for index in range(count):
+            caller = RawCaller(url)
+            assert caller.status == 101
+            caller.send(frame(TEXT, b'{"type":"ping"}', mask=True))
+            assert caller.next_frame() == (TEXT, True, b'{"type":"ping"}')
+            if index % 2:
+                caller.send(close_frame(1000, mask=True))
+                assert caller.next_frame() is not None
+            caller.sock.close()
+
+    sessions(2)  # warm
+    assert echoing.wait_closed(2)
+    gc.collect()
+    gc.disable()
+    try:
+        sessions(10)
+        assert echoing.wait_closed(12)
+        time.sleep(0.3)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        ours = Counter(
+            f"{type(each).__module__}.{type(each).__qualname__}"
+            for each in gc.garbage
+            if type(each).__module__.split(".")[0] in {"sidecar", "uvicorn", "uvloop", "httptools"}
+        )
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert sum(ours.values()) < 5, f"left in cycles by 10 sessions: {ours}"

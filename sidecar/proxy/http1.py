@@ -45,6 +45,7 @@ The rules it keeps, the ones httpcore and h11 keep:
 from __future__ import annotations
 
 import asyncio
+import copy
 import errno
 import os
 import ssl
@@ -223,6 +224,23 @@ class _Connection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost(exc)
+        finally:
+            # The parser calls this connection's methods, so each holds the other: a reference cycle that
+            # only a full collection (``collector.py``) would free, with the transport and the answer's
+            # buffers. Nothing is parsed after the connection is lost; as uvicorn does with its own.
+            self._parser = None  # type: ignore[assignment]
+
+    def discard(self) -> None:
+        """Let go of a connection whose connect was given up after it was made (uvloop closes its socket
+        without telling it). Each of the parser and the transport refers back to it; dropped, it is freed
+        at once rather than by a full collection."""
+        self.closed = True
+        self.transport = None
+        self._parser = None  # type: ignore[assignment]
+
+    def _lost(self, exc: Exception | None) -> None:
         if exc is not None and self.in_use and not self.complete:
             self._read_what_is_left()
         self._stop_upload()
@@ -371,20 +389,25 @@ class _Connection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # a done future kept here could tie its awaiter's frames to this connection
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def wait(self, timeout: float) -> None:
-        """Wait until something new happened (headers, body, end, error), at most ``timeout`` seconds.
+    def arrival(self, timeout: float) -> asyncio.Future[None]:
+        """A future done when something new happens (headers, body, end, error), at most ``timeout``
+        seconds from now (then it fails with ``UpstreamTimeout``). A future, not a coroutine: a stream
+        waits once per chunk, and each coroutine frame in the wait would be one more object the cycle
+        collector's young generation walks per open stream (``collector.py``).
 
-        A stream waits once per chunk: rather than a timer per wait (made, then cancelled a moment later
-        when the chunk comes - at thousands of open streams a good part of the loop's work), one timer per
-        connection stays armed, and a wait only moves the deadline. When the timer fires before the
-        deadline of the wait then pending, it is armed again for that deadline; with no wait pending it
-        lapses, and the next wait arms it. The timer outlives the exchange too: a pooled connection keeps
-        it until it lapses, so a kept-alive connection serving request after request makes no timer per
-        request (one made and cancelled per request - a libuv timer started, stopped and closed - was
-        about 8 % of a JSON pass-through's CPU); only a closed connection drops it (``disarm``)."""
+        Rather than a timer per wait (made, then cancelled a moment later when the chunk comes - at
+        thousands of open streams a good part of the loop's work), one timer per connection stays armed,
+        and a wait only moves the deadline. When the timer fires before the deadline of the wait then
+        pending, it is armed again for that deadline; with no wait pending it lapses, and the next wait
+        arms it. The timer outlives the exchange too: a pooled connection keeps it until it lapses, so a
+        kept-alive connection serving request after request makes no timer per request (one made and
+        cancelled per request - a libuv timer started, stopped and closed - was about 8 % of a JSON
+        pass-through's CPU); only a closed connection drops it (``disarm``)."""
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         deadline = self._deadline = loop.time() + timeout
@@ -393,10 +416,7 @@ class _Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
             self._timer = loop.call_at(deadline, self._on_timer)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -404,12 +424,17 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         if self._loop.time() >= self._deadline:
+            self._waiter = None
             waiter.set_exception(UpstreamTimeout("upstream did not answer in time"))
         else:
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def disarm(self) -> None:
-        """Drop the read timer: a closed connection holds none."""
+        """Drop the read timer, and a wait's future that is over: a closed connection holds neither (one
+        still pending is for ``_wake`` to end)."""
+        waiter = self._waiter
+        if waiter is not None and waiter.done():
+            self._waiter = None
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
@@ -425,8 +450,12 @@ class _Connection(asyncio.Protocol):
         return data
 
     def raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
+        error = self._error
+        if error is not None:
+            # A copy goes up: the kept one would gather the frames it passes through, this connection's
+            # among them - a reference cycle per failed or abandoned exchange, holding the connection, its
+            # transports and the caller's request until a full collection (``collector.py``).
+            raise copy.copy(error)
 
     @property
     def reusable(self) -> bool:
@@ -485,18 +514,31 @@ class Response:
         connection = self._connection
         return connection is None or (connection.complete and not connection._body)
 
-    async def chunk(self) -> bytes:
-        """The next part of the body as it arrived (``b""`` at the end)."""
+    def ready(self) -> bytes | None:
+        """The part of the body that arrived since the last (``b""`` at the end), or ``None`` if none did:
+        then wait for ``arrival()``."""
         connection = self._connection
         if connection is None:
             raise UpstreamError("the answer was already released")
-        while True:
-            if connection._body:
-                return connection.take_body()
-            if connection.complete:
-                return b""
-            connection.raise_error()
-            await connection.wait(self._pool.read_timeout)
+        if connection._body:
+            return connection.take_body()
+        if connection.complete:
+            return b""
+        connection.raise_error()
+        return None
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Done when more of the answer came, or failed past the read timeout."""
+        connection = self._connection
+        if connection is None:
+            raise UpstreamError("the answer was already released")
+        return connection.arrival(self._pool.read_timeout)
+
+    async def chunk(self) -> bytes:
+        """The next part of the body as it arrived (``b""`` at the end)."""
+        while (part := self.ready()) is None:
+            await self.arrival()
+        return part
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while chunk := await self.chunk():
@@ -578,7 +620,7 @@ class ConnectionPool:
                 await self._send(connection, head, body, chunked)
                 while not connection.headers_done:
                     connection.raise_error()
-                    await connection.wait(self.read_timeout)
+                    await connection.arrival(self.read_timeout)
                 connection.raise_error()
                 return Response(self, connection)
             except _Stale:
@@ -605,11 +647,18 @@ class ConnectionPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        made: list[_Connection] = []  # what a connect given up at the last moment made, to let go of
+
+        def connection() -> _Connection:
+            made.append(_Connection(loop, self.read_timeout, self.max_header_bytes))
+            return made[-1]
+
+        connected = None
         try:
             # asyncio.timeout, not wait_for: no task of its own per connection (a stream opens one each)
             async with asyncio.timeout(self.connect_timeout):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, self.read_timeout, self.max_header_bytes),
+                _, connected = await loop.create_connection(
+                    connection,
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -622,7 +671,11 @@ class ConnectionPool:
                 cause = errno.errorcode[exc.errno]
                 raise LocalExhausted(f"out of local resources to connect ({cause})") from None
             raise UpstreamError(f"could not connect to the upstream ({type(exc).__name__})") from None
-        return connection
+        finally:
+            if connected is None:  # connected, then given up (the caller left): uvloop closed the socket
+                for each in made:
+                    each.discard()
+        return connected
 
     async def _send(
         self, connection: _Connection, head: bytes, body: bytes | AsyncIterator[bytes] | None, chunked: bool

@@ -128,6 +128,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         super().handle_websocket_upgrade()
+        # The connection is the WebSocket protocol's now; this one is never called again (no
+        # ``connection_lost``, where uvicorn lets go of its parser). The parser calls this protocol's
+        # methods, so each holds the other: let go here, or a full collection would have to.
+        self.parser = None  # type: ignore[assignment]
 
     def _path(self) -> bytes:
         return bytes(self.url).split(b"?", 1)[0]

@@ -329,7 +329,11 @@ class Upstream:
                 return
             while chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                chunk = await response.chunk()
+                part = response.ready()  # no coroutine per chunk: ``Response.arrival``
+                while part is None:
+                    await response.arrival()
+                    part = response.ready()
+                chunk = part
             watch.stop()
             await send({"type": "http.response.body", "body": b""})
         except UpstreamError as exc:
