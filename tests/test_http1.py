@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.proxy.http1 import ConnectionPool, UpstreamError, UpstreamTimeout
+from sidecar.proxy.http1 import ConnectionPool, UpstreamError, UpstreamTimeout, _Connection
 from tests.scripted import GET, Stats, ok, read_request, run
 
 
@@ -358,3 +358,34 @@ def test_a_connect_that_never_completes_is_a_timeout(monkeypatch: pytest.MonkeyP
         assert held[0].cancelled()  # the connect attempt itself was abandoned
 
     asyncio.run(main())
+
+
+class _Odd(Exception):
+    """An error whose constructor takes other arguments than it keeps: it cannot be copied."""
+
+    def __init__(self, message: str, extra: int) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+def test_the_error_that_ended_an_exchange_is_raised_each_time_it_is_asked_for() -> None:
+    """The error kept on a connection goes up as a copy (the kept one would gather the frames it passes
+    through: a reference cycle), the same class and message every time; one that cannot be copied goes
+    up itself."""
+    loop = asyncio.new_event_loop()
+    try:
+        for error in (UpstreamTimeout("upstream did not answer in time"), _Odd("odd", 1)):
+            connection = _Connection(loop, 1.0, 65536)
+            connection.fail(error)
+            raised = []
+            for _ in range(2):
+                with pytest.raises(type(error), match=str(error)) as caught:
+                    connection.raise_error()
+                raised.append(caught.value)
+            if isinstance(error, UpstreamTimeout):
+                assert all(each is not error for each in raised)
+                assert error.__traceback__ is None  # the kept one gathered no frames
+            else:
+                assert all(each is error for each in raised)
+    finally:
+        loop.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import signal
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +35,7 @@ from tests.conftest import SidecarFactory
 from tests.fake_litellm import KEYS, FakeLiteLLM
 from tests.scripted import ScriptedUpstream
 from tests.servers import ServerThread
+from tests.test_collector import cycles_left_by
 from tests.test_operations import _env, closed_port, metric
 from tests.wsraw import (
     BINARY,
@@ -952,21 +951,11 @@ def test_sessions_closed_or_vanished_leave_no_cycles_for_the_full_collection(
 
     sessions(2)  # warm
     assert echoing.wait_closed(2)
-    gc.collect()
-    gc.disable()
-    try:
+
+    def more() -> None:
         sessions(10)
         assert echoing.wait_closed(12)
         time.sleep(0.3)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        ours = Counter(
-            f"{type(each).__module__}.{type(each).__qualname__}"
-            for each in gc.garbage
-            if type(each).__module__.split(".")[0] in {"sidecar", "uvicorn", "uvloop", "httptools"}
-        )
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+
+    ours = cycles_left_by(more)
     assert sum(ours.values()) < 5, f"left in cycles by 10 sessions: {ours}"

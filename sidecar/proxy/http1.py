@@ -92,6 +92,15 @@ class _Stray(Exception):
     """Raised inside the parser to stop it: a byte came after the end of the answer."""
 
 
+def _copy_of(error: BaseException) -> BaseException:
+    """A copy of ``error`` (its class, arguments and attributes), or ``error`` itself if it cannot be
+    copied (a constructor that takes other arguments than it keeps)."""
+    try:
+        return copy.copy(error)
+    except Exception:  # noqa: BLE001 - the error itself will do
+        return error
+
+
 class Cancel:
     """Lets another task abandon one exchange: :meth:`cancel` closes its connection at once, and the
     waiting :meth:`ConnectionPool.request` or :meth:`Response.chunk` raises :class:`Cancelled`."""
@@ -454,8 +463,9 @@ class _Connection(asyncio.Protocol):
         if error is not None:
             # A copy goes up: the kept one would gather the frames it passes through, this connection's
             # among them - a reference cycle per failed or abandoned exchange, holding the connection, its
-            # transports and the caller's request until a full collection (``collector.py``).
-            raise copy.copy(error)
+            # transports and the caller's request until a full collection (``collector.py``). Not bound
+            # to a name here: this frame, in the copy's traceback, would hold it.
+            raise _copy_of(error)
 
     @property
     def reusable(self) -> bool:
