@@ -33,7 +33,7 @@ from sidecar.metrics import Metrics
 from sidecar.proxy.websocket import WebSocketRelay
 from tests.conftest import SidecarFactory
 from tests.fake_litellm import KEYS, FakeLiteLLM
-from tests.scripted import ScriptedUpstream
+from tests.scripted import Handler, ScriptedUpstream
 from tests.servers import ServerThread
 from tests.test_collector import cycles_left_by
 from tests.test_operations import _env, closed_port, metric
@@ -113,6 +113,20 @@ async def echo(connection: ServerConnection) -> None:
 def echoing() -> Iterator[WsUpstream]:
     with WsUpstream(echo) as upstream:
         yield upstream
+
+
+def in_turn(*answers: bytes) -> Handler:
+    """An upstream that reads each connection's request head, answers it with the next of ``answers`` as
+    given (bytes on the wire) and closes."""
+    left = iter(answers)
+
+    async def answer(reader: Reader, writer: Writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(next(left))
+        await writer.drain()
+        writer.close()
+
+    return answer
 
 
 def ws(url: str) -> str:
@@ -199,20 +213,11 @@ def test_close_codes_and_reasons_go_both_ways(sidecar: SidecarFactory) -> None:
 
 
 def test_a_refused_handshake_reaches_the_caller_as_litellms_answer(sidecar: SidecarFactory) -> None:
-    answers = iter(
-        [
-            b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nx-litellm-call-id: abc\r\n\r\n",
-            b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n"
-            b'{"detail":"Not Found"}',
-        ]
+    refuses = in_turn(
+        b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nx-litellm-call-id: abc\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n"
+        b'{"detail":"Not Found"}',
     )
-
-    async def refuses(reader: Reader, writer: Writer) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(next(answers))
-        await writer.drain()
-        writer.close()
-
     with ScriptedUpstream(refuses) as upstream:
         url = sidecar(upstream_url=upstream.url)
         with pytest.raises(InvalidStatus) as refused:
@@ -692,20 +697,11 @@ def test_a_redirect_from_litellm_reaches_the_caller_and_is_never_followed(sideca
 
     with ScriptedUpstream(target) as elsewhere:
         there = ws(elsewhere.url).replace("127.0.0.1", "localhost").encode()
-        answers = iter(
-            [
-                b"HTTP/1.1 302 Found\r\nlocation: %s/x\r\ncontent-length: 5\r\n\r\nmoved" % there,
-                b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://elsewhere.example/x\r\n"
-                b"content-length: 0\r\n\r\n",
-            ]
+        redirects = in_turn(
+            b"HTTP/1.1 302 Found\r\nlocation: %s/x\r\ncontent-length: 5\r\n\r\nmoved" % there,
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://elsewhere.example/x\r\n"
+            b"content-length: 0\r\n\r\n",
         )
-
-        async def redirects(reader: Reader, writer: Writer) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(next(answers))
-            await writer.drain()
-            writer.close()
-
         with ScriptedUpstream(redirects) as upstream:
             url = sidecar(upstream_url=upstream.url)
             with RawCaller(url, headers=b"api-key: sk-caller\r\nx-litellm-api-key: sk-caller\r\n") as caller:
