@@ -76,10 +76,8 @@ class Recent(Generic[K, V]):
 class SingleFlightCache(Generic[K, V]):
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
-        self.hits = 0
+        self.hits = 0  # counted by ``Metrics.watch_caches``
         self.misses = 0
-        self.on_hit: Callable[[], None] = _nothing  # set by ``Metrics.watch_caches``
-        self.on_miss: Callable[[], None] = _nothing
         self._values: Recent[K, V] = Recent(max_entries)
         # One task per key being loaded: bounded by the loads in flight, each removed when it ends.
         self._loading: dict[K, asyncio.Task[V]] = {}
@@ -93,10 +91,8 @@ class SingleFlightCache(Generic[K, V]):
         value = self._values.get(key, _Missing.MISSING)
         if value is not _Missing.MISSING:
             self.hits += 1
-            self.on_hit()
             return value
         self.misses += 1
-        self.on_miss()
         task = self._loading.get(key)
         if task is None:
             task = asyncio.ensure_future(self._load(key, load))
@@ -119,7 +115,6 @@ class SingleFlightCache(Generic[K, V]):
         if value is _Missing.MISSING:
             return None
         self.hits += 1
-        self.on_hit()
         return value
 
     def forget(self, key: K) -> None:
@@ -143,10 +138,6 @@ class SingleFlightCache(Generic[K, V]):
 
 class _Missing(enum.Enum):
     MISSING = enum.auto()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _retrieve_exception(task: asyncio.Task[object]) -> None:

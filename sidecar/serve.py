@@ -42,6 +42,7 @@ import uvicorn
 from sidecar import logs
 from sidecar.app import ALWAYS_ANSWERED, SidecarApp, create_app
 from sidecar.logs import event
+from sidecar.metrics import Metrics
 from sidecar.proxy.capacity import LOW_STREAMS, raise_open_files
 from sidecar.proxy.collector import Collector
 from sidecar.proxy.inbound import bounded_protocol
@@ -88,7 +89,7 @@ class DrainingServer(uvicorn.Server):
     seconds; then uvicorn's own graceful shutdown closes the listener and lets in-flight requests finish
     within ``timeout_graceful_shutdown``. A second signal skips the delay. Python's cycle collector runs
     on the process's terms once serving starts (``proxy/collector.py``), its full collections from
-    uvicorn's tick.
+    uvicorn's tick; the metrics' tallies are flushed on each tick too, and as it stops (``metrics.py``).
     """
 
     def __init__(self, config: uvicorn.Config, drain_delay: float) -> None:
@@ -97,11 +98,13 @@ class DrainingServer(uvicorn.Server):
         self._stop_at: float | None = None
         self._announcing: asyncio.Task[None] | None = None
         self._collector: Collector | None = None
+        self._metrics: Metrics | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         app = self.config.app
         if isinstance(app, SidecarApp) and not self.should_exit:
+            self._metrics = app.metrics
             self._collector = Collector(app.settings.gc_interval, app.metrics.gc_paused)
             self._collector.start()
             self._announcing = asyncio.create_task(announce(app))
@@ -112,6 +115,8 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
         if self._collector is not None:
             self._collector.stop()
+        if self._metrics is not None:
+            self._metrics.flush()  # a worker's last requests, for the scrapes the others answer
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.app
@@ -125,6 +130,8 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self._collector is not None:
             self._collector.tick()
+        if self._metrics is not None:
+            self._metrics.flush()
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self.should_exit = True
         return await super().on_tick(counter)

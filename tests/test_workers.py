@@ -83,6 +83,15 @@ def test_each_worker_serves_and_the_metrics_add_up_whichever_answers_the_scrape(
                 assert httpx.post(running.url + "/echo", content=b"x", timeout=10).status_code == 200
         finally:
             os.kill(paused, signal.SIGCONT)
+    # A worker adds its requests to the metrics on its loop's next tick (a tenth of a second): once the
+    # scrape says 20, whichever answers it says so.
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(running.url + "/sidecar/metrics", timeout=10).text
+        if metric(text, 'sidecar_requests_total{route="passthrough",status="200"}') == 20:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
     scrapes = [httpx.get(running.url + "/sidecar/metrics", timeout=10).text for _ in range(6)]
     for text in scrapes:  # 10 served by each worker, whichever answers the scrape
         assert metric(text, 'sidecar_requests_total{route="passthrough",status="200"}') == 20
