@@ -30,6 +30,7 @@ The answer, JSON::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -44,10 +45,10 @@ from sidecar.logs import event
 from sidecar.proxy.upstream import (
     SMALL_ANSWER,
     Answer,
+    LeavingCaller,
     Upstream,
     UpstreamUnavailable,
     send_json,
-    unless_caller_leaves,
 )
 from sidecar.types import Receive, Scope, Send
 
@@ -69,12 +70,21 @@ class BudgetView:
             body = json.dumps({"error": {"message": "use GET", "type": "invalid_request_error"}})
             await send_json(send, 405, body.encode())
             return
+        leaving = LeavingCaller(receive)
+        unavailable = None
         try:
-            answered = await unless_caller_leaves(receive, self._answer(scope))
+            answered = await self._answer(scope)
         except UpstreamUnavailable as exc:
-            await send_json(send, exc.status, exc.body())
-            return
-        if answered is not None:  # else the caller left: its probe and look-ups were stopped
+            unavailable = (exc.status, exc.body())
+        except asyncio.CancelledError:
+            if not leaving.gone():
+                raise
+            return  # the caller left: its probe and look-ups were stopped
+        finally:
+            leaving.stop()  # before anything is sent: a server may say "disconnect" once it is
+        if unavailable is not None:
+            await send_json(send, *unavailable)
+        else:
             await _send_answer(send, answered)
 
     async def _answer(self, scope: Scope) -> Answer:

@@ -66,7 +66,7 @@ from sidecar.logs import event
 from sidecar.metrics import Metrics
 from sidecar.proxy.forwarding import reply_headers
 from sidecar.proxy.routes import DiscoveryRoute, RouteKind
-from sidecar.proxy.upstream import SMALL_ANSWER, Answer, Upstream, UpstreamUnavailable, unless_caller_leaves
+from sidecar.proxy.upstream import SMALL_ANSWER, Answer, LeavingCaller, Upstream, UpstreamUnavailable
 from sidecar.types import RawHeaders, Receive, Scope, Send
 
 log = logging.getLogger("sidecar.discovery")
@@ -117,10 +117,17 @@ class Discovery:
         """Answer one discovery request. A caller that leaves before its answer is ready stops the work
         done for it (its upstream requests are closed within ``CallerWatch``'s grace), as on the
         pass-through; look-ups shared with other callers go on for them."""
+        leaving = LeavingCaller(receive)
         try:
-            answer = await unless_caller_leaves(receive, self._answer(route, scope))
+            answer: Answer | None = await self._answer(route, scope)
         except UpstreamUnavailable as exc:
             answer = _json_answer(exc.status, exc.body(), [])
+        except asyncio.CancelledError:
+            if not leaving.gone():
+                raise
+            answer = None
+        finally:
+            leaving.stop()
         if answer is None:
             self._metrics.abandoned.inc()
             return

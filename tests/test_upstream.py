@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from sidecar.proxy.upstream import LeavingCaller
 from tests.conftest import SidecarFactory, bearer
 from tests.fake_litellm import KEYS, FakeLiteLLM
 
@@ -234,3 +236,47 @@ def test_concurrent_streams_then_more_streams_all_complete(
             bodies = list(pool.map(lambda _: stream(), range(10)))
             assert all(body == b"data: 0\n\ndata: 1\n\ndata: [DONE]\n\n" for body in bodies)
     assert "sse-disconnected" not in fake.events
+
+
+# --- a caller leaving, under another ASGI server than the sidecar's -----------------------------------
+
+
+def _served_until_left(outside_cancel: bool) -> tuple[str | None, bool]:
+    """Work done for a caller the way discovery does it, under a server whose ``receive`` is a plain
+    function (no ``RequestResponseCycle``): the caller leaves, or the task is cancelled from outside."""
+
+    async def run() -> tuple[str | None, bool]:
+        said: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+        async def work() -> str | None:
+            leaving = LeavingCaller(said.get)
+            try:
+                await asyncio.sleep(30)  # LiteLLM slow
+                return "answered"
+            except asyncio.CancelledError:
+                if not leaving.gone():
+                    raise
+                return None
+            finally:
+                leaving.stop()
+
+        task = asyncio.ensure_future(work())
+        await asyncio.sleep(0.01)
+        if outside_cancel:
+            task.cancel()
+        else:
+            await said.put({"type": "http.disconnect"})
+        try:
+            return await asyncio.wait_for(task, 5), False
+        except asyncio.CancelledError:
+            return None, True
+
+    return asyncio.run(run())
+
+
+def test_work_for_a_caller_that_leaves_under_another_server_stops_and_says_so() -> None:
+    assert _served_until_left(outside_cancel=False) == (None, False)  # stopped, not cancelled
+
+
+def test_a_cancellation_that_is_not_the_caller_leaving_goes_on_up() -> None:
+    assert _served_until_left(outside_cancel=True) == (None, True)

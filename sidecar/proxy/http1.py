@@ -555,7 +555,17 @@ class Response:
             yield chunk
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+        """The whole body. (Its own loop, no generator and coroutine per part: a small answer is most often
+        whole by the time its head is, and discovery reads one per request.)"""
+        parts = []
+        while True:
+            part = self.ready()
+            if part is None:
+                await self.arrival()
+            elif part:
+                parts.append(part)
+            else:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
         """Give the connection back if it stands at a clean message boundary, else close it. Idempotent."""

@@ -46,6 +46,12 @@ class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
 
+# uvicorn's own methods, called by name where every request passes (``super()`` is looked up per call).
+_data_received = HttpToolsProtocol.data_received
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_message_complete = HttpToolsProtocol.on_message_complete
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing request heads over :attr:`max_header_bytes`, and answering
     ``503`` to requests on connections past :attr:`max_connections` (``capacity.py``) - except the
@@ -96,7 +102,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_header_bytes:
                 self._refuse()
                 return
-        super().data_received(data)
+        _data_received(self, data)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -110,7 +116,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             finally:
                 self.app = app
             return
-        super().on_headers_complete()
+        _on_headers_complete(self)
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # a new request's, not a pipelined one
             cycle.transport = _HeadHeld(self.transport, self.loop)  # type: ignore[assignment]
@@ -138,7 +144,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_head = True
-        super().on_message_complete()
+        _on_message_complete(self)
 
     def _refuse(self) -> None:
         limit = self.max_header_bytes

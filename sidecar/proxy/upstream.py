@@ -322,7 +322,9 @@ class Upstream:
         del headers  # the head is out: a stream keeps no copy of it (LiteLLM's come to 1-2 KiB)
         response.headers.clear()
         try:
-            chunk = ahead or await response.chunk()
+            chunk = ahead or response.ready()  # a JSON answer is often whole already: no coroutine
+            if chunk is None:
+                chunk = await response.chunk()
             if response.complete:
                 watch.stop()  # the upstream's part is over: nothing left to abandon
                 await send({"type": "http.response.body", "body": chunk})
@@ -427,40 +429,58 @@ class CallerWatch:
             task.cancel()
 
 
-class _LeavingCaller:
-    """Cancels the task serving a caller that went away, and remembers that it did."""
+class LeavingCaller:
+    """Cancels the task serving a request, made in it, if the caller goes away before :meth:`stop`; for
+    answers that are more than one exchange (discovery, the budget view). The upstream requests that task
+    made are closed, loads it shares with other callers go on for them. The request body must not be
+    needed: ``receive`` is the watch's. Used as::
 
-    __slots__ = ("_task", "left")
+        leaving = LeavingCaller(receive)
+        try:
+            answer = await work()
+        except asyncio.CancelledError:
+            if not leaving.gone():
+                raise
+            answer = None  # nobody left to answer
+        finally:
+            leaving.stop()
 
-    def __init__(self) -> None:
+    No coroutine of its own around the work, and under the sidecar's server nothing but this object: it
+    is made for every discovery request."""
+
+    __slots__ = ("_server", "_task", "_watch", "left")
+
+    def __init__(self, receive: Receive) -> None:
         self._task = asyncio.current_task()
         self.left = False
+        self._watch: CallerWatch | None = None
+        # The sidecar's own server calls ``cancel`` itself; under another, a watch's task (past the grace).
+        self._server = watch_disconnect(receive, self)
+        if self._server is None:
+            self._watch = CallerWatch(receive, self)
+            self._watch.arm()
 
     def cancel(self) -> None:
         if self._task is not None and not self.left:
             self.left = True
             self._task.cancel()
 
+    def gone(self) -> bool:
+        """In an ``except CancelledError``: whether the cancellation is the caller's leaving. It then no
+        longer counts against the task, which goes on to its end."""
+        if not self.left:
+            return False
+        if self._task is not None:
+            self._task.uncancel()
+        return True
 
-async def unless_caller_leaves(receive: Receive, work: Awaitable[T]) -> T | None:
-    """``work``'s result, or ``None`` when the caller went away first: then the task doing it for that caller
-    is cancelled within ``CallerWatch``'s grace - the upstream requests it made are closed, loads others
-    share go on for them. For answers that are more than one exchange (discovery, the budget view). The
-    caller's request body must not be needed: ``receive`` is the watch's."""
-    leaving = _LeavingCaller()
-    watch = CallerWatch(receive, leaving)
-    watch.arm()
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if not leaving.left:
-            raise
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        return None
-    finally:
-        watch.stop()
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.unwatch(self)
+            self._server = None
+        elif self._watch is not None:
+            self._watch.stop()
+            self._watch = None  # it holds this object: no cycle left behind
 
 
 class _RequestBody:
