@@ -111,6 +111,7 @@ class Discovery:
         self._admin = admin
         self._budget = budget
         self._policy = policy
+        self._asks_budget = policy.asks_budget
         self._retrieve_from_list = retrieve_from_list
 
     async def handle(self, route: DiscoveryRoute, scope: Scope, receive: Receive, send: Send) -> None:
@@ -142,7 +143,7 @@ class Discovery:
         path, query = (_LIST_PATH, b"") if from_list else (scope["raw_path"], scope["query_string"])
         who = principal_of(scope)
         # The caller's budget state: never asked under ``blocked``, nor for a request without a credential.
-        asking = who if self._policy.asks_budget else None
+        asking = who if self._asks_budget else None
         state = self._budget.cached(asking) if asking is not None else None
         pending = None
         alongside = route.kind is not RouteKind.CURSOR_MODELS and state is None
@@ -195,7 +196,7 @@ class Discovery:
 
     async def _release(self, state: BudgetState | None, reading: Reading) -> Release | None:
         """LiteLLM's version, looked up (cached) only where what a spent caller may use depends on it."""
-        if self._admin is None or not self._policy.asks_budget:
+        if self._admin is None or not self._asks_budget:
             return None
         if not asks_version(spent_levels(state, reading.refusal)):
             return None

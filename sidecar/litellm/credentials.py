@@ -160,8 +160,8 @@ def end_user_of(scope: Scope) -> str | None:
 
 def _end_user(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
     for name in _end_user_headers:
-        text = headers.get(name, b"").decode("latin-1").strip()
-        if text:
+        raw = headers.get(name)
+        if raw and (text := raw.decode("latin-1").strip()):
             return text
     query = scope.get("query_string") or b""
     if query:

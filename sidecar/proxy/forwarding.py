@@ -50,6 +50,9 @@ _HANDSHAKE_DROPPED = _BUILT_DROPPED | {
     b"sec-websocket-extensions",
     b"sec-websocket-protocol",
 }
+# ``X-Forwarded-Proto`` by the scheme ASGI gives: a WebSocket's is ws or wss, the proto of its request http
+# or https.
+_PROTO = {"http": b"http", "https": b"https", "ws": b"http", "wss": b"https"}
 _REPLACED_IN_REPLY = frozenset({b"content-length", b"content-type", b"content-encoding", b"etag"})
 
 
@@ -63,12 +66,12 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
-def upstream_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
+def upstream_request_headers(scope: Scope, upstream_host: bytes) -> RawHeaders:
     """The caller's headers as they go upstream."""
     return _upstream(scope, upstream_host, _REQUEST_DROPPED)
 
 
-def built_request_headers(scope: Scope, upstream_host: str) -> RawHeaders:
+def built_request_headers(scope: Scope, upstream_host: bytes) -> RawHeaders:
     """The caller's headers for a body-less request the sidecar builds on its behalf: no framing."""
     return _upstream(scope, upstream_host, _BUILT_DROPPED)
 
@@ -79,7 +82,7 @@ def handshake_request_headers(scope: Scope) -> RawHeaders:
     return _upstream(scope, None, _HANDSHAKE_DROPPED)
 
 
-def _upstream(scope: Scope, upstream_host: str | None, dropped: frozenset[bytes]) -> RawHeaders:
+def _upstream(scope: Scope, upstream_host: bytes | None, dropped: frozenset[bytes]) -> RawHeaders:
     raw: RawHeaders = scope["headers"]
     tokens = _connection_tokens(raw)
     if tokens:
@@ -100,16 +103,16 @@ def _upstream(scope: Scope, upstream_host: str | None, dropped: frozenset[bytes]
             has_host = True
         out.append((name, value))
     if upstream_host is not None:
-        out.append((b"host", upstream_host.encode("latin-1")))
+        out.append((b"host", upstream_host))
     client = scope.get("client")
     if client:
         chain = forwarded_for + b", " if forwarded_for else b""
         out.append((b"x-forwarded-for", chain + str(client[0]).encode("latin-1")))
     elif forwarded_for:
         out.append((b"x-forwarded-for", forwarded_for))
-    if not has_proto:  # a WebSocket's scheme is ws or wss: the proto of its request is http or https
-        scheme = scope.get("scheme", "http").replace("ws", "http", 1)
-        out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+    if not has_proto:
+        scheme = scope.get("scheme", "http")
+        out.append((b"x-forwarded-proto", _PROTO.get(scheme) or scheme.encode("latin-1")))
     if not has_host and host:
         out.append((b"x-forwarded-host", host))
     return out

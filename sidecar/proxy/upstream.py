@@ -212,7 +212,7 @@ class Upstream:
     async def fetch(self, scope: Scope, raw_path: bytes, query: bytes) -> Answer:
         """GET ``raw_path`` with the caller's own headers (no framing: it has no body); the whole answer,
         buffered."""
-        headers = built_request_headers(scope, self.host)
+        headers = built_request_headers(scope, self._host)
         response = await self._request("GET", raw_path, headers, query)
         try:
             body = await response.read()
@@ -224,7 +224,7 @@ class Upstream:
 
     async def probe(self, path: bytes) -> int:
         """Status of a bare ``GET path`` upstream (no caller headers, no credential), for readiness."""
-        response = await self._request("GET", path, [(b"host", self.host.encode("latin-1"))])
+        response = await self._request("GET", path, [(b"host", self._host)])
         try:
             await response.read()
         finally:
@@ -262,7 +262,7 @@ class Upstream:
         """Send the request; the answer once its head came, or ``None`` when the caller left or got an
         error answer."""
         started = time.perf_counter()
-        headers = upstream_request_headers(scope, self.host)
+        headers = upstream_request_headers(scope, self._host)
         body = _RequestBody(receive, watch.arm)
         try:
             data = await body.first()
