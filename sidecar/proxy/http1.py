@@ -534,7 +534,8 @@ class Response:
             return connection.take_body()
         if connection.complete:
             return b""
-        connection.raise_error()
+        if connection._error is not None:
+            connection.raise_error()
         return None
 
     def arrival(self) -> asyncio.Future[None]:

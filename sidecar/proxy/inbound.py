@@ -15,7 +15,8 @@ soon as the app sends ``http.response.start`` and the body with the next message
 TCP segments for every answer whose body is at hand (a JSON answer, a stream's first chunk), where nginx
 writes one. The head is held until the body's first bytes, or the end of the loop's turn at the latest, so
 an answer whose body takes longer (a stream waiting for its first token) gets its head as soon as before,
-one turn of the loop later.
+one turn of the loop later. Once the head is out the request's writes go to the transport itself again (a
+stream's chunks pass no Python of ours on their way out).
 
 A caller that goes away is told to the app without a task (``watch_disconnect``): ASGI says it only
 through ``receive``, which someone must be awaiting - a task per open stream, most of a KiB each, for an
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -119,7 +121,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _on_headers_complete(self)
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # a new request's, not a pipelined one
-            cycle.transport = _HeadHeld(self.transport, self.loop)  # type: ignore[assignment]
+            cycle.transport = _HeadHeld(cycle, self.transport, self.loop)  # type: ignore[assignment]
 
     def handle_websocket_upgrade(self) -> None:
         """A WebSocket upgrade: past the bound, the same 503 as any request, before uvicorn's WebSocket
@@ -164,14 +166,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _HeadHeld:
-    """The caller's transport as one request's cycle sees it: the first write (the answer's head, or a
-    ``100 Continue``) is held until the next one, and both go out as one; at the end of the loop's turn
-    the head goes out alone. Everything else is the transport's. Writes keep their order: the release is
-    queued before anything a later request of the connection (pipelined) could write."""
+    """The caller's transport as one request's cycle sees it until its head is out: the first write (the
+    answer's head, or a ``100 Continue``) is held until the next one, and both go out as one; at the end of
+    the loop's turn the head goes out alone. Then the cycle writes to the transport itself. Writes keep
+    their order: the release is queued before anything a later request of the connection (pipelined)
+    could write."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_cycle", "_held", "_loop", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, cycle: RequestResponseCycle, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._cycle = weakref.ref(cycle)  # it holds this object: no reference cycle
         self._transport = transport
         self._loop: asyncio.AbstractEventLoop | None = loop  # ``None`` once a write was held
         self._held = b""
@@ -181,6 +187,7 @@ class _HeadHeld:
         if held:
             self._held = b""
             self._transport.writelines((held, data))  # one writev under uvloop, no copy of the body
+            self._done()
         elif self._loop is not None:
             self._held = data
             self._loop.call_soon(self._release)
@@ -194,6 +201,13 @@ class _HeadHeld:
             self._held = b""
             if not self._transport.is_closing():  # the caller may have gone meanwhile: nothing to say
                 self._transport.write(held)
+            self._done()
+
+    def _done(self) -> None:
+        """The head is out: the cycle's writes go to the transport itself."""
+        cycle = self._cycle()
+        if cycle is not None and cycle.transport is self:  # type: ignore[comparison-overlap]
+            cycle.transport = self._transport
 
     def close(self) -> None:
         self._release()
