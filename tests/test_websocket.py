@@ -27,6 +27,7 @@ import pytest
 import uvicorn
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Response
 from websockets.sync.client import connect
 
 from sidecar.metrics import Metrics
@@ -133,6 +134,13 @@ def ws(url: str) -> str:
     return url.replace("http://", "ws://", 1)
 
 
+def refusal(uri: str, **options: Any) -> Response:
+    """The HTTP answer to a WebSocket handshake that was refused (by LiteLLM or by the sidecar)."""
+    with pytest.raises(InvalidStatus) as refused:
+        connect(uri, **options)
+    return refused.value.response
+
+
 def test_messages_go_both_ways_in_order_text_and_binary(sidecar: SidecarFactory, echoing: WsUpstream) -> None:
     url = sidecar(upstream_url=echoing.url)
     with connect(ws(url) + "/v1/realtime?model=gpt-realtime") as caller:
@@ -220,23 +228,20 @@ def test_a_refused_handshake_reaches_the_caller_as_litellms_answer(sidecar: Side
     )
     with ScriptedUpstream(refuses) as upstream:
         url = sidecar(upstream_url=upstream.url)
-        with pytest.raises(InvalidStatus) as refused:
-            connect(ws(url) + "/v1/realtime?model=realtime-paid-model")
-        assert refused.value.response.status_code == 403
-        assert refused.value.response.body == b""
-        assert refused.value.response.headers["x-litellm-call-id"] == "abc"
-        with pytest.raises(InvalidStatus) as refused:
-            connect(ws(url) + "/v1/nothing-here")
-        assert refused.value.response.status_code == 404
-        assert refused.value.response.body == b'{"detail":"Not Found"}'
+        answer = refusal(ws(url) + "/v1/realtime?model=realtime-paid-model")
+        assert answer.status_code == 403
+        assert answer.body == b""
+        assert answer.headers["x-litellm-call-id"] == "abc"
+        answer = refusal(ws(url) + "/v1/nothing-here")
+        assert answer.status_code == 404
+        assert answer.body == b'{"detail":"Not Found"}'
 
 
 def test_litellm_unreachable_is_a_502_with_an_openai_error(sidecar: SidecarFactory) -> None:
     url = sidecar(upstream_url=f"http://127.0.0.1:{unused_port()}")
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws(url) + "/v1/realtime")
-    assert refused.value.response.status_code == 502
-    assert json.loads(refused.value.response.body)["error"]["code"] == "502"
+    answer = refusal(ws(url) + "/v1/realtime")
+    assert answer.status_code == 502
+    assert json.loads(answer.body)["error"]["code"] == "502"
 
 
 def test_a_message_over_the_bound_closes_both_sides_with_1009(
@@ -510,9 +515,7 @@ def test_a_spent_callers_refused_handshake_is_marked_and_counted(
     httpx.get(url + "/v1/models", headers=spent)  # a client lists its models first: the sidecar knows it
     counted = 'sidecar_budget_refusals_total{scope="team",verdict="spent"}'
     before = metric(httpx.get(url + "/sidecar/metrics").text, counted)  # the list's own refusal, on 1.88
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=spent)
-    answer = refused.value.response
+    answer = refusal(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=spent)
     assert (answer.status_code, answer.body) == (403, b"")  # LiteLLM's, unchanged
     assert answer.headers["x-sidecar-budget-exceeded"] == "true"
     assert answer.headers["x-sidecar-budget-scope"] == "team"
@@ -529,18 +532,15 @@ def test_a_browser_callers_refused_handshake_is_marked_too(sidecar: SidecarFacto
     for key in ("KEY_KEY_BROKE", "KEY_TEAM_BROKE"):  # each lists its models first
         httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEYS[key]}"})
     browser = cast(Any, ["realtime", f"openai-insecure-api-key.{KEYS['KEY_KEY_BROKE']}"])
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", subprotocols=browser)
-    answer = refused.value.response
+    answer = refusal(ws(url) + "/v1/realtime?model=realtime-paid-model", subprotocols=browser)
     assert (answer.status_code, answer.body) == (403, b"")
     assert (answer.headers["x-sidecar-budget-exceeded"], answer.headers["x-sidecar-budget-scope"]) == (
         "true",
         "key",
     )
     azure = {"api-key": KEYS["KEY_TEAM_BROKE"]}
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=azure)
-    assert refused.value.response.headers["x-sidecar-budget-scope"] == "team"
+    answer = refusal(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=azure)
+    assert answer.headers["x-sidecar-budget-scope"] == "team"
 
 
 def test_a_realtime_only_callers_refusal_is_marked_once_litellm_upgraded_it(
@@ -552,9 +552,7 @@ def test_a_realtime_only_callers_refusal_is_marked_once_litellm_upgraded_it(
     spent = {"Authorization": f"Bearer {KEYS['KEY_TEAM_BROKE']}"}
     with connect(ws(url) + "/v1/realtime?model=realtime-model", additional_headers=spent) as caller:
         assert json.loads(caller.recv())["type"] == "session.created"
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=spent)
-    answer = refused.value.response
+    answer = refusal(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=spent)
     assert (answer.status_code, answer.body) == (403, b"")
     assert (answer.headers["x-sidecar-budget-exceeded"], answer.headers["x-sidecar-budget-scope"]) == (
         "true",
@@ -571,10 +569,9 @@ def test_a_strangers_refused_handshake_costs_litellm_nothing_more(
     url = sidecar(upstream_url=realtime)
     for n in range(5):
         stranger = {"Authorization": f"Bearer sk-random-{n:04d}"}
-        with pytest.raises(InvalidStatus) as refused:
-            connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=stranger)
-        assert (refused.value.response.status_code, refused.value.response.body) == (403, b"")
-        assert "x-sidecar-budget-exceeded" not in refused.value.response.headers
+        answer = refusal(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=stranger)
+        assert (answer.status_code, answer.body) == (403, b"")
+        assert "x-sidecar-budget-exceeded" not in answer.headers
     assert len(realtime_litellm.asked) == 5
     assert [seen.target for seen in realtime_litellm.fake.seen] == []  # no probe, no look-up
 
@@ -583,9 +580,7 @@ def test_a_refused_handshake_within_budget_is_not_marked(sidecar: SidecarFactory
     url = sidecar(upstream_url=realtime)
     healthy = {"Authorization": f"Bearer {KEYS['KEY_HEALTHY']}"}
     for headers in (healthy, {}):  # a caller within budget; no credential, no one to look up
-        with pytest.raises(InvalidStatus) as refused:
-            connect(ws(url) + "/v1/realtime?model=not-allowed", additional_headers=headers)
-        answer = refused.value.response
+        answer = refusal(ws(url) + "/v1/realtime?model=not-allowed", additional_headers=headers)
         assert (answer.status_code, answer.body) == (403, b"")
         assert "x-sidecar-budget-exceeded" not in answer.headers
     text = httpx.get(url + "/sidecar/metrics").text
@@ -653,9 +648,7 @@ def test_a_paid_realtime_model_refused_for_budget_falls_back(
     ]
 
     refused_twice = {"Authorization": f"Bearer {KEYS['KEY_KEY_BROKE']}"}
-    with pytest.raises(InvalidStatus) as refused:
-        connect(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=refused_twice)
-    answer = refused.value.response
+    answer = refusal(ws(url) + "/v1/realtime?model=realtime-paid-model", additional_headers=refused_twice)
     assert (answer.status_code, answer.body) == (403, b"")  # the first refusal, marked
     assert answer.headers["x-sidecar-budget-scope"] == "key"
     assert "x-sidecar-fallback-model" not in answer.headers
@@ -668,9 +661,7 @@ def test_a_paid_realtime_model_refused_for_budget_falls_back(
 def test_past_the_connection_bound_a_websocket_gets_503(sidecar: SidecarFactory, echoing: WsUpstream) -> None:
     url = sidecar(upstream_url=echoing.url, max_connections=1)
     with connect(ws(url) + "/v1/realtime") as first:
-        with pytest.raises(InvalidStatus) as refused:
-            connect(ws(url) + "/v1/realtime")
-        answer = refused.value.response
+        answer = refusal(ws(url) + "/v1/realtime")
         assert (answer.status_code, answer.headers["retry-after"]) == (503, "1")
         assert json.loads(answer.body)["error"]["code"] == "503"
         first.send("still served")
